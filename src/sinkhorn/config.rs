@@ -1,0 +1,164 @@
+//! Configurations of the balanced and unbalanced solvers.
+
+use burn::config::Config;
+
+use crate::error::OtprefError;
+
+/// How gradients flow through a Sinkhorn solve.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum GradientMode {
+    /// No graph at all: the outputs are constants for autodiff. Cheapest; what OTPO and APLOT
+    /// use for their weights and margins.
+    Detach,
+    /// Autodiff records every iteration. Exact derivative of the truncated algorithm; memory
+    /// grows linearly with the number of iterations.
+    Unrolled,
+    /// Implicit differentiation of the fixed point (a custom backward that solves the adjoint
+    /// linear system with conjugate gradients). Memory does not depend on the iteration count.
+    /// Exact at convergence.
+    Implicit,
+}
+
+/// Configuration of balanced entropic OT, see [`sinkhorn`](crate::sinkhorn()).
+///
+/// ```text
+/// P* = argmin_{P >= 0, P1 = a, Pᵀ1 = b} <P, C> + ε Σ P (log P - 1)
+/// ```
+#[derive(Config, Debug)]
+pub struct SinkhornConfig {
+    /// Entropic regularisation ε (POT's `reg`, OTT-JAX's `epsilon`), in cost units. Must be > 0.
+    pub epsilon: f64,
+    /// Iteration limit per problem.
+    #[config(default = 1000)]
+    pub max_iters: usize,
+    /// Stop a problem once its L1 marginal error `||P1 - a||_1` is below this.
+    #[config(default = 1e-6)]
+    pub tolerance: f64,
+    /// Check convergence every this many iterations (each check synchronises the device).
+    #[config(default = 10)]
+    pub check_every: usize,
+    /// How gradients flow to `cost`, `a` and `b`.
+    #[config(default = "GradientMode::Implicit")]
+    pub gradient: GradientMode,
+    /// Iteration limit of the conjugate-gradient solve in the implicit backward.
+    #[config(default = 1000)]
+    pub implicit_max_iters: usize,
+    /// Relative residual at which the implicit backward's conjugate gradients stop.
+    #[config(default = 1e-6)]
+    pub implicit_tolerance: f64,
+}
+
+/// Configuration of unbalanced entropic OT with KL-relaxed marginals, see
+/// [`unbalanced_sinkhorn`](crate::unbalanced_sinkhorn()).
+///
+/// ```text
+/// min_{P >= 0} <P, C> + ε Σ P (log P - 1) + ρ_a KL(P1 | a) + ρ_b KL(Pᵀ1 | b)
+/// ```
+///
+/// This is POT's `sinkhorn_unbalanced(..., reg_type="entropy")` with `reg = ε` and
+/// `reg_m = (ρ_a, ρ_b)`. `ρ = f64::INFINITY` makes that side an exact constraint.
+#[derive(Config, Debug)]
+pub struct UnbalancedConfig {
+    /// Entropic regularisation ε, in cost units. Must be > 0.
+    pub epsilon: f64,
+    /// Strength ρ_a of the KL penalty on the row marginal (`f64::INFINITY`: exact).
+    pub rho_a: f64,
+    /// Strength ρ_b of the KL penalty on the column marginal (`f64::INFINITY`: exact).
+    pub rho_b: f64,
+    /// Iteration limit per problem.
+    #[config(default = 1000)]
+    pub max_iters: usize,
+    /// Stop a problem once no log-potential moves more than this in one iteration
+    /// (when both sides are exact, the balanced L1 marginal error is used instead).
+    #[config(default = 1e-6)]
+    pub tolerance: f64,
+    /// Check convergence every this many iterations (each check synchronises the device).
+    #[config(default = 10)]
+    pub check_every: usize,
+    /// How gradients flow to `cost`, `a` and `b`.
+    #[config(default = "GradientMode::Implicit")]
+    pub gradient: GradientMode,
+    /// Iteration limit of the conjugate-gradient solve in the implicit backward.
+    #[config(default = 1000)]
+    pub implicit_max_iters: usize,
+    /// Relative residual at which the implicit backward's conjugate gradients stop.
+    #[config(default = 1e-6)]
+    pub implicit_tolerance: f64,
+}
+
+impl UnbalancedConfig {
+    /// Damping `λ = ρ/(ρ+ε)` of the row update (1 for an exact constraint).
+    pub(crate) fn lambda_a(&self) -> f64 {
+        damping(self.rho_a, self.epsilon)
+    }
+
+    /// Damping `λ = ρ/(ρ+ε)` of the column update (1 for an exact constraint).
+    pub(crate) fn lambda_b(&self) -> f64 {
+        damping(self.rho_b, self.epsilon)
+    }
+
+    /// Both marginals are exact constraints: the classic balanced problem.
+    pub(crate) fn is_balanced(&self) -> bool {
+        self.rho_a.is_infinite() && self.rho_b.is_infinite()
+    }
+
+    /// Checks every field; called once per solve, before any tensor work.
+    pub(crate) fn validate(&self) -> Result<(), OtprefError> {
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(OtprefError::InvalidParameter(format!(
+                "epsilon must be a finite number > 0, got {}; costs scaled to [0, 1] usually \
+                 want epsilon between 1e-3 and 1",
+                self.epsilon
+            )));
+        }
+        for (name, rho) in [("rho_a", self.rho_a), ("rho_b", self.rho_b)] {
+            if rho.is_nan() || rho <= 0.0 {
+                return Err(OtprefError::InvalidParameter(format!(
+                    "{name} must be > 0 (or f64::INFINITY for an exact marginal), got {rho}"
+                )));
+            }
+        }
+        if self.max_iters == 0 || self.check_every == 0 || self.implicit_max_iters == 0 {
+            return Err(OtprefError::InvalidParameter(format!(
+                "max_iters ({}), check_every ({}) and implicit_max_iters ({}) must all be >= 1",
+                self.max_iters, self.check_every, self.implicit_max_iters
+            )));
+        }
+        for (name, tol) in [
+            ("tolerance", self.tolerance),
+            ("implicit_tolerance", self.implicit_tolerance),
+        ] {
+            if !(tol.is_finite() && tol >= 0.0) {
+                return Err(OtprefError::InvalidParameter(format!(
+                    "{name} must be a finite number >= 0, got {tol}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn damping(rho: f64, epsilon: f64) -> f64 {
+    if rho.is_infinite() {
+        1.0
+    } else {
+        rho / (rho + epsilon)
+    }
+}
+
+/// A balanced problem is the unbalanced one with both penalties infinite: one solver core.
+impl From<&SinkhornConfig> for UnbalancedConfig {
+    fn from(c: &SinkhornConfig) -> Self {
+        Self {
+            epsilon: c.epsilon,
+            rho_a: f64::INFINITY,
+            rho_b: f64::INFINITY,
+            max_iters: c.max_iters,
+            tolerance: c.tolerance,
+            check_every: c.check_every,
+            gradient: c.gradient,
+            implicit_max_iters: c.implicit_max_iters,
+            implicit_tolerance: c.implicit_tolerance,
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Implicit differentiation of the Sinkhorn fixed point, as a custom autodiff backward.
+//!
+//! At the fixed point, with `x = f/ε`, `y = g/ε`, `p = P1`, `q = Pᵀ1` and `α = 1/λ = 1 + ε/ρ`,
+//! the first-order conditions scaled by `p` and `q` have the symmetric Jacobian
+//!
+//! ```text
+//! H = [[α_a diag(p), P], [Pᵀ, α_b diag(q)]]
+//! ```
+//!
+//! For upstream gradients `G_P`, `G_f`, `G_g` the backward solves `H [w_x; w_y] = [u_x; u_y]`
+//! with `u_x = (G_P ⊙ P)1 + ε G_f`, `u_y = (G_P ⊙ P)ᵀ1 + ε G_g`, and returns
+//!
+//! ```text
+//! ∂L/∂C = P ⊙ (w_x ⊕ w_y - G_P) / ε,   ∂L/∂a = w_x p / a,   ∂L/∂b = w_y q / b.
+//! ```
+//!
+//! The system is solved by conjugate gradients on its Jacobi-scaled Schur complement, batched,
+//! so the backward's memory is a few `[batch, n, m]` tensors whatever the iteration count.
+//! In the balanced problem `H` is singular along `(1, -1)` (potentials are defined up to a
+//! constant shift); the minimum-norm solution is used, so `∂L/∂a` and `∂L/∂b` are defined up
+//! to opposite constants, as only mass changes that keep `Σa = Σb` are possible.
+
+use burn::backend::autodiff::{
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+    Autodiff,
+};
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+
+use super::config::UnbalancedConfig;
+use super::solver::solve;
+use super::transport::Transport;
+use crate::error::OtprefError;
+
+/// Backends on which [`GradientMode::Implicit`](super::GradientMode::Implicit) is available.
+///
+/// This is burn's backend-extension pattern: the implicit backward is a custom autodiff
+/// operation, registered by the impl of this trait for [`Autodiff<B>`]. On a backend without
+/// autodiff there is no graph, and the implicit solve is a plain solve.
+///
+/// Implemented for `Flex` (feature `flex`), `Cuda` (feature `cuda`) and `Autodiff<B>` of any of
+/// them. Adding a backend is one line in `src/sinkhorn/backends.rs`, e.g.
+/// `impl OtBackend for burn::backend::Wgpu {}` behind its cargo feature: the default method
+/// works on any backend, and the `Autodiff` impl picks it up.
+pub trait OtBackend: Backend {
+    /// Solves the batch and, on an autodiff backend, attaches the implicit backward.
+    ///
+    /// Called by [`sinkhorn`](crate::sinkhorn()) and
+    /// [`unbalanced_sinkhorn`](crate::unbalanced_sinkhorn()); use those instead.
+    fn solve_implicit(
+        cost: Tensor<Self, 3>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        config: &UnbalancedConfig,
+    ) -> Result<Transport<Self>, OtprefError> {
+        solve(cost, a, b, config)
+    }
+}
+
+impl<B: OtBackend, C: CheckpointStrategy> OtBackend for Autodiff<B, C> {
+    fn solve_implicit(
+        cost: Tensor<Self, 3>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        config: &UnbalancedConfig,
+    ) -> Result<Transport<Self>, OtprefError> {
+        let cost = cost.into_primitive().tensor();
+        let a = a.into_primitive().tensor();
+        let b = b.into_primitive().tensor();
+        let inner_a = inner::<B, 2>(a.primitive.clone());
+        let inner_b = inner::<B, 2>(b.primitive.clone());
+        let solved = solve(
+            inner::<B, 3>(cost.primitive.clone()),
+            inner_a.clone(),
+            inner_b.clone(),
+            config,
+        )?;
+        let [batch, n, m] = solved.plan.dims();
+        let packed = pack(solved.plan.clone(), solved.f, solved.g)
+            .into_primitive()
+            .tensor();
+
+        let state = ImplicitState {
+            plan: solved.plan.into_primitive().tensor(),
+            a: inner_a.into_primitive().tensor(),
+            b: inner_b.into_primitive().tensor(),
+            config: config.clone(),
+        };
+        let packed = match ImplicitBackward
+            .prepare::<C>([cost.node.clone(), a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, packed),
+            OpsKind::UnTracked(prep) => prep.finish(packed),
+        };
+        let packed = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(packed));
+        Ok(Transport {
+            plan: packed.clone().slice([0..batch, 0..n, 0..m]),
+            f: packed
+                .clone()
+                .slice([0..batch, 0..n, m..m + 1])
+                .squeeze_dim(2),
+            g: packed.slice([0..batch, n..n + 1, 0..m]).squeeze_dim(1),
+            iterations: solved.iterations,
+            converged: solved.converged,
+            marginal_error: solved.marginal_error,
+        })
+    }
+}
+
+fn inner<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// One output tensor `[batch, n+1, m+1]` carries plan, f (last column) and g (last row):
+/// burn's custom backward has one output, and slicing routes all three gradients back to it.
+fn pack<B: Backend>(plan: Tensor<B, 3>, f: Tensor<B, 2>, g: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, _, _] = plan.dims();
+    let corner = f.zeros_like().slice([0..batch, 0..1]).unsqueeze_dim::<3>(2);
+    let top = Tensor::cat(vec![plan, f.unsqueeze_dim(2)], 2);
+    let bottom = Tensor::cat(vec![g.unsqueeze_dim(1), corner], 2);
+    Tensor::cat(vec![top, bottom], 1)
+}
+
+#[derive(Debug)]
+struct ImplicitBackward;
+
+#[derive(Debug, Clone)]
+struct ImplicitState<B: Backend> {
+    plan: B::FloatTensorPrimitive,
+    a: B::FloatTensorPrimitive,
+    b: B::FloatTensorPrimitive,
+    config: UnbalancedConfig,
+}
+
+impl<B: Backend> Backward<B, 3> for ImplicitBackward {
+    type State = ImplicitState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_cost, node_a, node_b] = ops.parents;
+        let grad = inner::<B, 3>(grads.consume::<B>(&ops.node));
+        let state = ops.state;
+        let plan = inner::<B, 3>(state.plan);
+        let [batch, n, m] = plan.dims();
+        let grad_plan = grad.clone().slice([0..batch, 0..n, 0..m]);
+        let grad_f = grad
+            .clone()
+            .slice([0..batch, 0..n, m..m + 1])
+            .squeeze_dim(2);
+        let grad_g = grad.slice([0..batch, n..n + 1, 0..m]).squeeze_dim(1);
+
+        let vjp = fixed_point_vjp(
+            plan,
+            inner(state.a),
+            inner(state.b),
+            grad_plan,
+            grad_f,
+            grad_g,
+            &state.config,
+        );
+        for (node, grad) in [
+            (node_cost, vjp.cost.into_primitive().tensor()),
+            (node_a, vjp.a.into_primitive().tensor()),
+            (node_b, vjp.b.into_primitive().tensor()),
+        ] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// Gradients of the loss with respect to the solver's inputs.
+struct InputGrads<B: Backend> {
+    cost: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+}
+
+/// Smallest row/column mass used as a divisor: keeps rows whose mass underflowed finite.
+const TINY_MASS: f64 = 1e-30;
+
+/// The vector-Jacobian product of the fixed point, see the module docs.
+fn fixed_point_vjp<B: Backend>(
+    plan: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    grad_plan: Tensor<B, 3>,
+    grad_f: Tensor<B, 2>,
+    grad_g: Tensor<B, 2>,
+    config: &UnbalancedConfig,
+) -> InputGrads<B> {
+    let epsilon = config.epsilon;
+    let pad_a = a.clone().lower_equal_elem(0.0);
+    let pad_b = b.clone().lower_equal_elem(0.0);
+    let weighted = grad_plan.clone() * plan.clone();
+    let u_x = (weighted.clone().sum_dim(2).squeeze_dim::<2>(2) + grad_f.mul_scalar(epsilon))
+        .mask_fill(pad_a.clone(), 0.0);
+    let u_y = (weighted.sum_dim(1).squeeze_dim::<2>(1) + grad_g.mul_scalar(epsilon))
+        .mask_fill(pad_b.clone(), 0.0);
+    let p = plan
+        .clone()
+        .sum_dim(2)
+        .squeeze_dim::<2>(2)
+        .clamp_min(TINY_MASS);
+    let q = plan
+        .clone()
+        .sum_dim(1)
+        .squeeze_dim::<2>(1)
+        .clamp_min(TINY_MASS);
+
+    let (w_x, w_y) = solve_dual_hessian(&plan, &p, &q, u_x, u_y, &pad_a, config);
+
+    let cost = (plan
+        * (w_x.clone().unsqueeze_dim::<3>(2) + w_y.clone().unsqueeze_dim::<3>(1) - grad_plan))
+        .div_scalar(epsilon);
+    let a_grad = (w_x * p / a.mask_fill(pad_a.clone(), 1.0)).mask_fill(pad_a, 0.0);
+    let b_grad = (w_y * q / b.mask_fill(pad_b.clone(), 1.0)).mask_fill(pad_b, 0.0);
+    InputGrads {
+        cost,
+        a: a_grad,
+        b: b_grad,
+    }
+}
+
+/// Solves `H [w_x; w_y] = [u_x; u_y]` (see the module docs) for the whole batch.
+///
+/// Scaling by `D = diag(p, q)^{1/2}` turns `H` into `[[α_a I, A], [Aᵀ, α_b I]]` with
+/// `A = D_p^{-1/2} P D_q^{-1/2}`, whose singular values are at most 1; eliminating `w_y`
+/// leaves the positive semi-definite `S = α_a I - A Aᵀ / α_b` for conjugate gradients.
+fn solve_dual_hessian<B: Backend>(
+    plan: &Tensor<B, 3>,
+    p: &Tensor<B, 2>,
+    q: &Tensor<B, 2>,
+    u_x: Tensor<B, 2>,
+    u_y: Tensor<B, 2>,
+    pad_a: &Tensor<B, 2, burn::tensor::Bool>,
+    config: &UnbalancedConfig,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let alpha_a = 1.0 / config.lambda_a();
+    let alpha_b = 1.0 / config.lambda_b();
+    let sqrt_p = p.clone().sqrt();
+    let sqrt_q = q.clone().sqrt();
+    let scaled = plan.clone()
+        / (sqrt_p.clone().unsqueeze_dim::<3>(2) * sqrt_q.clone().unsqueeze_dim::<3>(1));
+    let apply_a = |v: Tensor<B, 2>| {
+        scaled
+            .clone()
+            .matmul(v.unsqueeze_dim(2))
+            .squeeze_dim::<2>(2)
+    };
+    let apply_at = |v: Tensor<B, 2>| {
+        v.unsqueeze_dim(1)
+            .matmul(scaled.clone())
+            .squeeze_dim::<2>(1)
+    };
+
+    let u_x = u_x / sqrt_p.clone();
+    let u_y = u_y / sqrt_q.clone();
+    let mut rhs = u_x - apply_a(u_y.clone()).div_scalar(alpha_b);
+
+    // Balanced: S is singular along sqrt(p); keep everything orthogonal to it.
+    let null_direction = config.is_balanced().then(|| {
+        let v = sqrt_p.clone().mask_fill(pad_a.clone(), 0.0);
+        let norm = v.clone().square().sum_dim(1).sqrt();
+        v / norm
+    });
+    let project = |t: Tensor<B, 2>, v: &Option<Tensor<B, 2>>| match v {
+        Some(v) => t.clone() - v.clone() * (t * v.clone()).sum_dim(1),
+        None => t,
+    };
+    rhs = project(rhs, &null_direction);
+
+    let apply_schur =
+        |v: Tensor<B, 2>| v.clone().mul_scalar(alpha_a) - apply_a(apply_at(v)).div_scalar(alpha_b);
+    let z = conjugate_gradients(apply_schur, rhs, config);
+    let w_x_scaled = project(z, &null_direction);
+    let w_y_scaled = (u_y - apply_at(w_x_scaled.clone())).div_scalar(alpha_b);
+    (w_x_scaled / sqrt_p, w_y_scaled / sqrt_q)
+}
+
+/// Batched conjugate gradients for `S z = rhs`, one system per row of `rhs`.
+fn conjugate_gradients<B: Backend>(
+    apply: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>,
+    rhs: Tensor<B, 2>,
+    config: &UnbalancedConfig,
+) -> Tensor<B, 2> {
+    const TINY: f64 = 1e-30;
+    const CHECK_EVERY: usize = 10;
+    let rhs_norm: Vec<f64> = host(rhs.clone().square().sum_dim(1).sqrt());
+    let mut z = rhs.zeros_like();
+    let mut residual = rhs.clone();
+    let mut direction = rhs;
+    let mut rr = residual.clone().square().sum_dim(1);
+    for iteration in 1..=config.implicit_max_iters {
+        let s_direction = apply(direction.clone());
+        let curvature = (direction.clone() * s_direction.clone()).sum_dim(1);
+        let step = rr.clone() / curvature.clamp_min(TINY);
+        z = z + direction.clone() * step.clone();
+        residual = residual - s_direction * step;
+        let rr_new = residual.clone().square().sum_dim(1);
+        let beta = rr_new.clone() / rr.clamp_min(TINY);
+        direction = residual.clone() + direction * beta;
+        rr = rr_new;
+        if iteration % CHECK_EVERY == 0 {
+            let residual_norm: Vec<f64> = host(rr.clone().sqrt());
+            let converged = residual_norm
+                .iter()
+                .zip(&rhs_norm)
+                .all(|(r, r0)| *r <= config.implicit_tolerance * r0.max(TINY));
+            if converged {
+                break;
+            }
+        }
+    }
+    z
+}
+
+fn host<B: Backend>(values: Tensor<B, 2>) -> Vec<f64> {
+    values
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("a float tensor converts to f64")
+}

@@ -1,0 +1,165 @@
+//! Input checks and the padded, log-domain form of a batch of problems.
+
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+use crate::error::OtprefError;
+
+/// Stand-in for `log 0` at padded positions: finite, so that no `-inf - (-inf)` can ever form,
+/// yet so negative that `exp` of it is exactly 0 in f32 and f64.
+pub(crate) const LOG_ZERO: f64 = -1e30;
+
+/// A validated batch of problems in the form the iterations use.
+#[derive(Debug, Clone)]
+pub(crate) struct Problem<B: Backend> {
+    /// `-C/ε` with padded pairs set to 0 (never read by the iterations: the masses exclude them).
+    pub log_kernel: Tensor<B, 3>,
+    /// `log a`, with [`LOG_ZERO`] at padded rows.
+    pub log_a: Tensor<B, 2>,
+    /// `log b`, with [`LOG_ZERO`] at padded columns.
+    pub log_b: Tensor<B, 2>,
+    /// `log a`, with 0 at padded rows (for terms outside a log-sum-exp).
+    pub log_a_or_zero: Tensor<B, 2>,
+    /// `log b`, with 0 at padded columns.
+    pub log_b_or_zero: Tensor<B, 2>,
+    /// Padded rows (`a == 0`).
+    pub pad_a: Tensor<B, 2, Bool>,
+    /// Padded columns (`b == 0`).
+    pub pad_b: Tensor<B, 2, Bool>,
+}
+
+/// Per-problem dimensions of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub n: usize,
+    pub m: usize,
+}
+
+/// Checks shapes, masses and the cost, and builds the log-domain problem.
+///
+/// Padded positions (zero mass) may hold anything in `cost`, NaN included: they are replaced
+/// before any arithmetic, so they never reach a value or a gradient.
+pub(crate) fn prepare<B: Backend>(
+    cost: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    epsilon: f64,
+    balanced: bool,
+) -> Result<(Problem<B>, Dims), OtprefError> {
+    let dims = check_shapes(&cost, &a, &b)?;
+    let a_host = masses_to_host("a", &a)?;
+    let b_host = masses_to_host("b", &b)?;
+    check_totals(&a_host, &b_host, dims, balanced)?;
+
+    let pad_a = a.clone().lower_equal_elem(0.0);
+    let pad_b = b.clone().lower_equal_elem(0.0);
+    let pad_pair = pad_a
+        .clone()
+        .unsqueeze_dim::<3>(2)
+        .expand([dims.batch, dims.n, dims.m])
+        .bool_or(
+            pad_b
+                .clone()
+                .unsqueeze_dim::<3>(1)
+                .expand([dims.batch, dims.n, dims.m]),
+        );
+    let cost = cost.mask_fill(pad_pair, 0.0);
+    let has_non_finite = cost
+        .clone()
+        .is_finite()
+        .bool_not()
+        .any()
+        .into_data()
+        .iter::<bool>()
+        .any(|bad| bad);
+    if has_non_finite {
+        return Err(OtprefError::NonFinite(
+            "the cost holds NaN or infinite values at valid (non-padded) positions; clip or \
+             rescale it (padded rows and columns, where the mass is 0, may hold anything)"
+                .into(),
+        ));
+    }
+
+    // log of masses with padding guarded *before* the log, so no 1/0 reaches a gradient.
+    let log_a_or_zero = a.clone().mask_fill(pad_a.clone(), 1.0).log();
+    let log_b_or_zero = b.clone().mask_fill(pad_b.clone(), 1.0).log();
+    let problem = Problem {
+        log_kernel: cost.mul_scalar(-1.0 / epsilon),
+        log_a: log_a_or_zero.clone().mask_fill(pad_a.clone(), LOG_ZERO),
+        log_b: log_b_or_zero.clone().mask_fill(pad_b.clone(), LOG_ZERO),
+        log_a_or_zero,
+        log_b_or_zero,
+        pad_a,
+        pad_b,
+    };
+    Ok((problem, dims))
+}
+
+fn check_shapes<B: Backend>(
+    cost: &Tensor<B, 3>,
+    a: &Tensor<B, 2>,
+    b: &Tensor<B, 2>,
+) -> Result<Dims, OtprefError> {
+    let [batch, n, m] = cost.dims();
+    let dims = Dims { batch, n, m };
+    if batch == 0 || n == 0 || m == 0 {
+        return Err(OtprefError::Shape(format!(
+            "cost has shape [{batch}, {n}, {m}]; batch, n and m must all be at least 1"
+        )));
+    }
+    if a.dims() != [batch, n] {
+        return Err(OtprefError::Shape(format!(
+            "cost is [batch, n, m] = [{batch}, {n}, {m}] so a must be [{batch}, {n}], but a is {:?}",
+            a.dims()
+        )));
+    }
+    if b.dims() != [batch, m] {
+        return Err(OtprefError::Shape(format!(
+            "cost is [batch, n, m] = [{batch}, {n}, {m}] so b must be [{batch}, {m}], but b is {:?}",
+            b.dims()
+        )));
+    }
+    Ok(dims)
+}
+
+fn masses_to_host<B: Backend>(name: &str, masses: &Tensor<B, 2>) -> Result<Vec<f64>, OtprefError> {
+    let [_, len] = masses.dims();
+    let values: Vec<f64> = masses
+        .clone()
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map_err(|e| OtprefError::InvalidMass(format!("could not read {name}: {e:?}")))?;
+    if let Some(pos) = values.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        return Err(OtprefError::InvalidMass(format!(
+            "{name}[{}, {}] = {}; masses must be finite and >= 0 (use 0 to mark padding)",
+            pos / len,
+            pos % len,
+            values[pos]
+        )));
+    }
+    Ok(values)
+}
+
+fn check_totals(a: &[f64], b: &[f64], dims: Dims, balanced: bool) -> Result<(), OtprefError> {
+    for problem in 0..dims.batch {
+        let total_a: f64 = a[problem * dims.n..(problem + 1) * dims.n].iter().sum();
+        let total_b: f64 = b[problem * dims.m..(problem + 1) * dims.m].iter().sum();
+        for (name, total) in [("a", total_a), ("b", total_b)] {
+            if total <= 0.0 {
+                return Err(OtprefError::Empty(format!(
+                    "problem {problem} has no positive mass in {name}; every problem needs at \
+                     least one valid row and one valid column (drop empty problems from the batch)"
+                )));
+            }
+        }
+        // Masses normalised in f32 differ by ~1e-7; anything beyond 1e-4 is a real mismatch.
+        if balanced && (total_a - total_b).abs() > 1e-4 * total_a.max(total_b) {
+            return Err(OtprefError::UnequalTotals(format!(
+                "problem {problem}: sum(a) = {total_a} but sum(b) = {total_b}; balanced \
+                 transport needs equal totals: normalise both, or use unbalanced_sinkhorn"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The log-domain Sinkhorn iterations shared by the balanced and the unbalanced problem.
+//!
+//! With reduced potentials `x, y` (dimensionless, `f = ε (x + log a)`) the plan is
+//! `P_ij = exp(log a_i + x_i + log b_j + y_j - C_ij/ε)` and one iteration is
+//!
+//! ```text
+//! x_i = (λ_a - 1) log a_i - λ_a LSE_j(log b_j + y_j - C_ij/ε)
+//! y_j = (λ_b - 1) log b_j - λ_b LSE_i(log a_i + x_i - C_ij/ε)
+//! ```
+//!
+//! with `λ = ρ/(ρ+ε)` (1 for an exact marginal). Keeping `log a`, `log b` inside the
+//! log-sum-exp is what makes padding free: a padded row has `log a = LOG_ZERO`, so it never
+//! contributes, and no potential ever needs to be infinite.
+
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+
+use super::config::UnbalancedConfig;
+use super::problem::{prepare, Dims, Problem};
+use super::transport::Transport;
+use crate::error::OtprefError;
+
+/// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
+/// the inputs are tracked (the unrolled mode); detach them first for no graph.
+pub(crate) fn solve<B: Backend>(
+    cost: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    config: &UnbalancedConfig,
+) -> Result<Transport<B>, OtprefError> {
+    config.validate()?;
+    let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
+    let (x, y, stats) = iterate(&problem, dims, config);
+    let epsilon = config.epsilon;
+    let log_plan = problem.log_a.clone().add(x.clone()).unsqueeze_dim::<3>(2)
+        + problem.log_b.clone().add(y.clone()).unsqueeze_dim::<3>(1)
+        + problem.log_kernel;
+    Ok(Transport {
+        plan: log_plan.exp(),
+        f: (x + problem.log_a_or_zero)
+            .mul_scalar(epsilon)
+            .mask_fill(problem.pad_a, 0.0),
+        g: (y + problem.log_b_or_zero)
+            .mul_scalar(epsilon)
+            .mask_fill(problem.pad_b, 0.0),
+        iterations: stats.iterations,
+        converged: stats.converged,
+        marginal_error: stats.error,
+    })
+}
+
+struct Stats {
+    iterations: Vec<usize>,
+    converged: Vec<bool>,
+    error: Vec<f64>,
+}
+
+/// Runs the iterations until every problem has converged or hit `max_iters`.
+///
+/// A problem that has converged is frozen (its potentials no longer change) while the others
+/// go on, so each problem's result is the one a solver run on it alone would return.
+fn iterate<B: Backend>(
+    problem: &Problem<B>,
+    dims: Dims,
+    config: &UnbalancedConfig,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Stats) {
+    let balanced = config.is_balanced();
+    let (lambda_a, lambda_b) = (config.lambda_a(), config.lambda_b());
+    let mut x = problem.log_a.zeros_like();
+    let mut y = problem.log_b.zeros_like();
+    let mut stats = Stats {
+        iterations: vec![config.max_iters; dims.batch],
+        converged: vec![false; dims.batch],
+        error: vec![f64::INFINITY; dims.batch],
+    };
+    // `done` is None until some problem has converged: no masking cost before that.
+    let mut done: Option<Tensor<B, 2, Bool>> = None;
+    let device = problem.log_a.device();
+
+    for iteration in 1..=config.max_iters {
+        let check = iteration % config.check_every == 0 || iteration == config.max_iters;
+
+        let x_new = update_x(problem, &y, lambda_a);
+        if check && balanced && iteration > 1 {
+            // Row marginal of the current (x, y), whose column marginal is exact:
+            // P1 = a * exp(x - x_new), so ||P1 - a||_1 = Σ a |exp(x - x_new) - 1|.
+            let errors = row_marginal_error(problem, &x, &x_new);
+            done = record_convergence(&mut stats, &errors, iteration - 1, config, &device);
+        }
+        let x_next = freeze(x_new, &x, done.as_ref(), dims.n);
+
+        let y_new = update_y(problem, &x_next, lambda_b);
+        let y_next = freeze(y_new, &y, done.as_ref(), dims.m);
+        if check && !balanced {
+            let errors = potential_change(problem, &x, &x_next, &y, &y_next);
+            done = record_convergence(&mut stats, &errors, iteration, config, &device);
+        }
+        x = x_next;
+        y = y_next;
+        if stats.converged.iter().all(|c| *c) {
+            break;
+        }
+    }
+    (x, y, stats)
+}
+
+fn update_x<B: Backend>(problem: &Problem<B>, y: &Tensor<B, 2>, lambda: f64) -> Tensor<B, 2> {
+    let scores =
+        problem.log_kernel.clone() + (problem.log_b.clone() + y.clone()).unsqueeze_dim::<3>(1);
+    damped(
+        log_sum_exp(scores, 2).squeeze_dim(2),
+        &problem.log_a_or_zero,
+        lambda,
+    )
+}
+
+fn update_y<B: Backend>(problem: &Problem<B>, x: &Tensor<B, 2>, lambda: f64) -> Tensor<B, 2> {
+    let scores =
+        problem.log_kernel.clone() + (problem.log_a.clone() + x.clone()).unsqueeze_dim::<3>(2);
+    damped(
+        log_sum_exp(scores, 1).squeeze_dim(1),
+        &problem.log_b_or_zero,
+        lambda,
+    )
+}
+
+/// `(λ - 1) log mass - λ lse`: the balanced update `-lse` when λ = 1.
+fn damped<B: Backend>(lse: Tensor<B, 2>, log_mass: &Tensor<B, 2>, lambda: f64) -> Tensor<B, 2> {
+    if lambda == 1.0 {
+        lse.neg()
+    } else {
+        lse.mul_scalar(-lambda) + log_mass.clone().mul_scalar(lambda - 1.0)
+    }
+}
+
+/// Numerically stable `log Σ exp` along `dim`, keeping the dimension.
+///
+/// The shift is detached: it cancels exactly, and a detached shift keeps ties in the max out
+/// of the backward pass.
+pub(crate) fn log_sum_exp<B: Backend>(scores: Tensor<B, 3>, dim: usize) -> Tensor<B, 3> {
+    let shift = scores.clone().detach().max_dim(dim);
+    (scores - shift.clone()).exp().sum_dim(dim).log() + shift
+}
+
+/// Keeps the old values of problems that are already done.
+fn freeze<B: Backend>(
+    new: Tensor<B, 2>,
+    old: &Tensor<B, 2>,
+    done: Option<&Tensor<B, 2, Bool>>,
+    len: usize,
+) -> Tensor<B, 2> {
+    match done {
+        Some(done) => {
+            let [batch, _] = new.dims();
+            new.mask_where(done.clone().expand([batch, len]), old.clone())
+        }
+        None => new,
+    }
+}
+
+fn row_marginal_error<B: Backend>(
+    problem: &Problem<B>,
+    x: &Tensor<B, 2>,
+    x_new: &Tensor<B, 2>,
+) -> Vec<f64> {
+    let a = problem.log_a.clone().detach().exp();
+    let shift = (x.clone().detach() - x_new.clone().detach()).mask_fill(problem.pad_a.clone(), 0.0);
+    let errors = (a * (shift.exp() - 1.0).abs()).sum_dim(1);
+    to_host(errors)
+}
+
+fn potential_change<B: Backend>(
+    problem: &Problem<B>,
+    x: &Tensor<B, 2>,
+    x_new: &Tensor<B, 2>,
+    y: &Tensor<B, 2>,
+    y_new: &Tensor<B, 2>,
+) -> Vec<f64> {
+    let dx = (x_new.clone().detach() - x.clone().detach())
+        .abs()
+        .mask_fill(problem.pad_a.clone(), 0.0)
+        .max_dim(1);
+    let dy = (y_new.clone().detach() - y.clone().detach())
+        .abs()
+        .mask_fill(problem.pad_b.clone(), 0.0)
+        .max_dim(1);
+    to_host(dx.max_pair(dy))
+}
+
+fn to_host<B: Backend>(values: Tensor<B, 2>) -> Vec<f64> {
+    values
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("a float tensor converts to f64")
+}
+
+/// Marks problems that meet the tolerance; returns the mask of problems that are done.
+fn record_convergence<B: Backend>(
+    stats: &mut Stats,
+    errors: &[f64],
+    iteration: usize,
+    config: &UnbalancedConfig,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
+    for (problem, error) in errors.iter().enumerate() {
+        if stats.converged[problem] {
+            continue;
+        }
+        stats.error[problem] = *error;
+        // A NaN error never counts as converged (NaN <= tol is false).
+        if *error <= config.tolerance {
+            stats.converged[problem] = true;
+            stats.iterations[problem] = iteration;
+        }
+    }
+    if !stats.converged.iter().any(|c| *c) {
+        return None;
+    }
+    let data = TensorData::new(stats.converged.clone(), [stats.converged.len(), 1]);
+    Some(Tensor::from_data(data, device))
+}

@@ -1,0 +1,97 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+
+/// The CPU backend every test runs on.
+pub type Cpu = Flex;
+/// The same with autodiff.
+pub type CpuAd = Autodiff<Flex>;
+
+/// One problem of a batch, unpadded, in row-major order.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub n: usize,
+    pub m: usize,
+    pub cost: Vec<f64>,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+}
+
+/// Pads problems into one batch `[batch, n_max, m_max]`; padding gets zero mass and a cost of
+/// `pad_cost` (the solver must never read it).
+pub fn pad_batch<B: Backend>(
+    problems: &[Problem],
+    pad_cost: f64,
+    dtype: DType,
+) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>) {
+    let n = problems.iter().map(|p| p.n).max().unwrap();
+    let m = problems.iter().map(|p| p.m).max().unwrap();
+    let batch = problems.len();
+    let mut cost = vec![pad_cost; batch * n * m];
+    let mut a = vec![0.0; batch * n];
+    let mut b = vec![0.0; batch * m];
+    for (k, p) in problems.iter().enumerate() {
+        for i in 0..p.n {
+            a[k * n + i] = p.a[i];
+            for j in 0..p.m {
+                cost[(k * n + i) * m + j] = p.cost[i * p.m + j];
+            }
+        }
+        b[k * m..k * m + p.m].copy_from_slice(&p.b);
+    }
+    (
+        tensor(cost, [batch, n, m], dtype),
+        tensor(a, [batch, n], dtype),
+        tensor(b, [batch, m], dtype),
+    )
+}
+
+/// A tensor of the given dtype on the default device.
+pub fn tensor<B: Backend, const D: usize>(
+    values: Vec<f64>,
+    shape: [usize; D],
+    dtype: DType,
+) -> Tensor<B, D> {
+    Tensor::from_data(
+        TensorData::new(values, shape).convert_dtype(dtype),
+        (&Default::default(), dtype),
+    )
+}
+
+/// A tensor's values as f64.
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().into_vec::<f64>().unwrap()
+}
+
+/// Small deterministic generator (SplitMix64) so tests need no extra crate for fixed data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn vec(&mut self, len: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..len).map(|_| lo + (hi - lo) * self.next_f64()).collect()
+    }
+}
+
+/// A random problem with costs in [0, 1] and positive masses summing to 1 (if normalised).
+pub fn random_problem(rng: &mut Rng, n: usize, m: usize, normalised: bool) -> Problem {
+    let cost = rng.vec(n * m, 0.0, 1.0);
+    let mut a = rng.vec(n, 0.1, 1.0);
+    let mut b = rng.vec(m, 0.1, 1.0);
+    if normalised {
+        let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+        a.iter_mut().for_each(|v| *v /= sa);
+        b.iter_mut().for_each(|v| *v /= sb);
+    }
+    Problem { n, m, cost, a, b }
+}
