@@ -1,0 +1,197 @@
+//! Property tests of the OT marginals and symmetries (proptest, fixed case count for CI).
+
+mod common;
+
+use burn::tensor::{DType, Tensor};
+use common::{pad_batch, values, Cpu, Problem};
+use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
+use proptest::prelude::*;
+
+/// A batch of 1-3 problems of sizes 1..=6, random costs in [0, 1] and positive masses
+/// normalised to 1 (balanced-ready).
+fn batch() -> impl Strategy<Value = Vec<Problem>> {
+    let problem = (1usize..=6, 1usize..=6).prop_flat_map(|(n, m)| {
+        (
+            prop::collection::vec(0.0f64..1.0, n * m),
+            prop::collection::vec(0.05f64..1.0, n),
+            prop::collection::vec(0.05f64..1.0, m),
+        )
+            .prop_map(move |(cost, a, b)| {
+                let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+                Problem {
+                    n,
+                    m,
+                    cost,
+                    a: a.iter().map(|v| v / sa).collect(),
+                    b: b.iter().map(|v| v / sb).collect(),
+                }
+            })
+    });
+    prop::collection::vec(problem, 1..=3)
+}
+
+fn dims(problems: &[Problem]) -> (usize, usize) {
+    (
+        problems.iter().map(|p| p.n).max().unwrap(),
+        problems.iter().map(|p| p.m).max().unwrap(),
+    )
+}
+
+fn solve_balanced(problems: &[Problem], epsilon: f64) -> (Vec<f64>, Vec<bool>) {
+    let (cost, a, b) = pad_batch::<Cpu>(problems, 0.0, DType::F32);
+    let t = sinkhorn(
+        cost,
+        a,
+        b,
+        &SinkhornConfig::new(epsilon).with_max_iters(5000),
+    )
+    .unwrap();
+    (values(t.plan), t.converged)
+}
+
+fn row_col_sums(plan: &[f64], k: usize, n: usize, m: usize) -> (Vec<f64>, Vec<f64>) {
+    let block = &plan[k * n * m..(k + 1) * n * m];
+    let rows = (0..n)
+        .map(|i| block[i * m..(i + 1) * m].iter().sum())
+        .collect();
+    let cols = (0..m)
+        .map(|j| (0..n).map(|i| block[i * m + j]).sum())
+        .collect();
+    (rows, cols)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn balanced_plans_have_the_right_marginals_and_zero_padding(
+        problems in batch(), epsilon in 0.02f64..1.0
+    ) {
+        let (plan, converged) = solve_balanced(&problems, epsilon);
+        let (n, m) = dims(&problems);
+        prop_assert!(converged.iter().all(|c| *c));
+        for (k, p) in problems.iter().enumerate() {
+            let (rows, cols) = row_col_sums(&plan, k, n, m);
+            let row_error: f64 = p.a.iter().zip(&rows).map(|(a, r)| (a - r).abs()).sum();
+            let col_error: f64 = p.b.iter().zip(&cols).map(|(b, c)| (b - c).abs()).sum();
+            // Tolerance 1e-6 on ||P1 - a||_1 plus f32 rounding of the sums.
+            prop_assert!(row_error < 1e-5, "row error {}", row_error);
+            prop_assert!(col_error < 1e-5, "column error {}", col_error);
+            for i in 0..n {
+                for j in 0..m {
+                    let v = plan[(k * n + i) * m + j];
+                    prop_assert!(v >= 0.0 && v.is_finite());
+                    if i >= p.n || j >= p.m {
+                        prop_assert_eq!(v, 0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adding_a_constant_to_the_cost_leaves_a_balanced_plan_unchanged(
+        problems in batch(), epsilon in 0.05f64..1.0, shift in -5.0f64..5.0
+    ) {
+        let (plan, _) = solve_balanced(&problems, epsilon);
+        let shifted: Vec<Problem> = problems
+            .iter()
+            .map(|p| Problem { cost: p.cost.iter().map(|c| c + shift).collect(), ..p.clone() })
+            .collect();
+        let (plan_shifted, _) = solve_balanced(&shifted, epsilon);
+        for (x, y) in plan.iter().zip(&plan_shifted) {
+            prop_assert!((x - y).abs() < 1e-5, "{} vs {}", x, y);
+        }
+    }
+
+    #[test]
+    fn transposing_the_problem_transposes_the_plan(
+        problems in batch(), epsilon in 0.05f64..1.0
+    ) {
+        let (plan, _) = solve_balanced(&problems, epsilon);
+        let transposed: Vec<Problem> = problems
+            .iter()
+            .map(|p| Problem {
+                n: p.m,
+                m: p.n,
+                cost: (0..p.m * p.n).map(|idx| p.cost[(idx % p.n) * p.m + idx / p.n]).collect(),
+                a: p.b.clone(),
+                b: p.a.clone(),
+            })
+            .collect();
+        let (plan_t, _) = solve_balanced(&transposed, epsilon);
+        let (n, m) = dims(&problems);
+        for k in 0..problems.len() {
+            for i in 0..n {
+                for j in 0..m {
+                    let x = plan[(k * n + i) * m + j];
+                    let y = plan_t[(k * m + j) * n + i];
+                    prop_assert!((x - y).abs() < 1e-5, "{} vs {}", x, y);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unbalanced_plans_approach_the_balanced_one_as_rho_grows(
+        problems in batch(), epsilon in 0.1f64..1.0
+    ) {
+        let (balanced, _) = solve_balanced(&problems, epsilon);
+        let mut previous = f64::INFINITY;
+        for rho in [1.0, 10.0, 100.0, 1e4] {
+            let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+            let config = UnbalancedConfig::new(epsilon, rho, rho).with_max_iters(20_000);
+            let plan = values(unbalanced_sinkhorn(cost, a, b, &config).unwrap().plan);
+            let distance: f64 = plan.iter().zip(&balanced).map(|(x, y)| (x - y).abs()).sum();
+            prop_assert!(distance <= previous + 1e-6, "rho {}: {} after {}", rho, distance, previous);
+            previous = distance;
+        }
+        prop_assert!(previous < 1e-3, "rho = 1e4 is still {} away from balanced", previous);
+    }
+
+    #[test]
+    fn unbalanced_marginals_follow_the_kl_optimality_condition(
+        problems in batch(), epsilon in 0.05f64..1.0, rho_a in 0.05f64..5.0, rho_b in 0.05f64..5.0
+    ) {
+        // Stationarity of <P,C> + ε Σ P(log P - 1) + ρ_a KL(P1|a) + ρ_b KL(Pᵀ1|b) with
+        // P = exp((f + g - C)/ε) gives f = -ρ_a log(P1 / a) and g = -ρ_b log(Pᵀ1 / b).
+        let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+        let config = UnbalancedConfig::new(epsilon, rho_a, rho_b).with_max_iters(20_000);
+        let t = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
+        prop_assert!(t.all_converged());
+        let (n, m) = dims(&problems);
+        let plan = values(t.plan);
+        let f = values(t.f);
+        let g = values(t.g);
+        for (k, p) in problems.iter().enumerate() {
+            let (rows, cols) = row_col_sums(&plan, k, n, m);
+            for i in 0..p.n {
+                let expected = p.a[i] * (-f[k * n + i] / rho_a).exp();
+                prop_assert!((rows[i] - expected).abs() < 1e-4 * expected.max(1e-2),
+                    "row {}: {} vs {}", i, rows[i], expected);
+            }
+            for j in 0..p.m {
+                let expected = p.b[j] * (-g[k * m + j] / rho_b).exp();
+                prop_assert!((cols[j] - expected).abs() < 1e-4 * expected.max(1e-2),
+                    "column {}: {} vs {}", j, cols[j], expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stronger_penalty_brings_the_marginals_closer(
+        problems in batch(), epsilon in 0.05f64..1.0, rho in 0.05f64..2.0
+    ) {
+        let marginal_gap = |rho: f64| -> f64 {
+            let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+            let config = UnbalancedConfig::new(epsilon, rho, rho).with_max_iters(20_000);
+            let t = unbalanced_sinkhorn(cost, a.clone(), b.clone(), &config).unwrap();
+            let rows: Tensor<Cpu, 2> = t.plan.clone().sum_dim(2).squeeze_dim(2);
+            let cols: Tensor<Cpu, 2> = t.plan.sum_dim(1).squeeze_dim(1);
+            values((rows - a).abs().sum() + (cols - b).abs().sum())[0]
+        };
+        let weak = marginal_gap(rho);
+        let strong = marginal_gap(rho * 4.0);
+        prop_assert!(strong <= weak + 1e-6, "rho {}: gap {} vs 4 rho: {}", rho, weak, strong);
+    }
+}
