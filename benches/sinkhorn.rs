@@ -1,1 +1,58 @@
-fn main() {}
+//! Forward Sinkhorn on the reference workload: batch 16, n = m = 256, ε = 0.05,
+//! tolerance 1e-6, costs uniform in [0, 1], uniform masses. Compare with POT's
+//! `ot.batch.solve_batch` via `benches/pot_sinkhorn.py` on the same machine.
+//!
+//! `cargo bench --bench sinkhorn` (CPU) or `cargo bench --features cuda --bench sinkhorn` (adds
+//! the CUDA backend).
+
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use otpref::{
+    sinkhorn, unbalanced_sinkhorn, GradientMode, OtBackend, SinkhornConfig, UnbalancedConfig,
+};
+
+const BATCH: usize = 16;
+const SIZE: usize = 256;
+const EPSILON: f64 = 0.05;
+
+fn inputs<B: Backend>(device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>) {
+    B::seed(device, 0);
+    let cost = Tensor::random([BATCH, SIZE, SIZE], Distribution::Uniform(0.0, 1.0), device);
+    let masses = Tensor::<B, 2>::ones([BATCH, SIZE], device).div_scalar(SIZE as f64);
+    (cost, masses.clone(), masses)
+}
+
+fn bench_backend<B: OtBackend>(c: &mut Criterion, name: &str, device: &B::Device) {
+    let (cost, a, b) = inputs::<B>(device);
+    let balanced = SinkhornConfig::new(EPSILON)
+        .with_tolerance(1e-6)
+        .with_gradient(GradientMode::Detach);
+    let unbalanced = UnbalancedConfig::new(EPSILON, 1.0, 1.0)
+        .with_tolerance(1e-6)
+        .with_gradient(GradientMode::Detach);
+    let mut group = c.benchmark_group(format!("sinkhorn_{name}"));
+    group.sample_size(20);
+    group.bench_function("balanced_b16_n256_eps0.05", |bench| {
+        bench.iter(|| {
+            let t = sinkhorn(cost.clone(), a.clone(), b.clone(), &balanced).unwrap();
+            // Reading the plan back makes the timing include all device work.
+            t.plan.sum().into_data()
+        })
+    });
+    group.bench_function("unbalanced_rho1_b16_n256_eps0.05", |bench| {
+        bench.iter(|| {
+            let t = unbalanced_sinkhorn(cost.clone(), a.clone(), b.clone(), &unbalanced).unwrap();
+            t.plan.sum().into_data()
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_backend::<burn::backend::Flex>(c, "flex", &Default::default());
+    #[cfg(feature = "cuda")]
+    bench_backend::<burn::backend::Cuda>(c, "cuda", &Default::default());
+}
+
+criterion_group!(sinkhorn_benches, benches);
+criterion_main!(sinkhorn_benches);

@@ -53,6 +53,10 @@ fn setup(seed: u64, balanced: bool) -> Setup {
 }
 
 fn config(balanced: bool, gradient: GradientMode) -> UnbalancedConfig {
+    config_with(balanced, gradient, true)
+}
+
+fn config_with(balanced: bool, gradient: GradientMode, matmul_updates: bool) -> UnbalancedConfig {
     let (rho_a, rho_b) = if balanced {
         (f64::INFINITY, f64::INFINITY)
     } else {
@@ -64,6 +68,7 @@ fn config(balanced: bool, gradient: GradientMode) -> UnbalancedConfig {
         .with_check_every(5)
         .with_implicit_tolerance(1e-12)
         .with_gradient(gradient)
+        .with_matmul_updates(matmul_updates)
 }
 
 type Inputs = (Tensor<CpuAd, 3>, Tensor<CpuAd, 2>, Tensor<CpuAd, 2>);
@@ -128,8 +133,12 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 }
 
 fn check_mode(balanced: bool, mode: GradientMode, seed: u64) {
+    check_mode_with(balanced, mode, seed, true);
+}
+
+fn check_mode_with(balanced: bool, mode: GradientMode, seed: u64, matmul_updates: bool) {
     let setup = setup(seed, balanced);
-    let config = config(balanced, mode);
+    let config = config_with(balanced, mode, matmul_updates);
     let (cost, a, b) = inputs(&setup);
     let (cost, a, b) = (cost.require_grad(), a.require_grad(), b.require_grad());
     let grads = loss(&setup, (cost.clone(), a.clone(), b.clone()), &config).backward();
@@ -184,6 +193,17 @@ fn unrolled_gradients_match_finite_differences_balanced() {
 #[test]
 fn unrolled_gradients_match_finite_differences_unbalanced() {
     check_mode(false, GradientMode::Unrolled, 4);
+}
+
+#[test]
+fn unrolled_gradients_through_the_full_log_sum_exp_updates() {
+    check_mode_with(true, GradientMode::Unrolled, 8, false);
+    check_mode_with(false, GradientMode::Unrolled, 9, false);
+}
+
+#[test]
+fn implicit_gradients_after_full_log_sum_exp_updates() {
+    check_mode_with(false, GradientMode::Implicit, 10, false);
 }
 
 #[test]

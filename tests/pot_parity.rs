@@ -103,11 +103,18 @@ fn assert_plans_match(case: &Case, plan: &[f64], n: usize, m: usize) {
 
 #[test]
 fn balanced_plans_match_pot_sinkhorn_log() {
-    for case in cases().iter().filter(|c| c.kind == "balanced") {
+    // Both ways of evaluating the updates (matrix products and full log-sum-exp) must agree.
+    for (case, matmul) in cases()
+        .iter()
+        .filter(|c| c.kind == "balanced")
+        .flat_map(|c| [(c, true), (c, false)])
+    {
         // NaN in padded cost entries must never leak into the result.
         let (cost, a, b) = pad_batch::<Cpu>(&case.problems, f64::NAN, DType::F32);
         let [_, n, m] = cost.dims();
-        let config = SinkhornConfig::new(case.epsilon).with_max_iters(20_000);
+        let config = SinkhornConfig::new(case.epsilon)
+            .with_max_iters(20_000)
+            .with_matmul_updates(matmul);
         let transport = sinkhorn(cost, a, b, &config).unwrap();
         assert!(
             transport.all_converged(),
@@ -120,11 +127,16 @@ fn balanced_plans_match_pot_sinkhorn_log() {
 
 #[test]
 fn unbalanced_plans_match_pot_sinkhorn_unbalanced_entropy() {
-    for case in cases().iter().filter(|c| c.kind == "unbalanced") {
+    for (case, matmul) in cases()
+        .iter()
+        .filter(|c| c.kind == "unbalanced")
+        .flat_map(|c| [(c, true), (c, false)])
+    {
         let (cost, a, b) = pad_batch::<Cpu>(&case.problems, 1e9, DType::F32);
         let [_, n, m] = cost.dims();
-        let config =
-            UnbalancedConfig::new(case.epsilon, case.rho.0, case.rho.1).with_max_iters(20_000);
+        let config = UnbalancedConfig::new(case.epsilon, case.rho.0, case.rho.1)
+            .with_max_iters(20_000)
+            .with_matmul_updates(matmul);
         let transport = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
         assert!(
             transport.all_converged(),

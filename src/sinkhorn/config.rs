@@ -40,6 +40,11 @@ pub struct SinkhornConfig {
     /// How gradients flow to `cost`, `a` and `b`.
     #[config(default = "GradientMode::Implicit")]
     pub gradient: GradientMode,
+    /// Evaluate each update as a batched matrix product with a shifted kernel when that is
+    /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
+    /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
+    #[config(default = true)]
+    pub matmul_updates: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward.
     #[config(default = 1000)]
     pub implicit_max_iters: usize,
@@ -78,6 +83,11 @@ pub struct UnbalancedConfig {
     /// How gradients flow to `cost`, `a` and `b`.
     #[config(default = "GradientMode::Implicit")]
     pub gradient: GradientMode,
+    /// Evaluate each update as a batched matrix product with a shifted kernel when that is
+    /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
+    /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
+    #[config(default = true)]
+    pub matmul_updates: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward.
     #[config(default = 1000)]
     pub implicit_max_iters: usize,
@@ -157,6 +167,7 @@ impl From<&SinkhornConfig> for UnbalancedConfig {
             tolerance: c.tolerance,
             check_every: c.check_every,
             gradient: c.gradient,
+            matmul_updates: c.matmul_updates,
             implicit_max_iters: c.implicit_max_iters,
             implicit_tolerance: c.implicit_tolerance,
         }

@@ -25,6 +25,8 @@ pub(crate) struct Problem<B: Backend> {
     pub pad_a: Tensor<B, 2, Bool>,
     /// Padded columns (`b == 0`).
     pub pad_b: Tensor<B, 2, Bool>,
+    /// 1 on valid pairs, 0 where the row or the column is padding; `None` without padding.
+    pub valid_pair: Option<Tensor<B, 3>>,
 }
 
 /// Per-problem dimensions of a batch.
@@ -53,17 +55,20 @@ pub(crate) fn prepare<B: Backend>(
 
     let pad_a = a.clone().lower_equal_elem(0.0);
     let pad_b = b.clone().lower_equal_elem(0.0);
-    let pad_pair = pad_a
-        .clone()
-        .unsqueeze_dim::<3>(2)
-        .expand([dims.batch, dims.n, dims.m])
-        .bool_or(
-            pad_b
-                .clone()
-                .unsqueeze_dim::<3>(1)
-                .expand([dims.batch, dims.n, dims.m]),
-        );
-    let cost = cost.mask_fill(pad_pair, 0.0);
+    let has_padding = a_host.iter().chain(&b_host).any(|mass| *mass == 0.0);
+    let (cost, valid_pair) = if has_padding {
+        // Masses are >= 0, so sign() is the 0/1 validity mask, and the outer product of the
+        // two masks (a matrix product, the fastest broadcast) marks the valid pairs.
+        let valid_pair = a
+            .clone()
+            .sign()
+            .unsqueeze_dim::<3>(2)
+            .matmul(b.clone().sign().unsqueeze_dim::<3>(1));
+        let cost = cost.mask_fill(valid_pair.clone().lower_elem(0.5), 0.0);
+        (cost, Some(valid_pair))
+    } else {
+        (cost, None)
+    };
     let has_non_finite = cost
         .clone()
         .is_finite()
@@ -91,6 +96,7 @@ pub(crate) fn prepare<B: Backend>(
         log_b_or_zero,
         pad_a,
         pad_b,
+        valid_pair,
     };
     Ok((problem, dims))
 }

@@ -11,8 +11,16 @@
 //! with `λ = ρ/(ρ+ε)` (1 for an exact marginal). Keeping `log a`, `log b` inside the
 //! log-sum-exp is what makes padding free: a padded row has `log a = LOG_ZERO`, so it never
 //! contributes, and no potential ever needs to be infinite.
+//!
+//! Two exact ways to evaluate the log-sum-exp, chosen once per solve ([`Kernel`]):
+//! - `Shifted`: when the cost's spread over ε is moderate (the common case, e.g. costs in
+//!   [0, 1] with ε >= 0.02 in f32), `LSE_j(K_ij + w_j) = log Σ_j E_ij exp(w_j - t) + k + t`
+//!   with the kernel `E = exp(K - k)` computed once (`k = max K`, `t = max w`). Each update
+//!   is then a batched matrix-vector product. Its largest term is at least `exp(-(max K -
+//!   min K))`, so the sum cannot underflow as long as that spread stays below [`max_spread`].
+//! - `Log`: the textbook log-sum-exp over `[batch, n, m]`, for any ε, e.g. 1e-3.
 
-use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 
 use super::config::UnbalancedConfig;
 use super::problem::{prepare, Dims, Problem};
@@ -31,8 +39,8 @@ pub(crate) fn solve<B: Backend>(
     let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
     let (x, y, stats) = iterate(&problem, dims, config);
     let epsilon = config.epsilon;
-    let log_plan = problem.log_a.clone().add(x.clone()).unsqueeze_dim::<3>(2)
-        + problem.log_b.clone().add(y.clone()).unsqueeze_dim::<3>(1)
+    let log_plan = spread_over_columns(problem.log_a.clone() + x.clone(), dims.m)
+        + spread_over_rows(problem.log_b.clone() + y.clone(), dims.n)
         + problem.log_kernel;
     Ok(Transport {
         plan: log_plan.exp(),
@@ -65,6 +73,7 @@ fn iterate<B: Backend>(
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Stats) {
     let balanced = config.is_balanced();
     let (lambda_a, lambda_b) = (config.lambda_a(), config.lambda_b());
+    let kernel = Kernel::choose(problem, config.matmul_updates);
     let mut x = problem.log_a.zeros_like();
     let mut y = problem.log_b.zeros_like();
     let mut stats = Stats {
@@ -79,7 +88,7 @@ fn iterate<B: Backend>(
     for iteration in 1..=config.max_iters {
         let check = iteration % config.check_every == 0 || iteration == config.max_iters;
 
-        let x_new = update_x(problem, &y, lambda_a);
+        let x_new = update_x(problem, &kernel, &y, lambda_a);
         if check && balanced && iteration > 1 {
             // Row marginal of the current (x, y), whose column marginal is exact:
             // P1 = a * exp(x - x_new), so ||P1 - a||_1 = Σ a |exp(x - x_new) - 1|.
@@ -88,7 +97,7 @@ fn iterate<B: Backend>(
         }
         let x_next = freeze(x_new, &x, done.as_ref(), dims.n);
 
-        let y_new = update_y(problem, &x_next, lambda_b);
+        let y_new = update_y(problem, &kernel, &x_next, lambda_b);
         let y_next = freeze(y_new, &y, done.as_ref(), dims.m);
         if check && !balanced {
             let errors = potential_change(problem, &x, &x_next, &y, &y_next);
@@ -103,24 +112,98 @@ fn iterate<B: Backend>(
     (x, y, stats)
 }
 
-fn update_x<B: Backend>(problem: &Problem<B>, y: &Tensor<B, 2>, lambda: f64) -> Tensor<B, 2> {
-    let scores =
-        problem.log_kernel.clone() + (problem.log_b.clone() + y.clone()).unsqueeze_dim::<3>(1);
-    damped(
-        log_sum_exp(scores, 2).squeeze_dim(2),
-        &problem.log_a_or_zero,
-        lambda,
-    )
+/// How the log-sum-exp of an update is evaluated (see the module docs).
+enum Kernel<B: Backend> {
+    /// `E = exp(K - shift)` with padded pairs set to 0.
+    Shifted { kernel: Tensor<B, 3>, shift: f64 },
+    /// Log-sum-exp over the full `[batch, n, m]` scores.
+    Log,
 }
 
-fn update_y<B: Backend>(problem: &Problem<B>, x: &Tensor<B, 2>, lambda: f64) -> Tensor<B, 2> {
-    let scores =
-        problem.log_kernel.clone() + (problem.log_a.clone() + x.clone()).unsqueeze_dim::<3>(2);
-    damped(
-        log_sum_exp(scores, 1).squeeze_dim(1),
-        &problem.log_b_or_zero,
-        lambda,
-    )
+impl<B: Backend> Kernel<B> {
+    fn choose(problem: &Problem<B>, matmul_updates: bool) -> Self {
+        if !matmul_updates {
+            return Kernel::Log;
+        }
+        // Padded pairs hold K = 0 and are counted in the spread: conservative, never wrong.
+        let log_kernel = problem.log_kernel.clone().detach();
+        let extremes = to_host(Tensor::cat(
+            vec![
+                log_kernel.clone().max().unsqueeze::<2>(),
+                log_kernel.min().unsqueeze::<2>(),
+            ],
+            1,
+        ));
+        let (max, min) = (extremes[0], extremes[1]);
+        if max - min > max_spread(problem.log_kernel.dtype()) {
+            return Kernel::Log;
+        }
+        let kernel = problem.log_kernel.clone().sub_scalar(max).exp();
+        // exp(0 - max) <= 1 at padded pairs, so zeroing them by a product is NaN-free.
+        let kernel = match &problem.valid_pair {
+            Some(valid) => kernel * valid.clone(),
+            None => kernel,
+        };
+        Kernel::Shifted { kernel, shift: max }
+    }
+}
+
+/// Largest spread `max K - min K` (in units of ε) for which the shifted kernel is exact: its
+/// smallest possible dominant term `exp(-spread)` stays a normal number, with margin.
+fn max_spread(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 600.0,
+        DType::F32 | DType::Flex32 | DType::BF16 => 60.0,
+        DType::F16 => 8.0,
+        _ => 0.0,
+    }
+}
+
+fn update_x<B: Backend>(
+    problem: &Problem<B>,
+    kernel: &Kernel<B>,
+    y: &Tensor<B, 2>,
+    lambda: f64,
+) -> Tensor<B, 2> {
+    let weights = problem.log_b.clone() + y.clone();
+    let lse = match kernel {
+        Kernel::Shifted { kernel, shift } => {
+            let top = weights.clone().detach().max_dim(1);
+            let scaled = (weights - top.clone()).exp().unsqueeze_dim::<3>(2);
+            let sums = kernel.clone().matmul(scaled).squeeze_dim::<2>(2);
+            // Padded rows have an all-zero kernel row: keep their (unused) value finite.
+            sums.mask_fill(problem.pad_a.clone(), 1.0).log() + top + *shift
+        }
+        Kernel::Log => {
+            let scores = problem.log_kernel.clone()
+                + spread_over_rows(weights, problem.log_kernel.dims()[1]);
+            log_sum_exp(scores, 2).squeeze_dim(2)
+        }
+    };
+    damped(lse, &problem.log_a_or_zero, lambda)
+}
+
+fn update_y<B: Backend>(
+    problem: &Problem<B>,
+    kernel: &Kernel<B>,
+    x: &Tensor<B, 2>,
+    lambda: f64,
+) -> Tensor<B, 2> {
+    let weights = problem.log_a.clone() + x.clone();
+    let lse = match kernel {
+        Kernel::Shifted { kernel, shift } => {
+            let top = weights.clone().detach().max_dim(1);
+            let scaled = (weights - top.clone()).exp().unsqueeze_dim::<3>(1);
+            let sums = scaled.matmul(kernel.clone()).squeeze_dim::<2>(1);
+            sums.mask_fill(problem.pad_b.clone(), 1.0).log() + top + *shift
+        }
+        Kernel::Log => {
+            let scores = problem.log_kernel.clone()
+                + spread_over_columns(weights, problem.log_kernel.dims()[2]);
+            log_sum_exp(scores, 1).squeeze_dim(1)
+        }
+    };
+    damped(lse, &problem.log_b_or_zero, lambda)
 }
 
 /// `(λ - 1) log mass - λ lse`: the balanced update `-lse` when λ = 1.
@@ -137,8 +220,26 @@ fn damped<B: Backend>(lse: Tensor<B, 2>, log_mass: &Tensor<B, 2>, lambda: f64) -
 /// The shift is detached: it cancels exactly, and a detached shift keeps ties in the max out
 /// of the backward pass.
 pub(crate) fn log_sum_exp<B: Backend>(scores: Tensor<B, 3>, dim: usize) -> Tensor<B, 3> {
+    let len = scores.dims()[dim];
     let shift = scores.clone().detach().max_dim(dim);
-    (scores - shift.clone()).exp().sum_dim(dim).log() + shift
+    let lse = (scores - shift.clone().repeat_dim(dim, len))
+        .exp()
+        .sum_dim(dim)
+        .log();
+    lse + shift
+}
+
+/// `[batch, m]` -> `[batch, n, m]`, the same row for every `i`.
+///
+/// A materialised repeat: same-shape arithmetic on it is much faster than implicit broadcasting
+/// on CPU backends, and the same on GPUs.
+fn spread_over_rows<B: Backend>(values: Tensor<B, 2>, n: usize) -> Tensor<B, 3> {
+    values.unsqueeze_dim::<3>(1).repeat_dim(1, n)
+}
+
+/// `[batch, n]` -> `[batch, n, m]`, the same column for every `j`.
+fn spread_over_columns<B: Backend>(values: Tensor<B, 2>, m: usize) -> Tensor<B, 3> {
+    values.unsqueeze_dim::<3>(2).repeat_dim(2, m)
 }
 
 /// Keeps the old values of problems that are already done.
