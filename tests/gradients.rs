@@ -258,3 +258,34 @@ fn implicit_and_unrolled_agree_on_the_cost_gradient() {
         assert!((i - u).abs() < 1e-7, "implicit {i} vs unrolled {u}");
     }
 }
+
+#[test]
+fn implicit_gradients_in_f32_are_finite_and_match_unrolled() {
+    // f32 stalls conjugate gradients at its rounding floor; the backward must stop there
+    // cleanly instead of dividing by a vanishing curvature.
+    use burn::tensor::{backend::Backend, Distribution};
+    let device = Default::default();
+    let grad_for = |mode, iterations| {
+        <CpuAd as Backend>::seed(&device, 0);
+        let cost =
+            Tensor::<CpuAd, 3>::random([3, 24, 24], Distribution::Uniform(0.0, 1.0), &device)
+                .require_grad();
+        let masses = Tensor::<CpuAd, 2>::ones([3, 24], &device).div_scalar(24.0);
+        let config = otpref::SinkhornConfig::new(0.05)
+            .with_max_iters(iterations)
+            .with_tolerance(0.0)
+            .with_gradient(mode);
+        let t = otpref::sinkhorn(cost.clone(), masses.clone(), masses, &config).unwrap();
+        let grads = (t.plan * cost.clone()).sum().backward();
+        values(cost.grad(&grads).unwrap())
+    };
+    // Far from convergence the implicit gradient is only approximate, but always finite.
+    let early = grad_for(GradientMode::Implicit, 3);
+    assert!(early.iter().all(|g| g.is_finite()), "non-finite gradient");
+    let unrolled = grad_for(GradientMode::Unrolled, 300);
+    let implicit = grad_for(GradientMode::Implicit, 300);
+    let scale = unrolled.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (i, u) in implicit.iter().zip(&unrolled) {
+        assert!((i - u).abs() < 1e-3 * scale, "implicit {i} vs unrolled {u}");
+    }
+}
