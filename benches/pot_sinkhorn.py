@@ -1,0 +1,44 @@
+"""POT baselines for docs/benchmarks.md, measured on the same machine as the Rust benches.
+
+    pip install POT==0.9.7.post1 numpy
+    python3 benches/pot_sinkhorn.py
+
+Workload of benches/sinkhorn.rs: batch 16, n = m = 256, eps = 0.05, tol 1e-6, costs uniform in
+[0, 1], uniform masses; balanced through ot.batch.solve_batch (numpy), and the unbalanced
+problem (rho = 1) through ot.unbalanced.sinkhorn_unbalanced looped over the batch.
+"""
+import time
+
+import numpy as np
+import ot
+
+rng = np.random.default_rng(0)
+B, N, EPS = 16, 256, 0.05
+M = rng.random((B, N, N))
+a = np.full((B, N), 1.0 / N)
+
+
+def median_ms(fn, repeats=7):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def balanced():
+    return ot.batch.solve_batch(M, EPS, a, a, max_iter=1000, tol=1e-6, grad="detach")
+
+
+def unbalanced():
+    return [ot.unbalanced.sinkhorn_unbalanced(a[k], a[k], M[k], EPS, reg_m=1.0,
+                                              reg_type="entropy", numItermax=1000,
+                                              stopThr=1e-6) for k in range(B)]
+
+
+print("POT", ot.__version__, "numpy", np.__version__)
+print("balanced   ot.batch.solve_batch:              %.1f ms (%d iterations)"
+      % (median_ms(balanced), balanced().log["n_iter"]))
+print("unbalanced sinkhorn_unbalanced, loop of 16:   %.1f ms" % median_ms(unbalanced))
