@@ -4,17 +4,33 @@
 //! [burn](https://burn.dev): batched log-domain Sinkhorn (balanced and unbalanced, padded,
 //! differentiable three ways) as the foundation for OTPO token weights and APLOT margins.
 //!
+//! Data flows one way: cost → transport ([`sinkhorn`](mod@sinkhorn)) → weights or margins
+//! ([`weights`], [`aplot`]) → loss ([`losses`]).
+//!
 //! Every public function is generic over the burn backend; gradients need an autodiff backend
 //! (`Autodiff<B>`). See `docs/` in the repository for the mathematics and conventions.
 #![deny(missing_docs)]
 
+pub mod aplot;
+mod checks;
 mod error;
+pub mod losses;
 pub mod sinkhorn;
+pub mod weights;
 
+pub use aplot::{aplot_margins, AplotConfig};
 pub use error::OtprefError;
+pub use losses::{
+    bt_margin_loss, weighted_dpo_loss, BtLoss, BtLossConfig, DpoInputs, DpoLoss, DpoLossConfig,
+    DpoLossType,
+};
 pub use sinkhorn::{
     sinkhorn, unbalanced_sinkhorn, GradientMode, OtBackend, SinkhornConfig, Transport,
     UnbalancedConfig,
+};
+pub use weights::{
+    otpo_token_weights, token_weights, CostNormalization, OtpoConfig, ResponseTokens,
+    TokenWeighting, TokenWeights, WeightBudget,
 };
 
 /// The README's examples run as doctests.

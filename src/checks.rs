@@ -1,0 +1,74 @@
+//! Input checks shared by the weighting schemes and the losses.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::error::OtprefError;
+
+/// Errors unless `tensor` has exactly `expected` as its shape.
+pub(crate) fn shape<B: Backend, const D: usize>(
+    name: &str,
+    tensor: &Tensor<B, D>,
+    expected: [usize; D],
+) -> Result<(), OtprefError> {
+    if tensor.dims() != expected {
+        return Err(OtprefError::Shape(format!(
+            "{name} must have shape {expected:?}, got {:?}",
+            tensor.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Errors if `tensor` holds NaN or an infinity (one device synchronisation).
+pub(crate) fn finite<B: Backend, const D: usize>(
+    name: &str,
+    tensor: &Tensor<B, D>,
+) -> Result<(), OtprefError> {
+    let all_finite = tensor
+        .clone()
+        .is_finite()
+        .all()
+        .into_data()
+        .iter::<bool>()
+        .all(|ok| ok);
+    if !all_finite {
+        return Err(OtprefError::NonFinite(format!(
+            "{name} holds NaN or infinite values; check the model outputs feeding it"
+        )));
+    }
+    Ok(())
+}
+
+/// Number of valid (non-zero) entries in each row of a 0/1 mask `[batch, len]`, erroring on a
+/// row without any: an empty response has no tokens to weight.
+pub(crate) fn lengths<B: Backend>(
+    name: &str,
+    mask: &Tensor<B, 2>,
+) -> Result<Vec<usize>, OtprefError> {
+    let [_, len] = mask.dims();
+    let values: Vec<f64> = mask
+        .clone()
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map_err(|e| OtprefError::InvalidMass(format!("could not read {name}: {e:?}")))?;
+    if let Some(bad) = values.iter().position(|v| *v != 0.0 && *v != 1.0) {
+        return Err(OtprefError::InvalidMass(format!(
+            "{name}[{}, {}] = {}; a mask holds 1 on response tokens and 0 elsewhere",
+            bad / len,
+            bad % len,
+            values[bad]
+        )));
+    }
+    let counts: Vec<usize> = values
+        .chunks(len)
+        .map(|row| row.iter().filter(|v| **v == 1.0).count())
+        .collect();
+    if let Some(empty) = counts.iter().position(|c| *c == 0) {
+        return Err(OtprefError::Empty(format!(
+            "{name} row {empty} has no valid token: an empty response cannot be weighted; \
+             drop that pair from the batch"
+        )));
+    }
+    Ok(counts)
+}

@@ -1,0 +1,111 @@
+//! Token weights for DPO-style losses: one type ([`TokenWeights`]) and one entry point
+//! ([`token_weights`]) for every scheme, so a trainer switches method with one value.
+//!
+//! | scheme | weight of a valid token | source |
+//! | --- | --- | --- |
+//! | `Dpo` | 1 | Rafailov et al. 2023 |
+//! | `SimPo` | 1/&#124;y&#124; | Meng et al. 2024 |
+//! | `SamPo` | 1 on a seeded random subset of m = min(&#124;y_c&#124;, &#124;y_r&#124;) tokens | Lu et al. 2024 |
+//! | `LdDpo` | 1 on the first m tokens, α after | Liu et al. 2024 |
+//! | `Otpo` | unbalanced-OT marginals, total τ | Li et al. 2025 (OTPO), Eq. 9–12 |
+//! | `Uniform` | τ/&#124;y&#124; (OTPO ablation) | OTPO Table 3 |
+//! | `Similarity` | softmax of cosine to the other response's mean, total τ (OTPO ablation) | OTPO Table 3 |
+//!
+//! Padded and prompt positions (mask 0) always get weight exactly 0.
+
+mod otpo;
+mod schemes;
+
+use burn::config::Config;
+use burn::tensor::{backend::Backend, Tensor};
+
+pub use otpo::{otpo_token_weights, CostNormalization, OtpoConfig};
+pub use schemes::token_weights;
+
+/// Weights of the response tokens of a batch of preference pairs.
+#[derive(Debug, Clone)]
+pub struct TokenWeights<B: Backend> {
+    /// Weights of the chosen responses' tokens `[batch, len_c]`.
+    pub chosen: Tensor<B, 2>,
+    /// Weights of the rejected responses' tokens `[batch, len_r]`.
+    pub rejected: Tensor<B, 2>,
+}
+
+/// The total weight τ given to each response (OTPO's budget; paper Table 3 ablations).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum WeightBudget {
+    /// τ = min(|y_c|, |y_r|), the same for both responses (OTPO's default).
+    Min,
+    /// τ = (|y_c| + |y_r|) / 2.
+    Mean,
+    /// τ = max(|y_c|, |y_r|).
+    Max,
+    /// Each response keeps its own length: τ_c = |y_c|, τ_r = |y_r|.
+    OwnLength,
+    /// No rescaling: OTPO returns the plan's raw marginals, `Uniform` gives 1 per token and
+    /// `Similarity` the softmax probabilities (total 1).
+    None,
+}
+
+impl WeightBudget {
+    /// The budgets `(τ_c, τ_r)` of one pair, `None` when there is no rescaling.
+    pub(crate) fn totals(&self, len_c: usize, len_r: usize) -> Option<(f64, f64)> {
+        let (c, r) = (len_c as f64, len_r as f64);
+        match self {
+            WeightBudget::Min => Some((c.min(r), c.min(r))),
+            WeightBudget::Mean => Some(((c + r) / 2.0, (c + r) / 2.0)),
+            WeightBudget::Max => Some((c.max(r), c.max(r))),
+            WeightBudget::OwnLength => Some((c, r)),
+            WeightBudget::None => None,
+        }
+    }
+}
+
+/// Which token-weighting scheme to use; see the module table.
+#[derive(Debug, Clone)]
+pub enum TokenWeighting {
+    /// Every response token weighs 1 (standard DPO).
+    Dpo,
+    /// Length-normalised: 1/|y| (SimPO's average log-probability).
+    SimPo,
+    /// A uniformly random subset of m = min(|y_c|, |y_r|) tokens of each response weighs 1,
+    /// the rest 0. Pair `k` of a batch draws from `seed + k`: vary the seed per step.
+    SamPo {
+        /// Seed of the subset draw.
+        seed: u64,
+    },
+    /// The first m = min(|y_c|, |y_r|) tokens weigh 1, the ones after weigh α ∈ [0, 1].
+    LdDpo {
+        /// Weight of the tokens past the shared length.
+        alpha: f64,
+    },
+    /// OTPO's unbalanced-OT weights (needs hidden states).
+    Otpo(OtpoConfig),
+    /// Each response's tokens share its budget equally (OTPO ablation).
+    Uniform {
+        /// Total weight per response.
+        budget: WeightBudget,
+    },
+    /// Softmax over a response of the cosine between each token's hidden state and the mean
+    /// hidden state of the other response, scaled to the budget (OTPO ablation; needs hidden
+    /// states).
+    Similarity {
+        /// Total weight per response.
+        budget: WeightBudget,
+    },
+}
+
+/// The response tokens of a batch of pairs: validity masks and, for the schemes that need
+/// them (`Otpo`, `Similarity`), hidden states.
+#[derive(Debug, Clone)]
+pub struct ResponseTokens<B: Backend> {
+    /// 1 on chosen response tokens, 0 on prompt and padding `[batch, len_c]`.
+    pub chosen_mask: Tensor<B, 2>,
+    /// 1 on rejected response tokens `[batch, len_r]`.
+    pub rejected_mask: Tensor<B, 2>,
+    /// Hidden states of the chosen responses `[batch, len_c, hidden]`: for token t, the state
+    /// at the position that predicts it (shifted by one, as the log-probabilities are).
+    pub chosen_hidden: Option<Tensor<B, 3>>,
+    /// Hidden states of the rejected responses `[batch, len_r, hidden]`.
+    pub rejected_hidden: Option<Tensor<B, 3>>,
+}

@@ -1,0 +1,220 @@
+//! OTPO token weights: unbalanced OT between the tokens of the chosen and rejected responses.
+
+use burn::config::Config;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use super::{TokenWeights, WeightBudget};
+use crate::checks;
+use crate::error::OtprefError;
+use crate::sinkhorn::{unbalanced_sinkhorn, GradientMode, OtBackend, UnbalancedConfig};
+
+/// How the OTPO cost is scaled before the OT (distances above 1 are divided by the max).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum CostNormalization {
+    /// Divide by the largest distance between valid token pairs, when it exceeds 1.
+    ValidPairs,
+    /// The released OTPO code: its padded matrix holds zero vectors at masked positions, so
+    /// the max also covers the norms `‖h‖ + 1e-6` of the valid hidden states. Use this to
+    /// reproduce the released numbers.
+    Released,
+    /// Use the distances as they are.
+    None,
+}
+
+/// Configuration of [`otpo_token_weights`] (defaults: the paper and its released code).
+#[derive(Config, Debug)]
+pub struct OtpoConfig {
+    /// ε1, the entropic regularisation (`ot_reg`: 1.0 for 8B models, 0.1 for 3B models).
+    #[config(default = 1.0)]
+    pub epsilon: f64,
+    /// ε2, the KL penalty on both marginals (`ot_reg_m`, 0.2).
+    #[config(default = 0.2)]
+    pub marginal_penalty: f64,
+    /// Total weight τ per response.
+    #[config(default = "WeightBudget::Min")]
+    pub budget: WeightBudget,
+    /// Cost scaling.
+    #[config(default = "CostNormalization::ValidPairs")]
+    pub normalization: CostNormalization,
+    /// `Detach` (the paper: weights are constants), or `Unrolled`/`Implicit` for gradients to
+    /// the hidden states.
+    #[config(default = "GradientMode::Detach")]
+    pub gradient: GradientMode,
+    /// Sinkhorn iteration limit (POT's default 1000).
+    #[config(default = 1000)]
+    pub max_iters: usize,
+    /// Sinkhorn tolerance (POT's default 1e-6).
+    #[config(default = 1e-6)]
+    pub tolerance: f64,
+}
+
+/// OTPO's token weights for a whole batch (paper Eq. 9–12), in one call.
+///
+/// ```text
+/// M_ij = ‖h_c,i − h_r,j‖₂ + 1e-6            (divided by max M if max M > 1)
+/// Γ = unbalanced OT(M, a = 1 on chosen tokens, b = 1 on rejected tokens; ε1, ρ = ε2)
+/// ω_c = Γ1 · τ / ΣΓ,   ω_r = Γᵀ1 · τ / ΣΓ,   τ = min(|y_c|, |y_r|)
+/// ```
+///
+/// `chosen_hidden` `[batch, len_c, hidden]`, `rejected_hidden` `[batch, len_r, hidden]`, masks
+/// `[batch, len_c]` and `[batch, len_r]` (1 on response tokens). Returns weights of the mask
+/// shapes, exactly 0 on masked positions; each response's weights sum to τ.
+///
+/// # Errors
+/// Shape mismatches, masks that are not 0/1, an empty response, NaN/Inf hidden states, or an
+/// invalid configuration.
+///
+/// # Example
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::Tensor;
+/// use otpref::{otpo_token_weights, OtpoConfig};
+///
+/// let device = Default::default();
+/// let chosen = Tensor::<Flex, 3>::from_floats([[[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]]], &device);
+/// let rejected = Tensor::<Flex, 3>::from_floats([[[0.0, 1.0], [1.0, 0.1]]], &device);
+/// let mask_c = Tensor::<Flex, 2>::ones([1, 3], &device);
+/// let mask_r = Tensor::<Flex, 2>::ones([1, 2], &device);
+/// let w = otpo_token_weights(chosen, rejected, mask_c, mask_r, &OtpoConfig::new())?;
+/// let chosen_w = w.chosen.into_data().to_vec::<f32>().unwrap();
+/// // The budget τ = min(3, 2) = 2 is shared; the far-away token 2 gets the least.
+/// assert!((chosen_w.iter().sum::<f32>() - 2.0).abs() < 1e-5);
+/// assert!(chosen_w[2] < chosen_w[0] && chosen_w[2] < chosen_w[1]);
+/// # Ok::<(), otpref::OtprefError>(())
+/// ```
+pub fn otpo_token_weights<B: OtBackend>(
+    chosen_hidden: Tensor<B, 3>,
+    rejected_hidden: Tensor<B, 3>,
+    chosen_mask: Tensor<B, 2>,
+    rejected_mask: Tensor<B, 2>,
+    config: &OtpoConfig,
+) -> Result<TokenWeights<B>, OtprefError> {
+    let [batch, len_c, hidden] = chosen_hidden.dims();
+    let [_, len_r, _] = rejected_hidden.dims();
+    checks::shape("rejected_hidden", &rejected_hidden, [batch, len_r, hidden])?;
+    checks::shape("chosen_mask", &chosen_mask, [batch, len_c])?;
+    checks::shape("rejected_mask", &rejected_mask, [batch, len_r])?;
+    let lens_c = checks::lengths("chosen_mask", &chosen_mask)?;
+    let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
+    checks::finite("chosen_hidden", &chosen_hidden)?;
+    checks::finite("rejected_hidden", &rejected_hidden)?;
+    let (chosen_hidden, rejected_hidden) = match config.gradient {
+        GradientMode::Detach => (chosen_hidden.detach(), rejected_hidden.detach()),
+        _ => (chosen_hidden, rejected_hidden),
+    };
+
+    let cost = token_cost(
+        chosen_hidden,
+        rejected_hidden,
+        &chosen_mask,
+        &rejected_mask,
+        config.normalization,
+    );
+    let solver = UnbalancedConfig::new(
+        config.epsilon,
+        config.marginal_penalty,
+        config.marginal_penalty,
+    )
+    .with_gradient(config.gradient)
+    .with_max_iters(config.max_iters)
+    .with_tolerance(config.tolerance);
+    let plan = unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, &solver)?.plan;
+
+    let rows = plan.clone().sum_dim(2).squeeze_dim::<2>(2);
+    let cols = plan.sum_dim(1).squeeze_dim::<2>(1);
+    let Some(totals) = budgets(config.budget, &lens_c, &lens_r) else {
+        return Ok(TokenWeights {
+            chosen: rows,
+            rejected: cols,
+        });
+    };
+    let mass = rows.clone().sum_dim(1);
+    let (tau_c, tau_r) = budget_tensors::<B>(&totals, &rows);
+    Ok(TokenWeights {
+        chosen: rows * (tau_c / mass.clone()),
+        rejected: cols * (tau_r / mass),
+    })
+}
+
+/// Per-pair budgets `(τ_c, τ_r)`, `None` without rescaling.
+pub(crate) fn budgets(
+    budget: WeightBudget,
+    lens_c: &[usize],
+    lens_r: &[usize],
+) -> Option<Vec<(f64, f64)>> {
+    lens_c
+        .iter()
+        .zip(lens_r)
+        .map(|(c, r)| budget.totals(*c, *r))
+        .collect()
+}
+
+/// The budgets as `[batch, 1]` tensors on the device and dtype of `like`.
+pub(crate) fn budget_tensors<B: Backend>(
+    totals: &[(f64, f64)],
+    like: &Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let make = |values: Vec<f64>| {
+        let dtype = like.dtype();
+        let len = values.len();
+        Tensor::from_data(
+            TensorData::new(values, [len, 1]).convert_dtype(dtype),
+            (&like.device(), dtype),
+        )
+    };
+    (
+        make(totals.iter().map(|t| t.0).collect()),
+        make(totals.iter().map(|t| t.1).collect()),
+    )
+}
+
+/// Euclidean token distances `‖h_c,i − h_r,j‖ + 1e-6` `[batch, len_c, len_r]`, normalised.
+fn token_cost<B: Backend>(
+    chosen: Tensor<B, 3>,
+    rejected: Tensor<B, 3>,
+    chosen_mask: &Tensor<B, 2>,
+    rejected_mask: &Tensor<B, 2>,
+    normalization: CostNormalization,
+) -> Tensor<B, 3> {
+    let [batch, len_c, _] = chosen.dims();
+    let [_, len_r, _] = rejected.dims();
+    let norms_c = chosen.clone().square().sum_dim(2); // [batch, len_c, 1]
+    let norms_r = rejected.clone().square().sum_dim(2).swap_dims(1, 2); // [batch, 1, len_r]
+    let cross = chosen.matmul(rejected.swap_dims(1, 2));
+    let squared = norms_c.clone().repeat_dim(2, len_r) + norms_r.clone().repeat_dim(1, len_c)
+        - cross.mul_scalar(2.0);
+    // The clamp keeps sqrt's gradient finite where two states coincide.
+    let distance = squared.clamp_min(1e-12).sqrt().add_scalar(1e-6);
+
+    let valid = chosen_mask
+        .clone()
+        .unsqueeze_dim::<3>(2)
+        .matmul(rejected_mask.clone().unsqueeze_dim::<3>(1));
+    let largest = |t: Tensor<B, 3>| -> Tensor<B, 2> {
+        let [b, r, c] = t.dims();
+        t.detach().reshape([b, r * c]).max_dim(1)
+    };
+    let scale = match normalization {
+        CostNormalization::None => return distance,
+        CostNormalization::ValidPairs => largest(distance.clone() * valid),
+        CostNormalization::Released => {
+            let pairs = largest(distance.clone() * valid);
+            let norm_c = largest(
+                (norms_c.detach().sqrt() * chosen_mask.clone().unsqueeze_dim::<3>(2))
+                    .add_scalar(1e-6),
+            );
+            let norm_r = largest(
+                (norms_r.detach().sqrt() * rejected_mask.clone().unsqueeze_dim::<3>(1))
+                    .add_scalar(1e-6),
+            );
+            pairs.max_pair(norm_c).max_pair(norm_r)
+        }
+    };
+    let scale = scale
+        .clamp_min(1.0)
+        .unsqueeze_dim::<3>(2)
+        .repeat_dim(1, len_c)
+        .repeat_dim(2, len_r);
+    debug_assert_eq!(scale.dims(), [batch, len_c, len_r]);
+    distance / scale
+}

@@ -1,0 +1,301 @@
+//! The weighting schemes other than OTPO, and the dispatcher shared by all of them.
+
+use burn::tensor::{activation::softmax, backend::Backend, Tensor, TensorData};
+
+use super::otpo::{budget_tensors, budgets, otpo_token_weights};
+use super::{ResponseTokens, TokenWeighting, TokenWeights};
+use crate::checks;
+use crate::error::OtprefError;
+use crate::sinkhorn::OtBackend;
+
+/// Token weights of a batch under any scheme: the one call a trainer makes, whatever the
+/// method. Feed the result to [`weighted_dpo_loss`](crate::weighted_dpo_loss()).
+///
+/// # Errors
+/// Mask shapes that differ from the hidden states', masks that are not 0/1, an empty
+/// response, missing hidden states for `Otpo`/`Similarity`, or α outside [0, 1].
+///
+/// # Example
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::Tensor;
+/// use otpref::{token_weights, ResponseTokens, TokenWeighting};
+///
+/// let device = Default::default();
+/// let tokens = ResponseTokens {
+///     chosen_mask: Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 1.0, 1.0]], &device),
+///     rejected_mask: Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 0.0]], &device),
+///     chosen_hidden: None,
+///     rejected_hidden: None,
+/// };
+/// let w = token_weights(&TokenWeighting::LdDpo { alpha: 0.5 }, &tokens)?;
+/// assert_eq!(w.chosen.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0, 0.5, 0.5]);
+/// # Ok::<(), otpref::OtprefError>(())
+/// ```
+pub fn token_weights<B: OtBackend>(
+    method: &TokenWeighting,
+    tokens: &ResponseTokens<B>,
+) -> Result<TokenWeights<B>, OtprefError> {
+    let [batch, len_c] = tokens.chosen_mask.dims();
+    let [batch_r, _] = tokens.rejected_mask.dims();
+    if batch != batch_r {
+        return Err(OtprefError::Shape(format!(
+            "chosen_mask has {batch} pairs but rejected_mask has {batch_r}"
+        )));
+    }
+    let lens_c = checks::lengths("chosen_mask", &tokens.chosen_mask)?;
+    let lens_r = checks::lengths("rejected_mask", &tokens.rejected_mask)?;
+    let masks = || TokenWeights {
+        chosen: tokens.chosen_mask.clone(),
+        rejected: tokens.rejected_mask.clone(),
+    };
+    match method {
+        TokenWeighting::Dpo => Ok(masks()),
+        TokenWeighting::SimPo => scaled(masks(), Some(own_lengths(&lens_c, &lens_r)), true),
+        TokenWeighting::Uniform { budget } => {
+            scaled(masks(), budgets(*budget, &lens_c, &lens_r), true)
+        }
+        TokenWeighting::SamPo { seed } => {
+            let [_, len_r] = tokens.rejected_mask.dims();
+            let pick = |mask: &Tensor<B, 2>, len: usize, own: &[usize], other: &[usize], salt| {
+                let rows = host_rows(mask, len);
+                let weights: Vec<f64> = rows
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, row)| {
+                        let keep = own[k].min(other[k]);
+                        sample_subset(row, keep, seed.wrapping_add(k as u64) ^ salt)
+                    })
+                    .collect();
+                like(mask, weights)
+            };
+            Ok(TokenWeights {
+                chosen: pick(&tokens.chosen_mask, len_c, &lens_c, &lens_r, 0),
+                rejected: pick(&tokens.rejected_mask, len_r, &lens_r, &lens_c, 0x5A5A),
+            })
+        }
+        TokenWeighting::LdDpo { alpha } => {
+            if !(0.0..=1.0).contains(alpha) {
+                return Err(OtprefError::InvalidParameter(format!(
+                    "LD-DPO's alpha must lie in [0, 1], got {alpha}"
+                )));
+            }
+            let [_, len_r] = tokens.rejected_mask.dims();
+            let decay = |mask: &Tensor<B, 2>, len: usize, own: &[usize], other: &[usize]| {
+                let weights: Vec<f64> = host_rows(mask, len)
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, row)| {
+                        let shared = own[k].min(other[k]);
+                        let mut seen = 0;
+                        row.iter()
+                            .map(|valid| {
+                                if *valid == 0.0 {
+                                    return 0.0;
+                                }
+                                seen += 1;
+                                if seen <= shared {
+                                    1.0
+                                } else {
+                                    *alpha
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                like(mask, weights)
+            };
+            Ok(TokenWeights {
+                chosen: decay(&tokens.chosen_mask, len_c, &lens_c, &lens_r),
+                rejected: decay(&tokens.rejected_mask, len_r, &lens_r, &lens_c),
+            })
+        }
+        TokenWeighting::Otpo(config) => {
+            let (chosen, rejected) = hidden_states(tokens, "Otpo")?;
+            otpo_token_weights(
+                chosen,
+                rejected,
+                tokens.chosen_mask.clone(),
+                tokens.rejected_mask.clone(),
+                config,
+            )
+        }
+        TokenWeighting::Similarity { budget } => {
+            let (chosen, rejected) = hidden_states(tokens, "Similarity")?;
+            let probabilities = TokenWeights {
+                chosen: similarity_softmax(
+                    chosen.clone(),
+                    &tokens.chosen_mask,
+                    rejected.clone(),
+                    &tokens.rejected_mask,
+                ),
+                rejected: similarity_softmax(
+                    rejected,
+                    &tokens.rejected_mask,
+                    chosen,
+                    &tokens.chosen_mask,
+                ),
+            };
+            scaled(probabilities, budgets(*budget, &lens_c, &lens_r), false)
+        }
+    }
+}
+
+/// Budget 1 per response, shared equally: SimPO's 1/|y|.
+fn own_lengths(lens_c: &[usize], _lens_r: &[usize]) -> Vec<(f64, f64)> {
+    vec![(1.0, 1.0); lens_c.len()]
+}
+
+/// Multiplies each response's weights by its budget; `per_token` divides the budget by the
+/// response length first (masks in, equal shares out). `None`: unchanged.
+fn scaled<B: Backend>(
+    weights: TokenWeights<B>,
+    totals: Option<Vec<(f64, f64)>>,
+    per_token: bool,
+) -> Result<TokenWeights<B>, OtprefError> {
+    let Some(totals) = totals else {
+        return Ok(weights);
+    };
+    let totals: Vec<(f64, f64)> = if per_token {
+        let count = |w: &Tensor<B, 2>| -> Vec<f64> {
+            w.clone()
+                .sum_dim(1)
+                .into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .expect("float tensor")
+        };
+        let (nc, nr) = (count(&weights.chosen), count(&weights.rejected));
+        totals
+            .iter()
+            .enumerate()
+            .map(|(k, (tc, tr))| (tc / nc[k], tr / nr[k]))
+            .collect()
+    } else {
+        totals
+    };
+    let (tau_c, tau_r) = budget_tensors(&totals, &weights.chosen);
+    Ok(TokenWeights {
+        chosen: weights.chosen * tau_c,
+        rejected: weights.rejected * tau_r,
+    })
+}
+
+fn hidden_states<B: Backend>(
+    tokens: &ResponseTokens<B>,
+    method: &str,
+) -> Result<(Tensor<B, 3>, Tensor<B, 3>), OtprefError> {
+    match (&tokens.chosen_hidden, &tokens.rejected_hidden) {
+        (Some(c), Some(r)) => {
+            let [batch, len_c] = tokens.chosen_mask.dims();
+            let [_, len_r] = tokens.rejected_mask.dims();
+            let [_, _, hidden] = c.dims();
+            checks::shape("chosen_hidden", c, [batch, len_c, hidden])?;
+            checks::shape("rejected_hidden", r, [batch, len_r, hidden])?;
+            checks::finite("chosen_hidden", c)?;
+            checks::finite("rejected_hidden", r)?;
+            Ok((c.clone().detach(), r.clone().detach()))
+        }
+        _ => Err(OtprefError::Shape(format!(
+            "{method} weights need hidden states: set ResponseTokens::chosen_hidden and \
+             rejected_hidden"
+        ))),
+    }
+}
+
+/// Softmax over the valid tokens of `own` of the cosine between each token and the mean valid
+/// token of `other`; exactly 0 on masked positions.
+fn similarity_softmax<B: Backend>(
+    own: Tensor<B, 3>,
+    own_mask: &Tensor<B, 2>,
+    other: Tensor<B, 3>,
+    other_mask: &Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [_, len, _] = own.dims();
+    let other_mask3 = other_mask.clone().unsqueeze_dim::<3>(2);
+    let mean = (other * other_mask3.clone()).sum_dim(1) / other_mask3.sum_dim(1); // [b, 1, h]
+    let dot = own
+        .clone()
+        .matmul(mean.clone().swap_dims(1, 2))
+        .squeeze_dim::<2>(2);
+    let norm_own = own
+        .square()
+        .sum_dim(2)
+        .sqrt()
+        .squeeze_dim::<2>(2)
+        .clamp_min(1e-12);
+    let norm_mean = mean
+        .square()
+        .sum_dim(2)
+        .sqrt()
+        .squeeze_dim::<2>(2)
+        .clamp_min(1e-12);
+    let cosine = dot / (norm_own * norm_mean.repeat_dim(1, len));
+    let logits = cosine.mask_fill(own_mask.clone().lower_elem(0.5), -1e4);
+    softmax(logits, 1) * own_mask.clone()
+}
+
+fn host_rows<B: Backend>(mask: &Tensor<B, 2>, len: usize) -> Vec<Vec<f64>> {
+    mask.clone()
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("float tensor")
+        .chunks(len)
+        .map(|row| row.to_vec())
+        .collect()
+}
+
+fn like<B: Backend>(mask: &Tensor<B, 2>, values: Vec<f64>) -> Tensor<B, 2> {
+    let dtype = mask.dtype();
+    Tensor::from_data(
+        TensorData::new(values, mask.dims()).convert_dtype(dtype),
+        (&mask.device(), dtype),
+    )
+}
+
+/// 1 on `keep` valid positions of `row` drawn uniformly without replacement, 0 elsewhere.
+fn sample_subset(row: &[f64], keep: usize, seed: u64) -> Vec<f64> {
+    let mut valid: Vec<usize> = (0..row.len()).filter(|i| row[*i] != 0.0).collect();
+    let mut state = seed;
+    // Partial Fisher-Yates with SplitMix64: deterministic, no extra dependency.
+    for i in 0..keep.min(valid.len()) {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let j = i + (z % (valid.len() - i) as u64) as usize;
+        valid.swap(i, j);
+    }
+    let mut out = vec![0.0; row.len()];
+    for &i in valid.iter().take(keep) {
+        out[i] = 1.0;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_subset;
+
+    #[test]
+    fn subsets_keep_exactly_the_requested_valid_tokens() {
+        let row = [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0];
+        for seed in 0..50 {
+            let picked = sample_subset(&row, 3, seed);
+            assert_eq!(picked.iter().sum::<f64>(), 3.0);
+            assert!(picked.iter().zip(&row).all(|(p, r)| *p <= *r));
+        }
+        // Different seeds give different subsets.
+        let distinct: std::collections::HashSet<Vec<u64>> = (0..50)
+            .map(|s| {
+                sample_subset(&row, 2, s)
+                    .iter()
+                    .map(|v| *v as u64)
+                    .collect()
+            })
+            .collect();
+        assert!(distinct.len() > 3);
+    }
+}

@@ -1,0 +1,268 @@
+//! OTPO token weights: parity with the released computation (POT 0.9.4 fixture) and the
+//! properties the paper's weights must have.
+
+mod common;
+
+use burn::tensor::{DType, Tensor};
+use common::{tensor, values, Cpu, Rng};
+use otpref::{
+    otpo_token_weights, token_weights, CostNormalization, OtpoConfig, OtprefError, ResponseTokens,
+    TokenWeighting, WeightBudget,
+};
+use serde_json::Value;
+
+const FIXTURE: &str = include_str!("fixtures/otpo_fixture.json");
+
+fn floats(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        other => vec![other.as_f64().unwrap()],
+    }
+}
+
+#[test]
+fn weights_match_the_released_otpo_code() {
+    let json: Value = serde_json::from_str(FIXTURE).unwrap();
+    let chosen = floats(&json["H_chosen"]);
+    let rejected = floats(&json["H_rejected"]);
+    let mask_c = floats(&json["mask_chosen"]);
+    let mask_r = floats(&json["mask_rejected"]);
+    let len = mask_c.len();
+    let hidden = chosen.len() / len;
+    for case in json["cases"].as_array().unwrap() {
+        let config = OtpoConfig::new()
+            .with_epsilon(case["reg"].as_f64().unwrap())
+            .with_marginal_penalty(case["reg_m"].as_f64().unwrap())
+            .with_normalization(CostNormalization::Released);
+        let w = otpo_token_weights(
+            tensor::<Cpu, 3>(chosen.clone(), [1, len, hidden], DType::F32),
+            tensor::<Cpu, 3>(rejected.clone(), [1, len, hidden], DType::F32),
+            tensor::<Cpu, 2>(mask_c.clone(), [1, len], DType::F32),
+            tensor::<Cpu, 2>(mask_r.clone(), [1, len], DType::F32),
+            &config,
+        )
+        .unwrap();
+        for (got, want) in [
+            (values(w.chosen), floats(&case["w_chosen"])),
+            (values(w.rejected), floats(&case["w_rejected"])),
+        ] {
+            for (g, e) in got.iter().zip(&want) {
+                assert!(
+                    (g - e).abs() <= 1e-5 * e.abs().max(1e-3),
+                    "reg {} ({}): weight {g} vs released {e}",
+                    case["reg"],
+                    case["dtype"]
+                );
+            }
+        }
+    }
+}
+
+struct Batch {
+    chosen: Vec<f64>,
+    rejected: Vec<f64>,
+    mask_c: Vec<f64>,
+    mask_r: Vec<f64>,
+    shape: (usize, usize, usize, usize),
+}
+
+/// Three pairs with different lengths, left padding (prompt) and right padding.
+fn batch(seed: u64) -> Batch {
+    let (b, lc, lr, h) = (3, 7, 6, 5);
+    let mut rng = Rng(seed);
+    let spans_c = [(1, 6), (0, 7), (2, 4)];
+    let spans_r = [(1, 4), (0, 6), (3, 6)];
+    let mask = |spans: &[(usize, usize)], len: usize| -> Vec<f64> {
+        spans
+            .iter()
+            .flat_map(|(s, e)| (0..len).map(move |t| if t >= *s && t < *e { 1.0 } else { 0.0 }))
+            .collect()
+    };
+    Batch {
+        chosen: rng.vec(b * lc * h, -2.0, 2.0),
+        rejected: rng.vec(b * lr * h, -2.0, 2.0),
+        mask_c: mask(&spans_c, lc),
+        mask_r: mask(&spans_r, lr),
+        shape: (b, lc, lr, h),
+    }
+}
+
+fn weights(batch: &Batch, config: &OtpoConfig) -> (Vec<f64>, Vec<f64>) {
+    let (b, lc, lr, h) = batch.shape;
+    let w = otpo_token_weights(
+        tensor::<Cpu, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
+        tensor::<Cpu, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
+        tensor::<Cpu, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        tensor::<Cpu, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+        config,
+    )
+    .unwrap();
+    (values(w.chosen), values(w.rejected))
+}
+
+#[test]
+fn weights_sum_to_the_budget_and_vanish_on_padding() {
+    let batch = batch(1);
+    let (b, lc, lr, _) = batch.shape;
+    for (budget, expected) in [
+        (WeightBudget::Min, [(3.0, 3.0), (6.0, 6.0), (2.0, 2.0)]),
+        (WeightBudget::Max, [(5.0, 5.0), (7.0, 7.0), (3.0, 3.0)]),
+        (WeightBudget::Mean, [(4.0, 4.0), (6.5, 6.5), (2.5, 2.5)]),
+        (
+            WeightBudget::OwnLength,
+            [(5.0, 3.0), (7.0, 6.0), (2.0, 3.0)],
+        ),
+    ] {
+        for epsilon in [1.0, 0.1] {
+            let config = OtpoConfig::new().with_epsilon(epsilon).with_budget(budget);
+            let (wc, wr) = weights(&batch, &config);
+            for k in 0..b {
+                let row_c = &wc[k * lc..(k + 1) * lc];
+                let row_r = &wr[k * lr..(k + 1) * lr];
+                let (sum_c, sum_r): (f64, f64) = (row_c.iter().sum(), row_r.iter().sum());
+                assert!((sum_c - expected[k].0).abs() < 1e-4, "{budget:?}: {sum_c}");
+                assert!((sum_r - expected[k].1).abs() < 1e-4, "{budget:?}: {sum_r}");
+                for (w, m) in row_c.iter().zip(&batch.mask_c[k * lc..]) {
+                    assert!(*w >= 0.0);
+                    if *m == 0.0 {
+                        assert_eq!(*w, 0.0);
+                    }
+                }
+                for (w, m) in row_r.iter().zip(&batch.mask_r[k * lr..]) {
+                    assert!(*w >= 0.0);
+                    if *m == 0.0 {
+                        assert_eq!(*w, 0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn identical_responses_get_identical_weights() {
+    let mut batch = batch(2);
+    let (_, lc, _, h) = batch.shape;
+    // Make every rejected response a copy of the chosen one (same length and mask).
+    let lr = lc;
+    batch.rejected = batch.chosen.clone();
+    batch.mask_r = batch.mask_c.clone();
+    batch.shape.2 = lr;
+    let _ = h;
+    let (wc, wr) = weights(&batch, &OtpoConfig::new().with_epsilon(0.1));
+    for (c, r) in wc.iter().zip(&wr) {
+        assert!((c - r).abs() < 1e-5, "{c} vs {r}");
+    }
+}
+
+#[test]
+fn a_token_far_from_the_other_response_gets_less_weight() {
+    // Chosen tokens 0-2 match rejected tokens closely; token 3 is far from all of them.
+    let chosen = vec![0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 9.0, -9.0];
+    let rejected = vec![0.1, 1.0, 1.0, 0.1, 0.9, 1.0];
+    for epsilon in [1.0, 0.1] {
+        let w = otpo_token_weights(
+            tensor::<Cpu, 3>(chosen.clone(), [1, 4, 2], DType::F32),
+            tensor::<Cpu, 3>(rejected.clone(), [1, 3, 2], DType::F32),
+            Tensor::ones([1, 4], &Default::default()),
+            Tensor::ones([1, 3], &Default::default()),
+            &OtpoConfig::new().with_epsilon(epsilon),
+        )
+        .unwrap();
+        let wc = values(w.chosen);
+        assert!(wc[3] < wc[0].min(wc[1]).min(wc[2]), "eps {epsilon}: {wc:?}");
+    }
+}
+
+#[test]
+fn an_empty_response_is_an_error() {
+    let batch = batch(3);
+    let (b, lc, lr, h) = batch.shape;
+    let mut mask_r = batch.mask_r.clone();
+    mask_r[lr..2 * lr].iter_mut().for_each(|m| *m = 0.0);
+    let err = otpo_token_weights(
+        tensor::<Cpu, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
+        tensor::<Cpu, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
+        tensor::<Cpu, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        tensor::<Cpu, 2>(mask_r, [b, lr], DType::F32),
+        &OtpoConfig::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OtprefError::Empty(_)), "{err}");
+    assert!(err.to_string().contains("row 1"), "{err}");
+}
+
+#[test]
+fn every_scheme_shares_one_code_path_and_respects_masks() {
+    let batch = batch(4);
+    let (b, lc, lr, h) = batch.shape;
+    let tokens = ResponseTokens {
+        chosen_mask: tensor::<Cpu, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        rejected_mask: tensor::<Cpu, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+        chosen_hidden: Some(tensor(batch.chosen.clone(), [b, lc, h], DType::F32)),
+        rejected_hidden: Some(tensor(batch.rejected.clone(), [b, lr, h], DType::F32)),
+    };
+    let lens_c = [5.0, 7.0, 2.0];
+    let lens_r = [3.0, 6.0, 3.0];
+    let sums = |method: &TokenWeighting| -> Vec<(f64, f64)> {
+        let w = token_weights(method, &tokens).unwrap();
+        let (wc, wr) = (values(w.chosen), values(w.rejected));
+        for (w, m) in wc
+            .iter()
+            .zip(&batch.mask_c)
+            .chain(wr.iter().zip(&batch.mask_r))
+        {
+            assert!(*w >= 0.0 && (*m != 0.0 || *w == 0.0), "{method:?}");
+        }
+        (0..b)
+            .map(|k| {
+                (
+                    wc[k * lc..(k + 1) * lc].iter().sum(),
+                    wr[k * lr..(k + 1) * lr].iter().sum(),
+                )
+            })
+            .collect()
+    };
+    let close = |x: f64, y: f64| (x - y).abs() < 1e-4;
+    for (k, (c, r)) in sums(&TokenWeighting::Dpo).into_iter().enumerate() {
+        assert!(close(c, lens_c[k]) && close(r, lens_r[k]));
+    }
+    for (c, r) in sums(&TokenWeighting::SimPo) {
+        assert!(close(c, 1.0) && close(r, 1.0));
+    }
+    for (k, (c, r)) in sums(&TokenWeighting::SamPo { seed: 7 })
+        .into_iter()
+        .enumerate()
+    {
+        let m = lens_c[k].min(lens_r[k]);
+        assert!(close(c, m) && close(r, m));
+    }
+    for (k, (c, r)) in sums(&TokenWeighting::LdDpo { alpha: 0.25 })
+        .into_iter()
+        .enumerate()
+    {
+        let m = lens_c[k].min(lens_r[k]);
+        assert!(close(c, m + 0.25 * (lens_c[k] - m)) && close(r, m + 0.25 * (lens_r[k] - m)));
+    }
+    for method in [
+        TokenWeighting::Uniform {
+            budget: WeightBudget::Min,
+        },
+        TokenWeighting::Similarity {
+            budget: WeightBudget::Min,
+        },
+        TokenWeighting::Otpo(OtpoConfig::new()),
+    ] {
+        for (k, (c, r)) in sums(&method).into_iter().enumerate() {
+            let m = lens_c[k].min(lens_r[k]);
+            assert!(close(c, m) && close(r, m), "{method:?}: {c} {r} vs {m}");
+        }
+    }
+    let no_hidden = ResponseTokens {
+        chosen_hidden: None,
+        rejected_hidden: None,
+        ..tokens.clone()
+    };
+    let err = token_weights(&TokenWeighting::Otpo(OtpoConfig::new()), &no_hidden).unwrap_err();
+    assert!(err.to_string().contains("hidden states"), "{err}");
+}
