@@ -1,0 +1,154 @@
+//! APLOT margins: range, ordering of hard and easy pairs, agreement with a hand-built OT, and
+//! errors.
+
+mod common;
+
+use burn::tensor::{DType, Tensor};
+use common::{tensor, values, Cpu};
+use otpref::{aplot_margins, sinkhorn, AplotConfig, OtprefError, SinkhornConfig};
+use proptest::prelude::*;
+
+fn margins(
+    hc: &[f64],
+    hr: &[f64],
+    rc: &[f64],
+    rr: &[f64],
+    config: &AplotConfig,
+) -> Result<Vec<f64>, OtprefError> {
+    let batch = rc.len();
+    let hidden = hc.len() / batch;
+    aplot_margins(
+        tensor::<Cpu, 2>(hc.to_vec(), [batch, hidden], DType::F32),
+        tensor::<Cpu, 2>(hr.to_vec(), [batch, hidden], DType::F32),
+        tensor::<Cpu, 1>(rc.to_vec(), [batch], DType::F32),
+        tensor::<Cpu, 1>(rr.to_vec(), [batch], DType::F32),
+        config,
+    )
+    .map(values)
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[test]
+fn margins_equal_the_row_costs_under_an_independently_built_plan() {
+    let hc: [f64; 6] = [1.0, 0.0, 0.3, 0.5, -1.0, 0.2];
+    let hr: [f64; 6] = [0.9, 0.1, -0.2, 0.4, 0.0, 1.0];
+    let (rc, rr): ([f64; 3], [f64; 3]) = ([0.5, 1.0, -0.3], [0.2, -1.0, 0.1]);
+    let gamma = 0.3;
+    let mut cost = vec![0.0; 9];
+    for i in 0..3 {
+        for j in 0..3 {
+            let (a, b) = (&hc[2 * i..2 * i + 2], &hr[2 * j..2 * j + 2]);
+            let cos = (a[0] * b[0] + a[1] * b[1])
+                / ((a[0] * a[0] + a[1] * a[1]).sqrt() * (b[0] * b[0] + b[1] * b[1]).sqrt());
+            cost[i * 3 + j] =
+                gamma * (1.0 + cos) / 2.0 + (1.0 - gamma) * (1.0 - sigmoid((rc[i] - rr[j]).abs()));
+        }
+    }
+    let plan = values(
+        sinkhorn(
+            tensor::<Cpu, 3>(cost.clone(), [1, 3, 3], DType::F32),
+            Tensor::full([1, 3], 1.0 / 3.0, &Default::default()),
+            Tensor::full([1, 3], 1.0 / 3.0, &Default::default()),
+            &SinkhornConfig::new(0.1),
+        )
+        .unwrap()
+        .plan,
+    );
+    let got = margins(&hc, &hr, &rc, &rr, &AplotConfig::new().with_gamma(gamma)).unwrap();
+    for i in 0..3 {
+        let expected: f64 = (0..3)
+            .map(|j| 3.0 * plan[i * 3 + j] * cost[i * 3 + j])
+            .sum();
+        assert!(
+            (got[i] - expected).abs() < 1e-5,
+            "{i}: {} vs {expected}",
+            got[i]
+        );
+    }
+}
+
+#[test]
+fn a_batch_of_one_and_bad_shapes_are_errors() {
+    let err = margins(
+        &[1.0, 0.0],
+        &[0.0, 1.0],
+        &[1.0],
+        &[0.0],
+        &AplotConfig::new(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("at least 2 pairs"), "{err}");
+    let err = aplot_margins(
+        tensor::<Cpu, 2>(vec![1.0; 4], [2, 2], DType::F32),
+        tensor::<Cpu, 2>(vec![1.0; 6], [2, 3], DType::F32),
+        tensor::<Cpu, 1>(vec![0.0; 2], [2], DType::F32),
+        tensor::<Cpu, 1>(vec![0.0; 2], [2], DType::F32),
+        &AplotConfig::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OtprefError::Shape(_)), "{err}");
+    let err = margins(
+        &[1.0, 0.0, 0.0, 1.0],
+        &[0.0, 1.0, 1.0, 0.0],
+        &[1.0, 0.0],
+        &[0.0, 0.0],
+        &AplotConfig::new().with_gamma(1.5),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("gamma"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn margins_lie_in_zero_to_scale_times_max_cost(
+        batch in 2usize..8,
+        seed in any::<u64>(),
+        scale in 0.1f64..4.0,
+        gamma in 0.0f64..=1.0,
+    ) {
+        let mut rng = common::Rng(seed);
+        let hc = rng.vec(batch * 4, -1.0, 1.0);
+        let hr = rng.vec(batch * 4, -1.0, 1.0);
+        let rc = rng.vec(batch, -5.0, 5.0);
+        let rr = rng.vec(batch, -5.0, 5.0);
+        let config = AplotConfig::new().with_scale(scale).with_gamma(gamma);
+        let m = margins(&hc, &hr, &rc, &rr, &config).unwrap();
+        for v in m {
+            // Every cost is in [0, 1]: margins are convex combinations of a row's costs.
+            prop_assert!(v >= -1e-6 && v <= scale * (1.0 + 1e-5), "{}", v);
+        }
+    }
+
+    #[test]
+    fn pairs_closer_in_representation_and_reward_get_larger_margins(
+        batch in 3usize..8,
+        seed in any::<u64>(),
+    ) {
+        // Rejected answers cluster around direction e1 with rewards near 0. Chosen 0 sits in
+        // that cluster with a reward near 0 (hard); chosen 1 points away with a large reward
+        // (easy); the others are random.
+        let mut rng = common::Rng(seed);
+        let mut hr = Vec::new();
+        let mut rr = Vec::new();
+        for _ in 0..batch {
+            hr.extend([1.0, 0.1 * (rng.next_f64() - 0.5), 0.1 * (rng.next_f64() - 0.5)]);
+            rr.push(0.2 * (rng.next_f64() - 0.5));
+        }
+        let mut hc = vec![1.0, 0.05, 0.0, -1.0, 0.1, 0.0];
+        let mut rc = vec![0.05, 6.0];
+        for _ in 2..batch {
+            hc.extend(rng.vec(3, -1.0, 1.0));
+            rc.push(rng.next_f64() * 4.0 - 2.0);
+        }
+        let m = margins(&hc, &hr, &rc, &rr, &AplotConfig::new()).unwrap();
+        prop_assert!(m[0] > m[1], "hard {} vs easy {}", m[0], m[1]);
+        for k in 2..batch {
+            prop_assert!(m[0] >= m[k] - 1e-6 && m[1] <= m[k] + 1e-6, "{:?}", m);
+        }
+    }
+}
