@@ -173,7 +173,8 @@ fn every_dpo_loss_type_matches_its_closed_form() {
     let s = 0.1;
     let d = deltas(&PAIRS, true);
     let d_free = deltas(&PAIRS, false);
-    let cases: Vec<(DpoLossType, f64, bool, Box<dyn Fn(f64) -> f64>)> = vec![
+    type ClosedForm<'a> = Box<dyn Fn(f64) -> f64 + 'a>;
+    let cases: Vec<(DpoLossType, f64, bool, ClosedForm)> = vec![
         (
             DpoLossType::Sigmoid,
             0.0,
