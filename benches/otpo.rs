@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench otpo` (CPU) or `cargo bench --features cuda --bench otpo`.
 
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use otpref::{otpo_token_weights, CostNormalization, OtBackend, OtpoConfig};
 
