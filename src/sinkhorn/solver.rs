@@ -37,13 +37,34 @@ pub(crate) fn solve<B: Backend>(
 ) -> Result<Transport<B>, OtprefError> {
     config.validate()?;
     let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
-    let (x, y, stats) = iterate(&problem, dims, config);
+    let kernel = Kernel::choose(&problem, config.matmul_updates);
+    let (x, y, stats) = iterate(&problem, &kernel, dims, config);
     let epsilon = config.epsilon;
-    let log_plan = spread_over_columns(problem.log_a.clone() + x.clone(), dims.m)
-        + spread_over_rows(problem.log_b.clone() + y.clone(), dims.n)
-        + problem.log_kernel;
+    let rows = problem.log_a.clone() + x.clone();
+    let cols = problem.log_b.clone() + y.clone();
+    let plan = match kernel {
+        Kernel::Shifted { kernel, shift } => {
+            // P = diag(u) E diag(v): an outer product and one elementwise product, with
+            // v = exp(cols - max cols) <= 1. u stays finite by the spread bound on E; the
+            // check guards iterates stopped far from convergence.
+            let top = cols.clone().detach().max_dim(1);
+            let log_u = (rows.clone() + top.clone()).add_scalar(shift);
+            let largest = to_host(log_u.clone().detach().max().unsqueeze::<2>())[0];
+            if largest < max_spread(log_u.dtype()) {
+                let v = (cols - top).exp();
+                log_u
+                    .exp()
+                    .unsqueeze_dim::<3>(2)
+                    .matmul(v.unsqueeze_dim::<3>(1))
+                    * kernel
+            } else {
+                full_plan(&problem, rows, cols)
+            }
+        }
+        Kernel::Log => full_plan(&problem, rows, cols),
+    };
     Ok(Transport {
-        plan: log_plan.exp(),
+        plan,
         f: (x + problem.log_a_or_zero)
             .mul_scalar(epsilon)
             .mask_fill(problem.pad_a, 0.0),
@@ -54,6 +75,16 @@ pub(crate) fn solve<B: Backend>(
         converged: stats.converged,
         marginal_error: stats.error,
     })
+}
+
+/// `P_ij = exp(rows_i + cols_j - C_ij/ε)` over the full matrix.
+fn full_plan<B: Backend>(
+    problem: &Problem<B>,
+    rows: Tensor<B, 2>,
+    cols: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [_, n, m] = problem.log_kernel.dims();
+    (spread_over_columns(rows, m) + spread_over_rows(cols, n) + problem.log_kernel.clone()).exp()
 }
 
 struct Stats {
@@ -68,12 +99,12 @@ struct Stats {
 /// go on, so each problem's result is the one a solver run on it alone would return.
 fn iterate<B: Backend>(
     problem: &Problem<B>,
+    kernel: &Kernel<B>,
     dims: Dims,
     config: &UnbalancedConfig,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Stats) {
     let balanced = config.is_balanced();
     let (lambda_a, lambda_b) = (config.lambda_a(), config.lambda_b());
-    let kernel = Kernel::choose(problem, config.matmul_updates);
     let mut x = problem.log_a.zeros_like();
     let mut y = problem.log_b.zeros_like();
     let mut stats = Stats {
@@ -88,7 +119,7 @@ fn iterate<B: Backend>(
     for iteration in 1..=config.max_iters {
         let check = iteration % config.check_every == 0 || iteration == config.max_iters;
 
-        let x_new = update_x(problem, &kernel, &y, lambda_a);
+        let x_new = update_x(problem, kernel, &y, lambda_a);
         if check && balanced && iteration > 1 {
             // Row marginal of the current (x, y), whose column marginal is exact:
             // P1 = a * exp(x - x_new), so ||P1 - a||_1 = Σ a |exp(x - x_new) - 1|.
@@ -97,7 +128,7 @@ fn iterate<B: Backend>(
         }
         let x_next = freeze(x_new, &x, done.as_ref(), dims.n);
 
-        let y_new = update_y(problem, &kernel, &x_next, lambda_b);
+        let y_new = update_y(problem, kernel, &x_next, lambda_b);
         let y_next = freeze(y_new, &y, done.as_ref(), dims.m);
         if check && !balanced {
             let errors = potential_change(problem, &x, &x_next, &y, &y_next);
