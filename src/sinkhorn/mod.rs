@@ -20,6 +20,8 @@ pub use config::{GradientMode, SinkhornConfig, UnbalancedConfig};
 pub use implicit::OtBackend;
 pub use transport::Transport;
 
+pub(crate) use solver::solve_marginals;
+
 use crate::error::OtprefError;
 
 /// Solves a batch of balanced entropic OT problems in the log domain.

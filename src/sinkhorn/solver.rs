@@ -35,34 +35,19 @@ pub(crate) fn solve<B: Backend>(
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
 ) -> Result<Transport<B>, OtprefError> {
-    config.validate()?;
-    let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
-    let kernel = Kernel::choose(&problem, config.matmul_updates);
-    let (x, y, stats) = iterate(&problem, &kernel, dims, config);
-    let epsilon = config.epsilon;
-    let rows = problem.log_a.clone() + x.clone();
-    let cols = problem.log_b.clone() + y.clone();
-    let plan = match kernel {
-        Kernel::Shifted { kernel, shift } => {
-            // P = diag(u) E diag(v): an outer product and one elementwise product, with
-            // v = exp(cols - max cols) <= 1. u stays finite by the spread bound on E; the
-            // check guards iterates stopped far from convergence.
-            let top = cols.clone().detach().max_dim(1);
-            let log_u = (rows.clone() + top.clone()).add_scalar(shift);
-            let largest = to_host(log_u.clone().detach().max().unsqueeze::<2>())[0];
-            if largest < max_spread(log_u.dtype()) {
-                let v = (cols - top).exp();
-                log_u
-                    .exp()
-                    .unsqueeze_dim::<3>(2)
-                    .matmul(v.unsqueeze_dim::<3>(1))
-                    * kernel
-            } else {
-                full_plan(&problem, rows, cols)
-            }
-        }
-        Kernel::Log => full_plan(&problem, rows, cols),
+    let solution = run(cost, a, b, config)?;
+    let plan = match solution.scalings() {
+        Some((u, v, kernel)) => u.unsqueeze_dim::<3>(2).matmul(v.unsqueeze_dim::<3>(1)) * kernel,
+        None => solution.full_plan(),
     };
+    let Solution {
+        problem,
+        x,
+        y,
+        stats,
+        ..
+    } = solution;
+    let epsilon = config.epsilon;
     Ok(Transport {
         plan,
         f: (x + problem.log_a_or_zero)
@@ -77,14 +62,94 @@ pub(crate) fn solve<B: Backend>(
     })
 }
 
-/// `P_ij = exp(rows_i + cols_j - C_ij/ε)` over the full matrix.
-fn full_plan<B: Backend>(
-    problem: &Problem<B>,
-    rows: Tensor<B, 2>,
-    cols: Tensor<B, 2>,
-) -> Tensor<B, 3> {
-    let [_, n, m] = problem.log_kernel.dims();
-    (spread_over_columns(rows, m) + spread_over_rows(cols, n) + problem.log_kernel.clone()).exp()
+/// The plan's marginals `(P1, Pᵀ1)` without forming the plan when the shifted kernel allows
+/// (two matrix-vector products). For callers that only need the marginals, such as OTPO.
+pub(crate) fn solve_marginals<B: Backend>(
+    cost: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    config: &UnbalancedConfig,
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>), OtprefError> {
+    let solution = run(cost, a, b, config)?;
+    Ok(match solution.scalings() {
+        Some((u, v, kernel)) => {
+            let rows = kernel
+                .clone()
+                .matmul(v.clone().unsqueeze_dim(2))
+                .squeeze_dim(2)
+                * u.clone();
+            let cols = u.unsqueeze_dim::<3>(1).matmul(kernel).squeeze_dim(1) * v;
+            (rows, cols)
+        }
+        None => {
+            let plan = solution.full_plan();
+            (
+                plan.clone().sum_dim(2).squeeze_dim(2),
+                plan.sum_dim(1).squeeze_dim(1),
+            )
+        }
+    })
+}
+
+/// A solved batch, before the plan is formed.
+struct Solution<B: Backend> {
+    problem: Problem<B>,
+    kernel: Kernel<B>,
+    x: Tensor<B, 2>,
+    y: Tensor<B, 2>,
+    stats: Stats,
+}
+
+fn run<B: Backend>(
+    cost: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    config: &UnbalancedConfig,
+) -> Result<Solution<B>, OtprefError> {
+    config.validate()?;
+    let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
+    let kernel = Kernel::choose(&problem, config.matmul_updates);
+    let (x, y, stats) = iterate(&problem, &kernel, dims, config);
+    Ok(Solution {
+        problem,
+        kernel,
+        x,
+        y,
+        stats,
+    })
+}
+
+impl<B: Backend> Solution<B> {
+    /// `log a + x` and `log b + y`: `P_ij = exp(rows_i + cols_j - C_ij/ε)`.
+    fn log_scalings(&self) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        (
+            self.problem.log_a.clone() + self.x.clone(),
+            self.problem.log_b.clone() + self.y.clone(),
+        )
+    }
+
+    /// `(u, v, E)` with `P = diag(u) E diag(v)` and `v = exp(cols - max cols) <= 1`, when the
+    /// shifted kernel is in use. `u` stays finite by the spread bound on `E`; the check guards
+    /// iterates stopped far from convergence (then `None`: use [`Self::full_plan`]).
+    fn scalings(&self) -> Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 3>)> {
+        let Kernel::Shifted { kernel, shift } = &self.kernel else {
+            return None;
+        };
+        let (rows, cols) = self.log_scalings();
+        let top = cols.clone().detach().max_dim(1);
+        let log_u = (rows + top.clone()).add_scalar(*shift);
+        let largest = to_host(log_u.clone().detach().max().unsqueeze::<2>())[0];
+        (largest < max_spread(log_u.dtype()))
+            .then(|| (log_u.exp(), (cols - top).exp(), kernel.clone()))
+    }
+
+    /// `P_ij = exp(rows_i + cols_j - C_ij/ε)` over the full matrix.
+    fn full_plan(&self) -> Tensor<B, 3> {
+        let (rows, cols) = self.log_scalings();
+        let [_, n, m] = self.problem.log_kernel.dims();
+        (spread_over_columns(rows, m) + spread_over_rows(cols, n) + self.problem.log_kernel.clone())
+            .exp()
+    }
 }
 
 struct Stats {

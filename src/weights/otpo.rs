@@ -6,7 +6,9 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use super::{TokenWeights, WeightBudget};
 use crate::checks;
 use crate::error::OtprefError;
-use crate::sinkhorn::{unbalanced_sinkhorn, GradientMode, OtBackend, UnbalancedConfig};
+use crate::sinkhorn::{
+    solve_marginals, unbalanced_sinkhorn, GradientMode, OtBackend, UnbalancedConfig,
+};
 
 /// How the OTPO cost is scaled before the OT (distances above 1 are divided by the max).
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -96,8 +98,6 @@ pub fn otpo_token_weights<B: OtBackend>(
     checks::shape("rejected_mask", &rejected_mask, [batch, len_r])?;
     let lens_c = checks::lengths("chosen_mask", &chosen_mask)?;
     let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
-    checks::finite("chosen_hidden", &chosen_hidden)?;
-    checks::finite("rejected_hidden", &rejected_hidden)?;
     let (chosen_hidden, rejected_hidden) = match config.gradient {
         GradientMode::Detach => (chosen_hidden.detach(), rejected_hidden.detach()),
         _ => (chosen_hidden, rejected_hidden),
@@ -118,10 +118,26 @@ pub fn otpo_token_weights<B: OtBackend>(
     .with_gradient(config.gradient)
     .with_max_iters(config.max_iters)
     .with_tolerance(config.tolerance);
-    let plan = unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, &solver)?.plan;
-
-    let rows = plan.clone().sum_dim(2).squeeze_dim::<2>(2);
-    let cols = plan.sum_dim(1).squeeze_dim::<2>(1);
+    // NaN/Inf in the hidden states of valid tokens reach the cost, which the solver checks
+    // (four times cheaper than scanning the hidden states themselves).
+    let marginals = match config.gradient {
+        // Only the marginals are needed: skip forming the plan when there is no graph.
+        GradientMode::Detach => solve_marginals(cost, chosen_mask, rejected_mask, &solver),
+        _ => unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, &solver).map(|t| {
+            (
+                t.plan.clone().sum_dim(2).squeeze_dim::<2>(2),
+                t.plan.sum_dim(1).squeeze_dim::<2>(1),
+            )
+        }),
+    };
+    let (rows, cols) = marginals.map_err(|err| match err {
+        OtprefError::NonFinite(_) => OtprefError::NonFinite(
+            "chosen_hidden or rejected_hidden holds NaN or infinite values at response \
+                 tokens; check the model's hidden states"
+                .into(),
+        ),
+        other => other,
+    })?;
     let Some(totals) = budgets(config.budget, &lens_c, &lens_r) else {
         return Ok(TokenWeights {
             chosen: rows,
@@ -178,13 +194,22 @@ fn token_cost<B: Backend>(
 ) -> Tensor<B, 3> {
     let [batch, len_c, _] = chosen.dims();
     let [_, len_r, _] = rejected.dims();
-    let norms_c = chosen.clone().square().sum_dim(2); // [batch, len_c, 1]
-    let norms_r = rejected.clone().square().sum_dim(2).swap_dims(1, 2); // [batch, 1, len_r]
-    let cross = chosen.matmul(rejected.swap_dims(1, 2));
-    let squared = norms_c.clone().repeat_dim(2, len_r) + norms_r.clone().repeat_dim(1, len_c)
-        - cross.mul_scalar(2.0);
+    let norms_c = squared_norms(chosen.clone()); // [batch, len_c, 1]
+    let norms_r = squared_norms(rejected.clone()); // [batch, len_r, 1]
+                                                   // ‖x − y‖² = [x, ‖x‖², 1] · [−2y, 1, ‖y‖²]: one matrix product, no broadcasts.
+    let left = Tensor::cat(vec![chosen, norms_c.clone(), norms_c.ones_like()], 2);
+    let right = Tensor::cat(
+        vec![
+            rejected.mul_scalar(-2.0),
+            norms_r.ones_like(),
+            norms_r.clone(),
+        ],
+        2,
+    );
+    let squared = left.matmul(right.swap_dims(1, 2));
     // The clamp keeps sqrt's gradient finite where two states coincide.
     let distance = squared.clamp_min(1e-12).sqrt().add_scalar(1e-6);
+    let norms_r = norms_r.swap_dims(1, 2); // [batch, 1, len_r]
 
     let valid = chosen_mask
         .clone()
@@ -217,4 +242,12 @@ fn token_cost<B: Backend>(
         .repeat_dim(2, len_r);
     debug_assert_eq!(scale.dims(), [batch, len_c, len_r]);
     distance / scale
+}
+
+/// `‖h_t‖²` per token, `[batch, len, 1]`, as a matrix-vector product (faster than a
+/// reduction along the hidden dimension on CPU backends).
+fn squared_norms<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, _, size] = hidden.dims();
+    let ones = Tensor::<B, 3>::ones([batch, size, 1], (&hidden.device(), hidden.dtype()));
+    hidden.square().matmul(ones)
 }
