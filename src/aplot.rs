@@ -157,6 +157,21 @@ fn pair_cost<B: Backend>(
 }
 
 /// HardMargin: the same margin for every pair, `[batch]`, for [`bt_margin_loss`](crate::bt_margin_loss()).
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::Tensor;
+/// use otpref::{aplot::hard_margins, bt_margin_loss, BtLossConfig};
+///
+/// let device = Default::default();
+/// let chosen = Tensor::<Flex, 1>::from_floats([1.0, 2.0], &device);
+/// let rejected = Tensor::<Flex, 1>::from_floats([0.5, 0.0], &device);
+/// let margins = hard_margins::<Flex>(2, 0.5, &device);
+/// let out = bt_margin_loss(chosen, rejected, Some(margins), &BtLossConfig::new())?;
+/// // (softplus(0) + softplus(-1.5)) / 2
+/// assert!((out.loss.into_scalar() - (0.6931472 + 0.2014133) / 2.0).abs() < 1e-6);
+/// # Ok::<(), otpref::OtprefError>(())
+/// ```
 pub fn hard_margins<B: Backend>(batch: usize, margin: f64, device: &B::Device) -> Tensor<B, 1> {
     Tensor::full([batch], margin, device)
 }

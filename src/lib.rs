@@ -37,3 +37,14 @@ pub use weights::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The method guides' snippets run as doctests.
+#[cfg(doctest)]
+mod guide_doctests {
+    #[doc = include_str!("../docs/otpo.md")]
+    struct Otpo;
+    #[doc = include_str!("../docs/dpo_loss.md")]
+    struct DpoLoss;
+    #[doc = include_str!("../docs/aplot.md")]
+    struct Aplot;
+}
