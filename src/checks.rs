@@ -19,19 +19,31 @@ pub(crate) fn shape<B: Backend, const D: usize>(
     Ok(())
 }
 
+/// True when no entry of `tensor` is NaN or infinite.
+///
+/// Fast path: NaN and infinities propagate through a sum, so a finite sum proves every entry
+/// finite in one pass; only a non-finite sum (which may also be an overflow) pays for the
+/// exact element-wise scan.
+pub(crate) fn all_finite<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    let tensor = tensor.clone().detach();
+    let sum = tensor.clone().sum().into_data().convert::<f64>();
+    if sum.iter::<f64>().all(f64::is_finite) {
+        return true;
+    }
+    tensor
+        .is_finite()
+        .all()
+        .into_data()
+        .iter::<bool>()
+        .all(|ok| ok)
+}
+
 /// Errors if `tensor` holds NaN or an infinity (one device synchronisation).
 pub(crate) fn finite<B: Backend, const D: usize>(
     name: &str,
     tensor: &Tensor<B, D>,
 ) -> Result<(), OtprefError> {
-    let all_finite = tensor
-        .clone()
-        .is_finite()
-        .all()
-        .into_data()
-        .iter::<bool>()
-        .all(|ok| ok);
-    if !all_finite {
+    if !all_finite(tensor) {
         return Err(OtprefError::NonFinite(format!(
             "{name} holds NaN or infinite values; check the model outputs feeding it"
         )));

@@ -2,6 +2,7 @@
 
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
+use crate::checks;
 use crate::error::OtprefError;
 
 /// Stand-in for `log 0` at padded positions: finite, so that no `-inf - (-inf)` can ever form,
@@ -69,15 +70,7 @@ pub(crate) fn prepare<B: Backend>(
     } else {
         (cost, None)
     };
-    let has_non_finite = cost
-        .clone()
-        .is_finite()
-        .bool_not()
-        .any()
-        .into_data()
-        .iter::<bool>()
-        .any(|bad| bad);
-    if has_non_finite {
+    if !checks::all_finite(&cost) {
         return Err(OtprefError::NonFinite(
             "the cost holds NaN or infinite values at valid (non-padded) positions; clip or \
              rescale it (padded rows and columns, where the mass is 0, may hold anything)"

@@ -35,7 +35,7 @@ pub(crate) fn solve<B: Backend>(
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
 ) -> Result<Transport<B>, OtprefError> {
-    let solution = run(cost, a, b, config)?;
+    let solution = run(cost, a, b, config, None)?;
     let plan = match solution.scalings() {
         Some((u, v, kernel)) => u.unsqueeze_dim::<3>(2).matmul(v.unsqueeze_dim::<3>(1)) * kernel,
         None => solution.full_plan(),
@@ -64,13 +64,17 @@ pub(crate) fn solve<B: Backend>(
 
 /// The plan's marginals `(P1, Pᵀ1)` without forming the plan when the shifted kernel allows
 /// (two matrix-vector products). For callers that only need the marginals, such as OTPO.
+///
+/// `cost_range`: known bounds `(low, high)` on the cost, with `low <= 0 <= high` when there is
+/// padding (padded entries become 0), or `None`.
 pub(crate) fn solve_marginals<B: Backend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
+    cost_range: Option<(f64, f64)>,
 ) -> Result<(Tensor<B, 2>, Tensor<B, 2>), OtprefError> {
-    let solution = run(cost, a, b, config)?;
+    let solution = run(cost, a, b, config, cost_range)?;
     Ok(match solution.scalings() {
         Some((u, v, kernel)) => {
             let rows = kernel
@@ -105,10 +109,11 @@ fn run<B: Backend>(
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
+    cost_range: Option<(f64, f64)>,
 ) -> Result<Solution<B>, OtprefError> {
     config.validate()?;
     let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
-    let kernel = Kernel::choose(&problem, config.matmul_updates);
+    let kernel = Kernel::choose(&problem, config.matmul_updates, config.epsilon, cost_range);
     let (x, y, stats) = iterate(&problem, &kernel, dims, config);
     Ok(Solution {
         problem,
@@ -217,20 +222,32 @@ enum Kernel<B: Backend> {
 }
 
 impl<B: Backend> Kernel<B> {
-    fn choose(problem: &Problem<B>, matmul_updates: bool) -> Self {
+    /// `cost_range`: bounds `(low, high)` on every cost entry, padding (0) included, when the
+    /// caller knows them; saves the two reductions that find them.
+    fn choose(
+        problem: &Problem<B>,
+        matmul_updates: bool,
+        epsilon: f64,
+        cost_range: Option<(f64, f64)>,
+    ) -> Self {
         if !matmul_updates {
             return Kernel::Log;
         }
         // Padded pairs hold K = 0 and are counted in the spread: conservative, never wrong.
-        let log_kernel = problem.log_kernel.clone().detach();
-        let extremes = to_host(Tensor::cat(
-            vec![
-                log_kernel.clone().max().unsqueeze::<2>(),
-                log_kernel.min().unsqueeze::<2>(),
-            ],
-            1,
-        ));
-        let (max, min) = (extremes[0], extremes[1]);
+        let (max, min) = match cost_range {
+            Some((low, high)) => (-low / epsilon, -high / epsilon),
+            None => {
+                let log_kernel = problem.log_kernel.clone().detach();
+                let extremes = to_host(Tensor::cat(
+                    vec![
+                        log_kernel.clone().max().unsqueeze::<2>(),
+                        log_kernel.min().unsqueeze::<2>(),
+                    ],
+                    1,
+                ));
+                (extremes[0], extremes[1])
+            }
+        };
         if max - min > max_spread(problem.log_kernel.dtype()) {
             return Kernel::Log;
         }

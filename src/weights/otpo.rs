@@ -103,11 +103,13 @@ pub fn otpo_token_weights<B: OtBackend>(
         _ => (chosen_hidden, rejected_hidden),
     };
 
+    let padded = lens_c.iter().any(|l| *l < len_c) || lens_r.iter().any(|l| *l < len_r);
     let cost = token_cost(
         chosen_hidden,
         rejected_hidden,
         &chosen_mask,
         &rejected_mask,
+        padded,
         config.normalization,
     );
     let solver = UnbalancedConfig::new(
@@ -122,7 +124,11 @@ pub fn otpo_token_weights<B: OtBackend>(
     // (four times cheaper than scanning the hidden states themselves).
     let marginals = match config.gradient {
         // Only the marginals are needed: skip forming the plan when there is no graph.
-        GradientMode::Detach => solve_marginals(cost, chosen_mask, rejected_mask, &solver),
+        GradientMode::Detach => {
+            // Normalised distances lie in [0, 1] (padding becomes 0): no need to search.
+            let range = (config.normalization != CostNormalization::None).then_some((0.0, 1.0));
+            solve_marginals(cost, chosen_mask, rejected_mask, &solver, range)
+        }
         _ => unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, &solver).map(|t| {
             (
                 t.plan.clone().sum_dim(2).squeeze_dim::<2>(2),
@@ -190,6 +196,7 @@ fn token_cost<B: Backend>(
     rejected: Tensor<B, 3>,
     chosen_mask: &Tensor<B, 2>,
     rejected_mask: &Tensor<B, 2>,
+    padded: bool,
     normalization: CostNormalization,
 ) -> Tensor<B, 3> {
     let [batch, len_c, _] = chosen.dims();
@@ -211,19 +218,26 @@ fn token_cost<B: Backend>(
     let distance = squared.clamp_min(1e-12).sqrt().add_scalar(1e-6);
     let norms_r = norms_r.swap_dims(1, 2); // [batch, 1, len_r]
 
-    let valid = chosen_mask
-        .clone()
-        .unsqueeze_dim::<3>(2)
-        .matmul(rejected_mask.clone().unsqueeze_dim::<3>(1));
     let largest = |t: Tensor<B, 3>| -> Tensor<B, 2> {
         let [b, r, c] = t.dims();
         t.detach().reshape([b, r * c]).max_dim(1)
     };
+    // Distances are >= 0, so zeroing the pairs with a padded side keeps them out of the max.
+    let valid_distance = || match padded {
+        true => {
+            let valid = chosen_mask
+                .clone()
+                .unsqueeze_dim::<3>(2)
+                .matmul(rejected_mask.clone().unsqueeze_dim::<3>(1));
+            distance.clone() * valid
+        }
+        false => distance.clone(),
+    };
     let scale = match normalization {
         CostNormalization::None => return distance,
-        CostNormalization::ValidPairs => largest(distance.clone() * valid),
+        CostNormalization::ValidPairs => largest(valid_distance()),
         CostNormalization::Released => {
-            let pairs = largest(distance.clone() * valid);
+            let pairs = largest(valid_distance());
             let norm_c = largest(
                 (norms_c.detach().sqrt() * chosen_mask.clone().unsqueeze_dim::<3>(2))
                     .add_scalar(1e-6),
@@ -235,13 +249,11 @@ fn token_cost<B: Backend>(
             pairs.max_pair(norm_c).max_pair(norm_r)
         }
     };
-    let scale = scale
-        .clamp_min(1.0)
-        .unsqueeze_dim::<3>(2)
-        .repeat_dim(1, len_c)
-        .repeat_dim(2, len_r);
-    debug_assert_eq!(scale.dims(), [batch, len_c, len_r]);
-    distance / scale
+    // Per-problem scaling as a batched [1 x 1] x [1 x n·m] product: one pass, no broadcast.
+    let inverse = scale.clamp_min(1.0).recip().unsqueeze_dim::<3>(2);
+    inverse
+        .matmul(distance.reshape([batch, 1, len_c * len_r]))
+        .reshape([batch, len_c, len_r])
 }
 
 /// `‖h_t‖²` per token, `[batch, len, 1]`, as a matrix-vector product (faster than a
