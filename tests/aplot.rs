@@ -102,7 +102,7 @@ fn a_batch_of_one_and_bad_shapes_are_errors() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(common::proptest_config(24))]
 
     #[test]
     fn margins_lie_in_zero_to_scale_times_max_cost(

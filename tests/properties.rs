@@ -61,7 +61,7 @@ fn row_col_sums(plan: &[f64], k: usize, n: usize, m: usize) -> (Vec<f64>, Vec<f6
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(common::proptest_config(32))]
 
     #[test]
     fn balanced_plans_have_the_right_marginals_and_zero_padding(

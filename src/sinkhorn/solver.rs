@@ -161,7 +161,14 @@ struct Stats {
     iterations: Vec<usize>,
     converged: Vec<bool>,
     error: Vec<f64>,
+    /// Smallest error seen so far, and how many checks in a row have not beaten it.
+    best_error: Vec<f64>,
+    stale_checks: Vec<usize>,
 }
+
+/// Checks in a row without a new best error, below the rounding floor, after which a problem
+/// counts as converged to working precision.
+const STALE_CHECKS: usize = 20;
 
 /// Runs the iterations until every problem has converged or hit `max_iters`.
 ///
@@ -181,6 +188,8 @@ fn iterate<B: Backend>(
         iterations: vec![config.max_iters; dims.batch],
         converged: vec![false; dims.batch],
         error: vec![f64::INFINITY; dims.batch],
+        best_error: vec![f64::INFINITY; dims.batch],
+        stale_checks: vec![0; dims.batch],
     };
     // `done` is None until some problem has converged: no masking cost before that.
     let mut done: Option<Tensor<B, 2, Bool>> = None;
@@ -193,7 +202,7 @@ fn iterate<B: Backend>(
         if check && balanced && iteration > 1 {
             // Row marginal of the current (x, y), whose column marginal is exact:
             // P1 = a * exp(x - x_new), so ||P1 - a||_1 = Σ a |exp(x - x_new) - 1|.
-            let errors = row_marginal_error(problem, &x, &x_new);
+            let errors = row_marginal_error(problem, &x, &x_new, &y);
             done = record_convergence(&mut stats, &errors, iteration - 1, config, &device);
         }
         let x_next = freeze(x_new, &x, done.as_ref(), dims.n);
@@ -371,33 +380,65 @@ fn freeze<B: Backend>(
     }
 }
 
+/// Each problem's `(error, rounding floor)`: ||P1 - a||_1 of the current state, and the
+/// error that rounding alone produces, `eps Σ_i a_i (|x_i| + |x_new,i| + max_j |y_j|)`
+/// (the update of `x` sums terms `y_j - C_ij/ε` whose size is about `|y|`).
+///
+/// Potentials of size |x| are only known to `|x| eps`, so in f32 a tolerance of 1e-6 can be
+/// out of reach for large `C/ε`; a problem whose error is below its floor and has not improved
+/// for [`STALE_CHECKS`] checks has converged to working precision.
 fn row_marginal_error<B: Backend>(
     problem: &Problem<B>,
     x: &Tensor<B, 2>,
     x_new: &Tensor<B, 2>,
-) -> Vec<f64> {
+    y: &Tensor<B, 2>,
+) -> Vec<(f64, f64)> {
     let a = problem.log_a.clone().detach().exp();
-    let shift = (x.clone().detach() - x_new.clone().detach()).mask_fill(problem.pad_a.clone(), 0.0);
-    let errors = (a * (shift.exp() - 1.0).abs()).sum_dim(1);
-    to_host(errors)
+    let (x, x_new) = (
+        x.clone().detach().mask_fill(problem.pad_a.clone(), 0.0),
+        x_new.clone().detach().mask_fill(problem.pad_a.clone(), 0.0),
+    );
+    let y_size = y
+        .clone()
+        .detach()
+        .mask_fill(problem.pad_b.clone(), 0.0)
+        .abs()
+        .max_dim(1);
+    let errors = (a.clone() * ((x.clone() - x_new.clone()).exp() - 1.0).abs()).sum_dim(1);
+    let magnitude =
+        (a.clone() * (x.abs() + x_new.abs())).sum_dim(1) + a.sum_dim(1) * y_size.mul_scalar(2.0);
+    with_floor(errors, magnitude)
 }
 
+/// Each problem's `(largest change of a log-potential, rounding floor eps max |x|, |y|)`.
 fn potential_change<B: Backend>(
     problem: &Problem<B>,
     x: &Tensor<B, 2>,
     x_new: &Tensor<B, 2>,
     y: &Tensor<B, 2>,
     y_new: &Tensor<B, 2>,
-) -> Vec<f64> {
-    let dx = (x_new.clone().detach() - x.clone().detach())
-        .abs()
-        .mask_fill(problem.pad_a.clone(), 0.0)
-        .max_dim(1);
-    let dy = (y_new.clone().detach() - y.clone().detach())
-        .abs()
-        .mask_fill(problem.pad_b.clone(), 0.0)
-        .max_dim(1);
-    to_host(dx.max_pair(dy))
+) -> Vec<(f64, f64)> {
+    let valid =
+        |t: &Tensor<B, 2>, pad: &Tensor<B, 2, Bool>| t.clone().detach().mask_fill(pad.clone(), 0.0);
+    let (x, x_new) = (valid(x, &problem.pad_a), valid(x_new, &problem.pad_a));
+    let (y, y_new) = (valid(y, &problem.pad_b), valid(y_new, &problem.pad_b));
+    let dx = (x_new.clone() - x).abs().max_dim(1);
+    let dy = (y_new.clone() - y).abs().max_dim(1);
+    let magnitude = x_new.abs().max_dim(1).max_pair(y_new.abs().max_dim(1));
+    with_floor(dx.max_pair(dy), magnitude)
+}
+
+/// Pairs each error with `eps magnitude`, in one transfer to the host.
+fn with_floor<B: Backend>(errors: Tensor<B, 2>, magnitude: Tensor<B, 2>) -> Vec<(f64, f64)> {
+    let eps = match errors.dtype() {
+        DType::F64 => f64::EPSILON,
+        DType::F32 | DType::Flex32 => f32::EPSILON as f64,
+        _ => 1e-3,
+    };
+    let both = to_host(Tensor::cat(vec![errors, magnitude], 1));
+    both.chunks(2)
+        .map(|pair| (pair[0], eps * pair[1]))
+        .collect()
 }
 
 fn to_host<B: Backend>(values: Tensor<B, 2>) -> Vec<f64> {
@@ -411,18 +452,27 @@ fn to_host<B: Backend>(values: Tensor<B, 2>) -> Vec<f64> {
 /// Marks problems that meet the tolerance; returns the mask of problems that are done.
 fn record_convergence<B: Backend>(
     stats: &mut Stats,
-    errors: &[f64],
+    errors: &[(f64, f64)],
     iteration: usize,
     config: &UnbalancedConfig,
     device: &B::Device,
 ) -> Option<Tensor<B, 2, Bool>> {
-    for (problem, error) in errors.iter().enumerate() {
+    for (problem, (error, floor)) in errors.iter().enumerate() {
         if stats.converged[problem] {
             continue;
         }
         stats.error[problem] = *error;
+        if *error < stats.best_error[problem] {
+            stats.best_error[problem] = *error;
+            stats.stale_checks[problem] = 0;
+        } else {
+            stats.stale_checks[problem] += 1;
+        }
+        // Below the rounding floor, an error that has stopped improving is as good as the
+        // floating-point type allows (f32 with large C/ε): stop instead of spinning.
+        let stalled = *error <= *floor && stats.stale_checks[problem] >= STALE_CHECKS;
         // A NaN error never counts as converged (NaN <= tol is false).
-        if *error <= config.tolerance {
+        if *error <= config.tolerance || stalled {
             stats.converged[problem] = true;
             stats.iterations[problem] = iteration;
         }

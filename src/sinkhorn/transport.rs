@@ -17,7 +17,9 @@ pub struct Transport<B: Backend> {
     pub g: Tensor<B, 2>,
     /// Sinkhorn iterations each problem ran (each problem stops when it converges).
     pub iterations: Vec<usize>,
-    /// Whether each problem met its tolerance within `max_iters`.
+    /// Whether each problem met its tolerance within `max_iters`, or converged to working
+    /// precision: its error sat below the rounding floor of its potentials (possible in f32
+    /// when `C/ε` is large) without improving for 20 checks.
     pub converged: Vec<bool>,
     /// Each problem's error at its last convergence check: the L1 marginal error
     /// `||P1 - a||_1` for balanced problems (the column marginal is exact after the last

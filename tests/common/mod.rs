@@ -95,3 +95,13 @@ pub fn random_problem(rng: &mut Rng, n: usize, m: usize, normalised: bool) -> Pr
     }
     Problem { n, m, cost, a, b }
 }
+
+/// Proptest settings for CI: a fixed case count and, unless `PROPTEST_RNG_SEED` is set (to
+/// explore other cases locally), a fixed seed so that every CI run checks the same cases.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let mut config = proptest::test_runner::Config::with_cases(cases);
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(20_261_121);
+    }
+    config
+}
