@@ -266,3 +266,67 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
     let err = token_weights(&TokenWeighting::Otpo(OtpoConfig::new()), &no_hidden).unwrap_err();
     assert!(err.to_string().contains("hidden states"), "{err}");
 }
+
+#[test]
+fn weights_are_differentiable_when_asked() {
+    use common::CpuAd;
+    use otpref::GradientMode;
+    // Small states keep every distance below 1, so no normalisation kicks in.
+    let mut rng = Rng(9);
+    let chosen = rng.vec(2 * 4 * 3, -0.2, 0.2);
+    let rejected = rng.vec(2 * 3 * 3, -0.2, 0.2);
+    let mask_c = vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+    let mask_r = vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+    let probe_c = rng.vec(8, -1.0, 1.0);
+    let probe_r = rng.vec(6, -1.0, 1.0);
+    let loss = |chosen: Tensor<CpuAd, 3>, mode: GradientMode| {
+        let config = OtpoConfig::new()
+            .with_epsilon(0.5)
+            .with_gradient(mode)
+            .with_tolerance(1e-12)
+            .with_max_iters(10_000);
+        let w = otpo_token_weights(
+            chosen,
+            tensor(rejected.clone(), [2, 3, 3], DType::F64),
+            tensor(mask_c.clone(), [2, 4], DType::F64),
+            tensor(mask_r.clone(), [2, 3], DType::F64),
+            &config,
+        )
+        .unwrap();
+        (w.chosen * tensor::<CpuAd, 2>(probe_c.clone(), [2, 4], DType::F64)).sum()
+            + (w.rejected * tensor::<CpuAd, 2>(probe_r.clone(), [2, 3], DType::F64)).sum()
+    };
+    let direction = rng.vec(chosen.len(), -1.0, 1.0);
+    let h = 1e-6;
+    let shifted = |sign: f64| -> Vec<f64> {
+        chosen
+            .iter()
+            .zip(&direction)
+            .map(|(x, d)| x + sign * h * d)
+            .collect()
+    };
+    let at = |values: Vec<f64>| {
+        common::values(loss(
+            tensor(values, [2, 4, 3], DType::F64),
+            GradientMode::Detach,
+        ))[0]
+    };
+    let finite_difference = (at(shifted(1.0)) - at(shifted(-1.0))) / (2.0 * h);
+    for mode in [GradientMode::Unrolled, GradientMode::Implicit] {
+        let input = tensor::<CpuAd, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
+        let grads = loss(input.clone(), mode).backward();
+        let grad = common::values(input.grad(&grads).unwrap());
+        assert!(grad.iter().all(|g| g.is_finite()));
+        let analytic: f64 = grad.iter().zip(&direction).map(|(g, d)| g * d).sum();
+        assert!(
+            (analytic - finite_difference).abs() < 1e-5 * finite_difference.abs().max(1.0),
+            "{mode:?}: {analytic} vs {finite_difference}"
+        );
+    }
+    // Detached by default: no gradient reaches the states.
+    let input = tensor::<CpuAd, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
+    let grads = (loss(input.clone(), GradientMode::Detach) + input.clone().sum()).backward();
+    assert!(common::values(input.grad(&grads).unwrap())
+        .iter()
+        .all(|g| *g == 1.0));
+}

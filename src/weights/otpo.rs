@@ -39,7 +39,7 @@ pub struct OtpoConfig {
     #[config(default = "CostNormalization::ValidPairs")]
     pub normalization: CostNormalization,
     /// `Detach` (the paper: weights are constants), or `Unrolled`/`Implicit` for gradients to
-    /// the hidden states.
+    /// the hidden states (the normalisation constant `max M` is treated as a constant).
     #[config(default = "GradientMode::Detach")]
     pub gradient: GradientMode,
     /// Sinkhorn iteration limit (POT's default 1000).
