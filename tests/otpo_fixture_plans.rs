@@ -6,18 +6,12 @@
 mod common;
 
 use burn::tensor::DType;
+use common::floats;
 use common::{tensor, values, Cpu};
 use otpref::{unbalanced_sinkhorn, UnbalancedConfig};
 use serde_json::Value;
 
 const FIXTURE: &str = include_str!("fixtures/otpo_fixture.json");
-
-fn floats(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        other => vec![other.as_f64().unwrap()],
-    }
-}
 
 #[test]
 fn unbalanced_plans_match_the_otpo_fixture() {

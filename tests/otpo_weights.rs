@@ -4,6 +4,7 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
+use common::floats;
 use common::{tensor, values, Cpu, Rng};
 use otpref::{
     otpo_token_weights, token_weights, CostNormalization, OtpoConfig, OtprefError, ResponseTokens,
@@ -12,13 +13,6 @@ use otpref::{
 use serde_json::Value;
 
 const FIXTURE: &str = include_str!("fixtures/otpo_fixture.json");
-
-fn floats(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        other => vec![other.as_f64().unwrap()],
-    }
-}
 
 #[test]
 fn weights_match_the_released_otpo_code() {

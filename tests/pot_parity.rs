@@ -4,6 +4,7 @@
 mod common;
 
 use burn::tensor::DType;
+use common::floats;
 use common::{pad_batch, values, Cpu, Problem};
 use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
 use serde_json::Value;
@@ -14,13 +15,6 @@ fn parse_rho(v: &Value) -> f64 {
     match v {
         Value::String(s) if s == "inf" => f64::INFINITY,
         other => other.as_f64().unwrap(),
-    }
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        other => vec![other.as_f64().unwrap()],
     }
 }
 

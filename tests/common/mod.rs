@@ -105,3 +105,11 @@ pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
     }
     config
 }
+
+/// All numbers of a JSON value (nested arrays flattened in order): fixture plans and states.
+pub fn floats(value: &serde_json::Value) -> Vec<f64> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().flat_map(floats).collect(),
+        other => vec![other.as_f64().expect("a number")],
+    }
+}
