@@ -38,6 +38,15 @@ pub(crate) fn all_finite<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> b
         .all(|ok| ok)
 }
 
+/// A float tensor's values on the host, as f64, in row-major order.
+pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f64> {
+    tensor
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("a float tensor converts to f64")
+}
+
 /// Errors if `tensor` holds NaN or an infinity (one device synchronisation).
 pub(crate) fn finite<B: Backend, const D: usize>(
     name: &str,
@@ -58,12 +67,7 @@ pub(crate) fn lengths<B: Backend>(
     mask: &Tensor<B, 2>,
 ) -> Result<Vec<usize>, OtprefError> {
     let [_, len] = mask.dims();
-    let values: Vec<f64> = mask
-        .clone()
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .map_err(|e| OtprefError::InvalidMass(format!("could not read {name}: {e:?}")))?;
+    let values = to_host(mask.clone());
     if let Some(bad) = values.iter().position(|v| *v != 0.0 && *v != 1.0) {
         return Err(OtprefError::InvalidMass(format!(
             "{name}[{}, {}] = {}; a mask holds 1 on response tokens and 0 elsewhere",

@@ -123,12 +123,7 @@ fn check_shapes<B: Backend>(
 
 fn masses_to_host<B: Backend>(name: &str, masses: &Tensor<B, 2>) -> Result<Vec<f64>, OtprefError> {
     let [_, len] = masses.dims();
-    let values: Vec<f64> = masses
-        .clone()
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .map_err(|e| OtprefError::InvalidMass(format!("could not read {name}: {e:?}")))?;
+    let values = checks::to_host(masses.clone());
     if let Some(pos) = values.iter().position(|v| !v.is_finite() || *v < 0.0) {
         return Err(OtprefError::InvalidMass(format!(
             "{name}[{}, {}] = {}; masses must be finite and >= 0 (use 0 to mark padding)",

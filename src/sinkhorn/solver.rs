@@ -25,6 +25,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 use super::config::UnbalancedConfig;
 use super::problem::{prepare, Dims, Problem};
 use super::transport::Transport;
+use crate::checks::to_host;
 use crate::error::OtprefError;
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
@@ -439,14 +440,6 @@ fn with_floor<B: Backend>(errors: Tensor<B, 2>, magnitude: Tensor<B, 2>) -> Vec<
     both.chunks(2)
         .map(|pair| (pair[0], eps * pair[1]))
         .collect()
-}
-
-fn to_host<B: Backend>(values: Tensor<B, 2>) -> Vec<f64> {
-    values
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("a float tensor converts to f64")
 }
 
 /// Marks problems that meet the tolerance; returns the mask of problems that are done.

@@ -51,10 +51,17 @@ pub fn token_weights<B: OtBackend>(
     };
     match method {
         TokenWeighting::Dpo => Ok(masks()),
-        TokenWeighting::SimPo => scaled(masks(), Some(own_lengths(&lens_c, &lens_r)), true),
-        TokenWeighting::Uniform { budget } => {
-            scaled(masks(), budgets(*budget, &lens_c, &lens_r), true)
-        }
+        // SimPO: a budget of 1 per response, shared equally (1/|y| per token).
+        TokenWeighting::SimPo => Ok(scaled(
+            masks(),
+            Some(vec![(1.0, 1.0); batch]),
+            Some((&lens_c, &lens_r)),
+        )),
+        TokenWeighting::Uniform { budget } => Ok(scaled(
+            masks(),
+            budgets(*budget, &lens_c, &lens_r),
+            Some((&lens_c, &lens_r)),
+        )),
         TokenWeighting::SamPo { seed } => {
             let [_, len_r] = tokens.rejected_mask.dims();
             let pick = |mask: &Tensor<B, 2>, len: usize, own: &[usize], other: &[usize], salt| {
@@ -136,49 +143,37 @@ pub fn token_weights<B: OtBackend>(
                     &tokens.chosen_mask,
                 ),
             };
-            scaled(probabilities, budgets(*budget, &lens_c, &lens_r), false)
+            Ok(scaled(
+                probabilities,
+                budgets(*budget, &lens_c, &lens_r),
+                None,
+            ))
         }
     }
 }
 
-/// Budget 1 per response, shared equally: SimPO's 1/|y|.
-fn own_lengths(lens_c: &[usize], _lens_r: &[usize]) -> Vec<(f64, f64)> {
-    vec![(1.0, 1.0); lens_c.len()]
-}
-
-/// Multiplies each response's weights by its budget; `per_token` divides the budget by the
-/// response length first (masks in, equal shares out). `None`: unchanged.
+/// Multiplies each response's weights by its budget. With `per_token` lengths the budget is
+/// first divided by the response length (masks in, equal shares out). `None` budgets:
+/// unchanged.
 fn scaled<B: Backend>(
     weights: TokenWeights<B>,
     totals: Option<Vec<(f64, f64)>>,
-    per_token: bool,
-) -> Result<TokenWeights<B>, OtprefError> {
-    let Some(totals) = totals else {
-        return Ok(weights);
+    per_token: Option<(&[usize], &[usize])>,
+) -> TokenWeights<B> {
+    let Some(mut totals) = totals else {
+        return weights;
     };
-    let totals: Vec<(f64, f64)> = if per_token {
-        let count = |w: &Tensor<B, 2>| -> Vec<f64> {
-            w.clone()
-                .sum_dim(1)
-                .into_data()
-                .convert::<f64>()
-                .into_vec::<f64>()
-                .expect("float tensor")
-        };
-        let (nc, nr) = (count(&weights.chosen), count(&weights.rejected));
-        totals
-            .iter()
-            .enumerate()
-            .map(|(k, (tc, tr))| (tc / nc[k], tr / nr[k]))
-            .collect()
-    } else {
-        totals
-    };
+    if let Some((lens_c, lens_r)) = per_token {
+        for (k, (tc, tr)) in totals.iter_mut().enumerate() {
+            *tc /= lens_c[k] as f64;
+            *tr /= lens_r[k] as f64;
+        }
+    }
     let (tau_c, tau_r) = budget_tensors(&totals, &weights.chosen);
-    Ok(TokenWeights {
+    TokenWeights {
         chosen: weights.chosen * tau_c,
         rejected: weights.rejected * tau_r,
-    })
+    }
 }
 
 fn hidden_states<B: Backend>(
@@ -236,11 +231,7 @@ fn similarity_softmax<B: Backend>(
 }
 
 fn host_rows<B: Backend>(mask: &Tensor<B, 2>, len: usize) -> Vec<Vec<f64>> {
-    mask.clone()
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("float tensor")
+    checks::to_host(mask.clone())
         .chunks(len)
         .map(|row| row.to_vec())
         .collect()
