@@ -1,0 +1,289 @@
+//! Safetensors weights in, safetensors weights out, through burn-store.
+//!
+//! Loading checks the checkpoint against the model that `config.json` describes before any
+//! tensor is applied: every missing, unexpected or mis-shaped tensor is reported by its
+//! Hugging Face name, so a model is never half loaded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use burn::tensor::{backend::Backend, DType};
+use burn_store::{
+    BurnToPyTorchAdapter, ChainAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore,
+    PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
+};
+
+use crate::error::{Error, Result};
+
+/// How many names an error lists before it says "and N more".
+const NAMES_SHOWN: usize = 8;
+
+/// The safetensors files of a model folder: one `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists.
+#[derive(Debug, Clone)]
+pub(crate) struct WeightFiles {
+    files: Vec<PathBuf>,
+    /// For sharded checkpoints: which shard the index says holds each tensor.
+    index: Option<(PathBuf, BTreeMap<String, String>)>,
+}
+
+impl WeightFiles {
+    pub(crate) fn find(folder: &Path) -> Result<Self> {
+        let single = folder.join("model.safetensors");
+        if single.is_file() {
+            return Ok(Self {
+                files: vec![single],
+                index: None,
+            });
+        }
+        let index_path = folder.join("model.safetensors.index.json");
+        if !index_path.is_file() {
+            return Err(Error::invalid(
+                folder,
+                "no model.safetensors or model.safetensors.index.json in this folder; only \
+                 safetensors checkpoints are read (convert a pytorch_model.bin with \
+                 transformers: `AutoModel.from_pretrained(dir).save_pretrained(dir)`)",
+            ));
+        }
+        let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(&index_path, format!("not valid JSON: {e}")))?;
+        let weight_map: BTreeMap<String, String> = json
+            .get("weight_map")
+            .cloned()
+            .and_then(|m| serde_json::from_value(m).ok())
+            .ok_or_else(|| {
+                Error::invalid(
+                    &index_path,
+                    "needs a \"weight_map\" object from tensor names to shard file names",
+                )
+            })?;
+        let shards: BTreeSet<&String> = weight_map.values().collect();
+        let mut files = Vec::new();
+        for shard in shards {
+            let path = folder.join(shard);
+            if !path.is_file() {
+                return Err(Error::invalid(
+                    &index_path,
+                    format!("lists shard {shard}, which is missing from the folder"),
+                ));
+            }
+            files.push(path);
+        }
+        Ok(Self {
+            files,
+            index: Some((index_path, weight_map)),
+        })
+    }
+
+    /// Every tensor of every file, by name, checked against the shard index.
+    fn snapshots(&self) -> Result<BTreeMap<String, (PathBuf, TensorSnapshot)>> {
+        let mut all = BTreeMap::new();
+        for file in &self.files {
+            let mut store = SafetensorsStore::from_file(file);
+            let snapshots = store.get_all_snapshots().map_err(|e| {
+                Error::invalid(file, format!("not a readable safetensors file: {e}"))
+            })?;
+            for (name, snapshot) in snapshots {
+                if let Some((first, _)) = all.insert(name.clone(), (file.clone(), snapshot.clone()))
+                {
+                    return Err(Error::invalid(
+                        file,
+                        format!("tensor {name} is also in {}", first.display()),
+                    ));
+                }
+            }
+        }
+        if let Some((index_path, weight_map)) = &self.index {
+            for (name, shard) in weight_map {
+                let in_shard = all
+                    .get(name)
+                    .is_some_and(|(file, _)| file.file_name().is_some_and(|f| f == shard.as_str()));
+                if !in_shard {
+                    return Err(Error::invalid(
+                        index_path,
+                        format!("says tensor {name} is in {shard}, but it is not there"),
+                    ));
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Which checkpoint tensors a load may leave unused, and why.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Unused {
+    /// Tensor names to ignore when present (e.g. `lm_head.weight` when the head is tied).
+    pub names: Vec<&'static str>,
+}
+
+/// Loads `files` into `module`, after checking that the checkpoint holds exactly the module's
+/// tensors (save those in `unused`) with the module's shapes. `dtype`: the parameters' dtype
+/// (`None` keeps the stored one).
+pub(crate) fn load_into<B: Backend, M: ModuleSnapshot<B>>(
+    module: &mut M,
+    files: &WeightFiles,
+    folder: &Path,
+    unused: &Unused,
+    dtype: Option<DType>,
+) -> Result<()> {
+    // The module's tensors as a Hugging Face checkpoint names and shapes them.
+    let expected: BTreeMap<String, (String, Vec<usize>)> = module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|s| {
+            let burn_path = s.full_path();
+            (hf_name(&burn_path), (burn_path, s.shape.to_vec()))
+        })
+        .collect();
+    let mut found = files.snapshots()?;
+    found.retain(|name, _| {
+        !(unused.names.contains(&name.as_str()) || name.ends_with("rotary_emb.inv_freq"))
+    });
+
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !found.contains_key(*k))
+        .collect();
+    let unexpected: Vec<&String> = found
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing tensors: {}", list(&missing)));
+    }
+    if !unexpected.is_empty() {
+        problems.push(format!("unexpected tensors: {}", list(&unexpected)));
+    }
+    for (name, (file, snapshot)) in &found {
+        if let Some((_, shape)) = expected.get(name) {
+            if snapshot.shape.to_vec() != *shape {
+                problems.push(format!(
+                    "{name} in {} has shape {:?}, config.json implies {shape:?}",
+                    file_name(file),
+                    snapshot.shape.to_vec()
+                ));
+            }
+        }
+        if !matches!(
+            snapshot.dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            problems.push(format!(
+                "{name} in {} is stored as {:?}; only float tensors (f32, f16, bf16) are read",
+                file_name(file),
+                snapshot.dtype
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Weights {
+            path: folder.to_path_buf(),
+            message: format!(
+                "the checkpoint does not match config.json: {}",
+                problems.join("; ")
+            ),
+        });
+    }
+
+    // Rename to burn's paths (RMSNorm's `weight` is burn's `gamma`) and apply.
+    let snapshots = found
+        .into_iter()
+        .map(|(name, (_, s))| {
+            let path = expected[&name].0.split('.').map(String::from).collect();
+            TensorSnapshot::from_closure(
+                s.clone_data_fn(),
+                s.dtype,
+                s.shape.clone(),
+                path,
+                s.container_stack.clone().unwrap_or_default(),
+                s.tensor_id.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let adapter = ChainAdapter::new(PyTorchToBurnAdapter, CastFloats(dtype));
+    let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(Error::Weights {
+            path: folder.to_path_buf(),
+            message: format!("loading failed after the checks passed: {result}"),
+        });
+    }
+    Ok(())
+}
+
+/// Writes `module`'s tensors to `path` with Hugging Face names and layouts, cast to `dtype`
+/// (`None`: as they are).
+pub(crate) fn save_from<B: Backend, M: ModuleSnapshot<B>>(
+    module: &M,
+    path: &Path,
+    dtype: Option<DType>,
+) -> Result<()> {
+    let norms = KeyRemapper::new()
+        .add_pattern(r"^(.*norm)\.gamma$", "$1.weight")
+        .expect("a valid pattern");
+    let mut store = SafetensorsStore::from_file(path)
+        .overwrite(true)
+        .remap(norms)
+        // transformers refuses safetensors files without `format: pt` metadata.
+        .clear_metadata()
+        .metadata("format", "pt")
+        .with_to_adapter(ChainAdapter::new(BurnToPyTorchAdapter, CastFloats(dtype)));
+    module
+        .save_into(&mut store)
+        .map_err(|e| Error::invalid(path, format!("could not be written: {e}")))
+}
+
+/// Casts float tensors to one dtype (bf16/f16 checkpoints into f32 parameters, or back).
+/// `None` leaves them as they are. burn-store 0.21's `HalfPrecisionAdapter` only knows f16.
+#[derive(Debug, Clone, Copy)]
+struct CastFloats(Option<DType>);
+
+impl ModuleAdapter for CastFloats {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let Some(target) = self.0 else {
+            return snapshot.clone();
+        };
+        if snapshot.dtype == target || !snapshot.dtype.is_float() {
+            return snapshot.clone();
+        }
+        let data = snapshot.clone_data_fn();
+        TensorSnapshot::from_closure(
+            Rc::new(move || Ok(data()?.convert_dtype(target))),
+            target,
+            snapshot.shape.clone(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(*self)
+    }
+}
+
+/// The Hugging Face name of a burn parameter path: RMSNorm's `gamma` is `weight` there.
+fn hf_name(burn_path: &str) -> String {
+    match burn_path.strip_suffix(".gamma") {
+        Some(norm) if norm.ends_with("norm") => format!("{norm}.weight"),
+        _ => burn_path.to_string(),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn list(names: &[&String]) -> String {
+    let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(|s| s.as_str()).collect();
+    match names.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}

@@ -1,0 +1,21 @@
+//! # otpref-trainers
+//!
+//! What the bundled reward-model and DPO trainers are built from, one job per module:
+//!
+//! - [`model`]: Llama-family decoders (Llama, Qwen2, Mistral, SmolLM) as a policy with a
+//!   language-model head or a reward model with a scalar head;
+//! - [`hub`]: Hugging Face model folders: `config.json`, safetensors weights (single or
+//!   sharded, f32/f16/bf16) loaded into those models and saved back in the same format;
+//! - [`tokenizer`]: `tokenizer.json` through the `tokenizers` crate, chat templates through
+//!   `minijinja`, and the character-level tokenizer of the built-in task behind the same type.
+//!
+//! The losses and optimal transport live in the `otpref` library; this crate is kept apart so
+//! the library's own dependencies stay two.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

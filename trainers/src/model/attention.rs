@@ -1,0 +1,97 @@
+//! Grouped-query self-attention with rotary positions, as in Hugging Face's `LlamaAttention`.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+use super::config::DecoderConfig;
+use super::rotary::RotaryTables;
+
+/// Self-attention of one decoder layer. Field names follow `transformers`
+/// (`self_attn.q_proj`, ...) so that checkpoints load without renaming.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query projection `hidden → num_heads · head_dim`.
+    pub q_proj: Linear<B>,
+    /// Key projection `hidden → num_kv_heads · head_dim`.
+    pub k_proj: Linear<B>,
+    /// Value projection `hidden → num_kv_heads · head_dim`.
+    pub v_proj: Linear<B>,
+    /// Output projection `num_heads · head_dim → hidden`.
+    pub o_proj: Linear<B>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// A freshly initialised attention block for `config`.
+    pub fn new(config: &DecoderConfig, device: &B::Device) -> Self {
+        let linear = |d_in, d_out, bias| {
+            LinearConfig::new(d_in, d_out)
+                .with_bias(bias)
+                .with_initializer(super::normal_init(config))
+                .init(device)
+        };
+        let (hidden, q_width, kv_width) = (
+            config.hidden_size,
+            config.num_heads * config.head_dim,
+            config.num_kv_heads * config.head_dim,
+        );
+        Self {
+            q_proj: linear(hidden, q_width, config.qkv_bias),
+            k_proj: linear(hidden, kv_width, config.qkv_bias),
+            v_proj: linear(hidden, kv_width, config.qkv_bias),
+            o_proj: linear(q_width, hidden, config.o_bias),
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+        }
+    }
+
+    /// `x`: `[batch, len, hidden]`; `masked`: `[batch, 1, len, len]`, true where a query may not
+    /// see a key (the future, or padding).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: &RotaryTables<B>,
+        masked: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let [batch, len, _] = x.dims();
+        let heads =
+            |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
+        let q = rotary.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let k = rotary.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let masked = masked.expand([batch, self.num_heads, len, len]);
+        // Fully masked rows (a left-padded query) come out as zeros, not NaN.
+        let out = attention(
+            q,
+            k,
+            v,
+            Some(masked),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, len, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// Key/value heads repeated so that query head `h` reads kv head `h / group`
+    /// (transformers' `repeat_kv`).
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let group = self.num_heads / self.num_kv_heads;
+        if group == 1 {
+            return x;
+        }
+        let [batch, kv_heads, len, dim] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, group, len, dim])
+            .reshape([batch, kv_heads * group, len, dim])
+    }
+}

@@ -1,0 +1,66 @@
+//! The policy: a decoder with a language-model head (`LlamaForCausalLM` and its siblings).
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+use super::config::DecoderConfig;
+use super::decoder::Decoder;
+
+/// A decoder with a language-model head. With `tie_word_embeddings` the head IS the embedding
+/// matrix (`lm_head` is `None`): one parameter, so training keeps the two tied, as
+/// `transformers` does.
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend> {
+    /// The decoder stack (`model.*` in the checkpoint).
+    pub model: Decoder<B>,
+    /// The untied output head `hidden → vocab` (`lm_head.weight`); `None` when tied.
+    pub lm_head: Option<Linear<B>>,
+}
+
+/// What one forward pass of a [`CausalLm`] returns.
+#[derive(Debug, Clone)]
+pub struct CausalLmOutput<B: Backend> {
+    /// Next-token logits `[batch, len, vocab_size]`, in the parameters' dtype (upcast before
+    /// a log-softmax when that is not f32).
+    pub logits: Tensor<B, 3>,
+    /// The last hidden state after the final norm, `[batch, len, hidden_size]` (what OTPO's
+    /// token weights are computed from).
+    pub hidden: Tensor<B, 3>,
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// A freshly initialised model (for training from scratch).
+    pub fn new(config: &DecoderConfig, device: &B::Device) -> Self {
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            LinearConfig::new(config.hidden_size, config.vocab_size)
+                .with_bias(false)
+                .with_initializer(super::normal_init(config))
+                .init(device)
+        });
+        Self {
+            model: Decoder::new(config, device),
+            lm_head,
+        }
+    }
+
+    /// Logits and last hidden state for `input_ids` `[batch, len]`; `attention_mask` is true
+    /// on real tokens (left or right padding).
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+    ) -> CausalLmOutput<B> {
+        let hidden = self.model.forward(input_ids, attention_mask);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden.clone()),
+            None => linear(
+                hidden.clone(),
+                self.model.embed_tokens.weight.val().transpose(),
+                None,
+            ),
+        };
+        CausalLmOutput { logits, hidden }
+    }
+}

@@ -1,0 +1,30 @@
+//! Llama-family language models (Llama, Qwen2, Mistral, SmolLM) in burn: the policy
+//! ([`CausalLm`]) and the reward model ([`RewardModel`]) share one [`Decoder`].
+//!
+//! Module and field names follow `transformers`, so a checkpoint's tensor names are the paths
+//! of the parameters here (see [`crate::hub`] for loading and saving).
+
+mod attention;
+mod causal_lm;
+mod config;
+mod decoder;
+mod reward;
+mod rotary;
+
+pub use attention::Attention;
+pub use causal_lm::{CausalLm, CausalLmOutput};
+pub use config::{DecoderConfig, Family, RopeScaling};
+pub use decoder::{Decoder, DecoderLayer, Mlp};
+pub(crate) use reward::new_score_head;
+pub use reward::{last_real_position, RewardModel, RewardOutput};
+pub use rotary::RotaryTables;
+
+use burn::nn::Initializer;
+
+/// `transformers`' initialisation of fresh weights: normal with std `initializer_range`.
+fn normal_init(config: &DecoderConfig) -> Initializer {
+    Initializer::Normal {
+        mean: 0.0,
+        std: config.initializer_range,
+    }
+}

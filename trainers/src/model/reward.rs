@@ -1,0 +1,79 @@
+//! The reward model: a decoder with a scalar head read at the last real token
+//! (`LlamaForSequenceClassification` with one label).
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+use super::config::DecoderConfig;
+use super::decoder::Decoder;
+
+/// A decoder with a scalar reward head (`score.weight`, no bias).
+#[derive(Module, Debug)]
+pub struct RewardModel<B: Backend> {
+    /// The decoder stack (`model.*` in the checkpoint).
+    pub model: Decoder<B>,
+    /// The reward head `hidden → 1`.
+    pub score: Linear<B>,
+}
+
+/// What one forward pass of a [`RewardModel`] returns.
+#[derive(Debug, Clone)]
+pub struct RewardOutput<B: Backend> {
+    /// One reward per sequence, `[batch]`.
+    pub rewards: Tensor<B, 1>,
+    /// The last hidden state after the final norm, `[batch, len, hidden_size]`.
+    pub hidden: Tensor<B, 3>,
+}
+
+impl<B: Backend> RewardModel<B> {
+    /// A reward model with a fresh head (normal, std `initializer_range`).
+    pub fn new(config: &DecoderConfig, device: &B::Device) -> Self {
+        Self {
+            model: Decoder::new(config, device),
+            score: new_score_head(config, device),
+        }
+    }
+
+    /// Rewards for `input_ids` `[batch, len]`, read at each row's last real token.
+    ///
+    /// The last real token is found from `attention_mask` (true on real tokens), never by
+    /// searching for the padding or EOS id: when padding is EOS (as for Llama 3), searching
+    /// the ids scores the wrong token and leaves the model at chance accuracy.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+    ) -> RewardOutput<B> {
+        let [batch, len] = input_ids.dims();
+        let hidden = self.model.forward(input_ids, attention_mask.clone());
+        let width = hidden.dims()[2];
+        let last = last_real_position(attention_mask)
+            .reshape([batch, 1, 1])
+            .expand([batch, 1, width]);
+        let at_last = hidden.clone().gather(1, last).reshape([batch, width]);
+        debug_assert!(len > 0);
+        RewardOutput {
+            rewards: self.score.forward(at_last).reshape([batch]),
+            hidden,
+        }
+    }
+}
+
+/// A fresh reward head, as `transformers` initialises one.
+pub(crate) fn new_score_head<B: Backend>(config: &DecoderConfig, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(config.hidden_size, 1)
+        .with_bias(false)
+        .with_initializer(super::normal_init(config))
+        .init(device)
+}
+
+/// The index of each row's last true entry, `[batch]` (0 for a row with none).
+pub fn last_real_position<B: Backend>(attention_mask: Tensor<B, 2, Bool>) -> Tensor<B, 1, Int> {
+    let [batch, len] = attention_mask.dims();
+    let positions =
+        Tensor::<B, 1, Int>::arange(0..len as i64, &attention_mask.device()).reshape([1, len]);
+    (attention_mask.int() * positions)
+        .argmax(1)
+        .reshape([batch])
+}
