@@ -19,3 +19,8 @@ pub mod model;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+/// The models guide's snippets compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/models.md")]
+struct ModelsGuide;

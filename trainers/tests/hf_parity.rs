@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use common::{fixture, max_diff_at_real_positions, Expected, B};
 use otpref_trainers::hub::{LoadOptions, ModelFolder};
+use otpref_trainers::model::generate_greedy;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -29,6 +30,32 @@ fn check_causal_lm(name: &str) {
             logit_diff < TOLERANCE && hidden_diff < TOLERANCE,
             "{name}, {side} padding: logits differ by {logit_diff}, hidden states by {hidden_diff}"
         );
+    }
+
+    // Greedy decoding gives transformers' `generate(do_sample=False)` tokens (cut at EOS).
+    let (prompt_ids, shape) = expected.i64("prompt_ids");
+    let (prompt_mask, _) = expected.i64("prompt_mask");
+    let prompts: Vec<Vec<u32>> = prompt_ids
+        .chunks(shape[1])
+        .zip(prompt_mask.chunks(shape[1]))
+        .map(|(ids, mask)| {
+            ids.iter()
+                .zip(mask)
+                .filter(|(_, &m)| m == 1)
+                .map(|(&id, _)| id as u32)
+                .collect()
+        })
+        .collect();
+    let (generated, shape) = expected.i64("generated");
+    let eos = folder.tokenizer().unwrap().eos_id();
+    let ours = generate_greedy(&model, &prompts, shape[1], eos, &Default::default());
+    for (row, theirs) in ours.iter().zip(generated.chunks(shape[1])) {
+        let theirs: Vec<u32> = theirs
+            .iter()
+            .map(|&t| t as u32)
+            .take_while(|&t| t != eos)
+            .collect();
+        assert_eq!(row, &theirs, "{name}: greedy tokens");
     }
 }
 

@@ -8,6 +8,7 @@ mod attention;
 mod causal_lm;
 mod config;
 mod decoder;
+mod generate;
 mod reward;
 mod rotary;
 
@@ -15,6 +16,7 @@ pub use attention::Attention;
 pub use causal_lm::{CausalLm, CausalLmOutput};
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::{Decoder, DecoderLayer, Mlp};
+pub use generate::{generate_greedy, left_padded};
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};
 pub use rotary::RotaryTables;
