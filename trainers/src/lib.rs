@@ -7,16 +7,22 @@
 //! - [`hub`]: Hugging Face model folders: `config.json`, safetensors weights (single or
 //!   sharded, f32/f16/bf16) loaded into those models and saved back in the same format;
 //! - [`tokenizer`]: `tokenizer.json` through the `tokenizers` crate, chat templates through
-//!   `minijinja`, and the character-level tokenizer of the built-in task behind the same type.
+//!   `minijinja`, and the character-level tokenizer of the built-in task behind the same type;
+//! - [`data`]: TRL's preference format (JSON lines) read, tokenized, truncated and collated;
+//! - [`task`]: the built-in task (worked three-digit addition) with its confounds and scoring;
+//! - [`training`]: the learning-rate schedule and global-norm gradient clipping.
 //!
 //! The losses and optimal transport live in the `otpref` library; this crate is kept apart so
 //! the library's own dependencies stay two.
 #![deny(missing_docs)]
 
+pub mod data;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod task;
 pub mod tokenizer;
+pub mod training;
 
 pub use error::{Error, Result};
 

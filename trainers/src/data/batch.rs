@@ -1,0 +1,71 @@
+//! Tokenized pairs into padded tensors: chosen and rejected sequences stacked in one batch (one
+//! forward pass for both, as TRL's concatenated forward), with the masks the losses need.
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+
+use super::tokenize::TokenizedPair;
+
+/// A batch of `pairs` preference pairs as model inputs. Rows `0..pairs` hold `prompt + chosen`,
+/// rows `pairs..2·pairs` hold `prompt + rejected`, right-padded to the longest.
+#[derive(Debug, Clone)]
+pub struct PairBatch<B: Backend> {
+    /// Token ids `[2·pairs, len]`.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// True on real tokens `[2·pairs, len]`.
+    pub attention_mask: Tensor<B, 2, Bool>,
+    /// 1 where the next token is a response token, aligned with next-token log-probabilities:
+    /// entry `t` scores token `t + 1`. `[2·pairs, len - 1]`.
+    pub response_mask: Tensor<B, 2>,
+    /// The pairs' margins `[pairs]`, when every pair has one.
+    pub margins: Option<Tensor<B, 1>>,
+    /// Number of pairs.
+    pub pairs: usize,
+    /// Number of real (non-padding) tokens in the batch.
+    pub num_tokens: usize,
+}
+
+/// Collates `pairs` (non-empty), padding with `pad_id` (padding is marked by the masks, so any
+/// id works).
+pub fn collate_pairs<B: Backend>(
+    pairs: &[TokenizedPair],
+    pad_id: u32,
+    device: &B::Device,
+) -> PairBatch<B> {
+    let rows: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+        .chain(
+            pairs
+                .iter()
+                .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
+        )
+        .collect();
+    // At least two positions, so that there is one next-token target.
+    let len = rows
+        .iter()
+        .map(|(prompt, response)| prompt.len() + response.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let mut ids = Vec::with_capacity(rows.len() * len);
+    let mut attention = Vec::with_capacity(rows.len() * len);
+    let mut response = Vec::with_capacity(rows.len() * (len - 1));
+    for (prompt, reply) in &rows {
+        let real = prompt.len() + reply.len();
+        ids.extend(prompt.iter().chain(reply.iter()).map(|&t| t as i64));
+        ids.extend(std::iter::repeat_n(pad_id as i64, len - real));
+        attention.extend((0..len).map(|t| t < real));
+        // Target position t + 1 is a response token when prompt.len() <= t + 1 < real.
+        response.extend((0..len - 1).map(|t| f32::from(t + 1 >= prompt.len() && t + 1 < real)));
+    }
+    let batch = rows.len();
+    let margins: Option<Vec<f32>> = pairs.iter().map(|p| p.margin.map(|m| m as f32)).collect();
+    PairBatch {
+        input_ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
+        num_tokens: attention.iter().filter(|&&a| a).count(),
+        attention_mask: Tensor::from_data(TensorData::new(attention, [batch, len]), device),
+        response_mask: Tensor::from_data(TensorData::new(response, [batch, len - 1]), device),
+        margins: margins.map(|m| Tensor::from_data(TensorData::new(m, [pairs.len()]), device)),
+        pairs: pairs.len(),
+    }
+}

@@ -1,0 +1,83 @@
+//! The schedule against its closed form; global-norm clipping against a gradient known in
+//! closed form.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use otpref_trainers::training::{clip_global_norm, WarmupCosine};
+
+type A = Autodiff<Flex>;
+
+#[test]
+fn warmup_then_cosine() {
+    let schedule = WarmupCosine {
+        peak: 1e-3,
+        warmup_steps: 10,
+        total_steps: 110,
+        final_ratio: 0.1,
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(schedule.at(0), 1e-4));
+    assert!(close(schedule.at(9), 1e-3));
+    assert!(close(schedule.at(10), 1e-3));
+    // Half-way through the decay the cosine factor is 1/2.
+    assert!(close(schedule.at(60), 1e-3 * (0.1 + 0.9 * 0.5)));
+    assert!(close(schedule.at(110), 1e-4));
+    assert!(close(schedule.at(500), 1e-4));
+}
+
+fn linear_and_grads() -> (Linear<A>, GradientsParams) {
+    let device = Default::default();
+    let linear = LinearConfig::new(3, 2).init::<A>(&device);
+    let x = Tensor::<A, 2>::from_floats([[1.0, 2.0, 3.0]], &device);
+    // d(sum(xW + b))/dW[i][j] = x[i]; /db[j] = 1: squared norm 2·(1 + 4 + 9) + 2 = 30.
+    let grads = linear.forward(x).sum().backward();
+    let grads = GradientsParams::from_grads(grads, &linear);
+    (linear, grads)
+}
+
+#[test]
+fn global_norm_is_the_norm_over_all_parameters() {
+    let (linear, grads) = linear_and_grads();
+    let (_, norm) = clip_global_norm(&linear, grads, None);
+    assert!((norm - 30f64.sqrt()).abs() < 1e-5, "{norm}");
+}
+
+#[test]
+fn clipping_scales_every_gradient_by_one_factor() {
+    let (linear, grads) = linear_and_grads();
+    let (clipped, norm) = clip_global_norm(&linear, grads, Some(1.0));
+    assert!((norm - 30f64.sqrt()).abs() < 1e-5);
+    let weight = clipped
+        .get::<Flex, 2>(linear.weight.id)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let bias = clipped
+        .get::<Flex, 1>(linear.bias.as_ref().unwrap().id)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let factor = 1.0 / (30f32.sqrt() + 1e-6);
+    let expected_weight = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0].map(|g: f32| g * factor);
+    for (a, e) in weight.iter().zip(expected_weight) {
+        assert!((a - e).abs() < 1e-6, "{weight:?}");
+    }
+    for b in bias {
+        assert!((b - factor).abs() < 1e-6);
+    }
+    // Below the threshold nothing changes.
+    let (linear, grads) = linear_and_grads();
+    let (kept, _) = clip_global_norm(&linear, grads, Some(100.0));
+    let bias = kept
+        .get::<Flex, 1>(linear.valid().bias.unwrap().id)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(bias, vec![1.0, 1.0]);
+}
