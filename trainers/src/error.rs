@@ -40,6 +40,12 @@ pub enum Error {
     /// Text could not be tokenized or a chat template not rendered.
     #[error("{0}")]
     Tokenizer(String),
+    /// A loss, weight or margin of the library refused its inputs.
+    #[error(transparent)]
+    Otpref(#[from] otpref::OtprefError),
+    /// Training diverged or could not go on.
+    #[error("{0}")]
+    Training(String),
 }
 
 /// Shorthand for results of this crate.

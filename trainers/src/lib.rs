@@ -10,7 +10,9 @@
 //!   `minijinja`, and the character-level tokenizer of the built-in task behind the same type;
 //! - [`data`]: TRL's preference format (JSON lines) read, tokenized, truncated and collated;
 //! - [`task`]: the built-in task (worked three-digit addition) with its confounds and scoring;
-//! - [`training`]: the learning-rate schedule and global-norm gradient clipping.
+//! - [`training`]: the learning-rate schedule, global-norm gradient clipping, checkpoints;
+//! - [`methods`]: the preference methods as flags select them;
+//! - [`run`]: the trainer programs' bodies (`src/bin/*` parse the command line and call in).
 //!
 //! The losses and optimal transport live in the `otpref` library; this crate is kept apart so
 //! the library's own dependencies stay two.
@@ -19,7 +21,9 @@
 pub mod data;
 pub mod error;
 pub mod hub;
+pub mod methods;
 pub mod model;
+pub mod run;
 pub mod task;
 pub mod tokenizer;
 pub mod training;

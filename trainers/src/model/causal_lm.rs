@@ -64,3 +64,20 @@ impl<B: Backend> CausalLm<B> {
         CausalLmOutput { logits, hidden }
     }
 }
+
+/// Log-probability of each next token, `[batch, len - 1]`: entry `t` is
+/// `log p(input_ids[t + 1] | input_ids[..=t])`. The log-softmax runs in f32 whatever the
+/// logits' dtype (bf16/f16 logits overflow and lose the small probabilities otherwise).
+pub fn next_token_logps<B: Backend>(
+    logits: Tensor<B, 3>,
+    input_ids: Tensor<B, 2, Int>,
+) -> Tensor<B, 2> {
+    let [batch, len, vocab] = logits.dims();
+    let logits = logits
+        .slice([0..batch, 0..len - 1, 0..vocab])
+        .cast(burn::tensor::DType::F32);
+    let targets = input_ids.slice([0..batch, 1..len]).unsqueeze_dim::<3>(2);
+    burn::tensor::activation::log_softmax(logits, 2)
+        .gather(2, targets)
+        .reshape([batch, len - 1])
+}

@@ -13,7 +13,7 @@ mod reward;
 mod rotary;
 
 pub use attention::Attention;
-pub use causal_lm::{CausalLm, CausalLmOutput};
+pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput};
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::{Decoder, DecoderLayer, Mlp};
 pub use generate::{generate_greedy, left_padded};

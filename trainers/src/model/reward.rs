@@ -22,6 +22,9 @@ pub struct RewardModel<B: Backend> {
 pub struct RewardOutput<B: Backend> {
     /// One reward per sequence, `[batch]`.
     pub rewards: Tensor<B, 1>,
+    /// The hidden state the reward is read from (the last real token's), `[batch, hidden]`:
+    /// APLOT's pooled representation.
+    pub pooled: Tensor<B, 2>,
     /// The last hidden state after the final norm, `[batch, len, hidden_size]`.
     pub hidden: Tensor<B, 3>,
 }
@@ -51,10 +54,11 @@ impl<B: Backend> RewardModel<B> {
         let last = last_real_position(attention_mask)
             .reshape([batch, 1, 1])
             .expand([batch, 1, width]);
-        let at_last = hidden.clone().gather(1, last).reshape([batch, width]);
+        let pooled = hidden.clone().gather(1, last).reshape([batch, width]);
         debug_assert!(len > 0);
         RewardOutput {
-            rewards: self.score.forward(at_last).reshape([batch]),
+            rewards: self.score.forward(pooled.clone()).reshape([batch]),
+            pooled,
             hidden,
         }
     }

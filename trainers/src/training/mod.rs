@@ -1,7 +1,9 @@
 //! The training loop's parts that burn 0.21 does not provide in the form the trainers need.
 
+mod checkpoint;
 mod clip;
 mod schedule;
 
+pub use checkpoint::{load_module, read_json, save_module, write_json, Checkpoints};
 pub use clip::clip_global_norm;
 pub use schedule::WarmupCosine;

@@ -169,3 +169,53 @@ impl Drop for ScratchFolder {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs a trainer command and checks that it succeeded (printing its output if not).
+pub fn run_ok(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().expect("the trainer runs");
+    assert!(
+        output.status.success(),
+        "trainer failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The records of `OUTPUT/metrics.jsonl`.
+pub fn metrics(output: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(output.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs a trainer with bad input in a scratch output folder: it must exit with code 2 before
+/// training, without a panic. Returns its stderr.
+pub fn failure(program: &str, args: &[&str]) -> String {
+    let name = std::path::Path::new(program)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let tag: String = args
+        .join("_")
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    let out = ScratchFolder::empty(&format!("{name}-bad-{tag}"));
+    let output = std::process::Command::new(program)
+        .args(["--output", out.0.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{args:?}");
+    assert!(
+        !out.0.join("metrics.jsonl").exists(),
+        "{args:?}: training started"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}

@@ -1,0 +1,99 @@
+//! The command line both programs share: the run's settings as flags, plus `--config`,
+//! `--resume` and `--write-builtin`; errors as one line on stderr with exit code 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Command, FromArgMatches};
+use otpref::OtBackend;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::config::{apply_config_file, CommonConfig, DeviceKind};
+use crate::data::write_jsonl;
+use crate::error::Result;
+use crate::task::{self, TaskConfig};
+
+/// Flags of a trainer program that are not settings of the run.
+#[derive(Debug, Clone, Args)]
+pub struct RunOptions {
+    /// A JSON configuration (as written to OUTPUT/config.json); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Resume from the newest complete checkpoint in --output.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the built-in task's training pairs to FILE (JSON lines) and exit.
+    #[arg(long, value_name = "FILE")]
+    pub write_builtin: Option<PathBuf>,
+}
+
+/// A trainer's settings, and how to train with them.
+pub trait TrainerSettings: Args + FromArgMatches + Serialize + DeserializeOwned {
+    /// The settings both trainers share.
+    fn common(&self) -> &CommonConfig;
+    /// Checks every setting; the message names the flag.
+    fn validate(&self) -> std::result::Result<(), String>;
+    /// Trains on backend `B`.
+    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
+    where
+        B: AutodiffBackend + OtBackend,
+        B::InnerBackend: OtBackend;
+}
+
+/// The whole program: parse, check, train; `name` and `about` head `--help`.
+pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> ExitCode {
+    let command = Command::new(name)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .args_override_self(true)
+        .allow_negative_numbers(true);
+    let matches = RunOptions::augment_args(S::augment_args(command)).get_matches();
+    match run::<S>(&matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run<S: TrainerSettings>(matches: &clap::ArgMatches) -> std::result::Result<(), String> {
+    let options = RunOptions::from_arg_matches(matches).map_err(|e| e.to_string())?;
+    let settings = S::from_arg_matches(matches).map_err(|e| e.to_string())?;
+    let settings = match &options.config {
+        Some(path) => apply_config_file(matches, settings, path)?,
+        None => settings,
+    };
+    if let Some(path) = &options.write_builtin {
+        let common = settings.common();
+        let pairs = task::pairs(
+            common.builtin_train_pairs,
+            common.seed,
+            &TaskConfig::default(),
+        );
+        write_jsonl(path, &pairs).map_err(|e| e.to_string())?;
+        println!("wrote {} built-in pairs to {}", pairs.len(), path.display());
+        return Ok(());
+    }
+    settings.validate()?;
+    let trained = match settings.common().device {
+        DeviceKind::Cpu => settings.train::<burn::backend::Autodiff<burn::backend::Flex>>(
+            options.resume,
+            &Default::default(),
+        ),
+        DeviceKind::Cuda => train_on_cuda(&settings, options.resume),
+    };
+    trained.map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "cuda")]
+fn train_on_cuda<S: TrainerSettings>(settings: &S, resume: bool) -> Result<()> {
+    let device = super::common::cuda_device()?;
+    settings.train::<burn::backend::Autodiff<burn::backend::Cuda>>(resume, &device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_on_cuda<S: TrainerSettings>(_: &S, _: bool) -> Result<()> {
+    unreachable!("validate() refuses --device cuda without the cuda feature")
+}

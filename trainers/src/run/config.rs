@@ -1,0 +1,212 @@
+//! Run configuration: one struct per trainer whose every field is a command-line flag (with
+//! its default shown by `--help`) and a key of the JSON written to `OUTPUT/config.json`.
+//! `--config FILE` reads such a JSON; flags given on the command line override it.
+
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// burn's pure-Rust CPU backend.
+    Cpu,
+    /// An NVIDIA GPU (the binary must be built with `--features cuda`).
+    Cuda,
+}
+
+/// Settings both trainers share.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct CommonConfig {
+    /// A Hugging Face model folder (config.json, safetensors, tokenizer.json). Without it, a
+    /// small Llama with a character tokenizer is built for the built-in task.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training pairs, TRL's preference format as JSON lines. Without it, the built-in task.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out pairs (JSON lines). Without it, --data's last --eval-share is held out.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Share of --data held out for evaluation when no --eval-data is given.
+    #[arg(long, default_value_t = 0.05)]
+    pub eval_share: f64,
+    /// Output folder: config.json, metrics.jsonl, checkpoints/, the trained model.
+    #[arg(long, default_value = "runs/latest")]
+    pub output: PathBuf,
+    /// cpu or cuda.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Seed of the model's initialisation, the data order and the built-in data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Optimizer steps (of DPO, after any --sft-steps).
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Pairs per micro-batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Share of the steps spent in linear warm-up before the cosine decay.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    /// Final learning rate as a share of --lr.
+    #[arg(long, default_value_t = 0.1)]
+    pub final_lr_ratio: f64,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global L2 norm over all parameters (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Longest prompt + response in tokens; longer pairs are skipped (and counted).
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    /// Longest prompt in tokens; longer prompts keep their end.
+    #[arg(long, default_value_t = 256)]
+    pub max_prompt_length: usize,
+    /// Built-in task: number of training pairs.
+    #[arg(long, default_value_t = 4096)]
+    pub builtin_train_pairs: usize,
+    /// Built-in task: number of held-out pairs.
+    #[arg(long, default_value_t = 256)]
+    pub builtin_eval_pairs: usize,
+    /// Built-in model: width of the residual stream.
+    #[arg(long, default_value_t = 64)]
+    pub builtin_hidden: usize,
+    /// Built-in model: number of layers.
+    #[arg(long, default_value_t = 2)]
+    pub builtin_layers: usize,
+    /// Log a line (and a metrics.jsonl record) every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// Evaluate on the held-out pairs every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Save a checkpoint every N steps (0: only on Ctrl-C and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    /// Checkpoints kept (the newest).
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+}
+
+impl CommonConfig {
+    /// Checks every setting; the message says which flag is wrong and what it takes.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--max-length", self.max_length),
+            ("--max-prompt-length", self.max_prompt_length),
+            ("--log-every", self.log_every),
+            ("--keep-checkpoints", self.keep_checkpoints),
+            ("--builtin-hidden", self.builtin_hidden),
+            ("--builtin-layers", self.builtin_layers),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        for (flag, value) in [
+            ("--warmup-ratio", self.warmup_ratio),
+            ("--final-lr-ratio", self.final_lr_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!("{flag} must be in [0, 1], got {value}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.eval_share) {
+            return Err(format!(
+                "--eval-share must be in [0, 1), got {}",
+                self.eval_share
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "--weight-decay must be 0 or more, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return Err(format!(
+                "--max-grad-norm must be 0 (off) or more, got {}",
+                self.max_grad_norm
+            ));
+        }
+        if self.max_prompt_length >= self.max_length {
+            return Err(format!(
+                "--max-prompt-length ({}) must be below --max-length ({}) to leave room for a response",
+                self.max_prompt_length, self.max_length
+            ));
+        }
+        if !self.builtin_hidden.is_multiple_of(8) {
+            return Err("--builtin-hidden must be a multiple of 8 (4 heads of even width)".into());
+        }
+        for (flag, path) in [("--data", &self.data), ("--eval-data", &self.eval_data)] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err(format!("{flag} {}: no such file", path.display()));
+                }
+            }
+        }
+        if let Some(model) = &self.model {
+            if !model.is_dir() {
+                return Err(format!(
+                    "--model {}: no such folder (give a Hugging Face model folder)",
+                    model.display()
+                ));
+            }
+        }
+        if self.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
+            return Err(
+                "--device cuda: this program was built without CUDA; rebuild with `--features cuda`"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Applies `--config FILE` to `from_cli`, the settings parsed from the command line: the
+/// file's values first, then every flag given explicitly on the command line. `matches` are
+/// the command line's (so that defaults can be told from explicit flags).
+pub fn apply_config_file<C: Serialize + DeserializeOwned>(
+    matches: &ArgMatches,
+    from_cli: C,
+    path: &Path,
+) -> Result<C, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let mut merged: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--config {}: not valid JSON: {e}", path.display()))?;
+    let cli = serde_json::to_value(&from_cli).expect("configurations serialise");
+    let (Some(merged_map), Value::Object(cli_map)) = (merged.as_object_mut(), cli) else {
+        return Err(format!(
+            "--config {}: expected a JSON object",
+            path.display()
+        ));
+    };
+    if let Some(unknown) = merged_map.keys().find(|key| !cli_map.contains_key(*key)) {
+        return Err(format!(
+            "--config {}: unknown setting \"{unknown}\" (see --help for the settings)",
+            path.display()
+        ));
+    }
+    // Keys the file leaves out take the command line's values (its defaults); keys given
+    // on the command line override the file.
+    for (key, value) in cli_map {
+        let explicit = matches!(matches.value_source(&key), Some(ValueSource::CommandLine));
+        if explicit || !merged_map.contains_key(&key) {
+            merged_map.insert(key, value);
+        }
+    }
+    serde_json::from_value(merged).map_err(|e| format!("--config {}: {e}", path.display()))
+}

@@ -1,0 +1,837 @@
+//! The DPO trainer: optional supervised warm-up on the chosen responses (which becomes the
+//! frozen reference), then token-weighted DPO with any otpref method; held-out preference
+//! metrics (ties counted as ties) and, on the built-in task, the success rate of greedy
+//! generations for the policy beside its reference.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use clap::Args;
+use otpref::{
+    token_weights, weighted_dpo_loss, DpoInputs, DpoLossConfig, OtBackend, ResponseTokens,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map};
+
+use super::common::{
+    add_means, check_finite, datasets, interrupt_flag, model_and_tokenizer, prepare_output, scalar,
+    tokenize, BatchOrder, MetricsLog, ModelSource, Progress,
+};
+use super::config::CommonConfig;
+use crate::data::{collate_pairs, PairBatch, Text, TokenizedPair};
+use crate::error::Result;
+use crate::hub::{self, LoadOptions, SaveOptions};
+use crate::methods::{DpoLoss, DpoMethod, MethodSettings};
+use crate::model::{generate_greedy, next_token_logps, CausalLm};
+use crate::task::Problem;
+use crate::tokenizer::Tokenizer;
+use crate::training::{clip_global_norm, load_module, save_module, Checkpoints, WarmupCosine};
+
+/// Every setting of the DPO trainer.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct DpoConfig {
+    /// Settings shared with the reward trainer.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Token-weighting method.
+    #[arg(long, value_enum, default_value_t = DpoMethod::Otpo)]
+    pub method: DpoMethod,
+    /// Loss shape (SimPO has its own).
+    #[arg(long, value_enum, default_value_t = DpoLoss::Sigmoid)]
+    pub loss: DpoLoss,
+    /// β: the strength of the KL regularisation (SimPO: its reward scale).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Label smoothing for the sigmoid (conservative DPO) and robust losses, in [0, 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// SimPO's target reward margin γ.
+    #[arg(long, default_value_t = 0.5)]
+    pub simpo_gamma: f64,
+    /// LD-DPO's α: weight of the tokens past the shorter response's length.
+    #[arg(long, default_value_t = 0.5)]
+    pub ld_alpha: f64,
+    /// OTPO's entropic regularisation ε1.
+    #[arg(long, default_value_t = 1.0)]
+    pub otpo_epsilon: f64,
+    /// OTPO's marginal relaxation ε2.
+    #[arg(long, default_value_t = 0.2)]
+    pub otpo_marginal_penalty: f64,
+    /// Supervised steps on the chosen responses before DPO (the result is the reference).
+    #[arg(long, default_value_t = 800)]
+    pub sft_steps: usize,
+    /// Peak learning rate of the supervised warm-up.
+    #[arg(long, default_value_t = 3e-3)]
+    pub sft_lr: f64,
+    /// Compute the reference's log-probabilities once over the training data (TRL's
+    /// `precompute_ref_log_probs`) instead of a reference forward pass per step.
+    #[arg(long)]
+    pub precompute_ref: bool,
+    /// Held-out prompts decoded greedily at the end (policy and reference).
+    #[arg(long, default_value_t = 128)]
+    pub eval_prompts: usize,
+    /// Longest greedy generation, in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+}
+
+impl DpoConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.common.validate()?;
+        for (flag, value) in [
+            ("--lr", self.lr),
+            ("--beta", self.beta),
+            ("--otpo-epsilon", self.otpo_epsilon),
+            ("--otpo-marginal-penalty", self.otpo_marginal_penalty),
+            ("--sft-lr", self.sft_lr),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("{flag} must be a positive number, got {value}"));
+            }
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(format!(
+                "--label-smoothing must be in [0, 0.5), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(self.ld_alpha.is_finite() && (0.0..=1.0).contains(&self.ld_alpha)) {
+            return Err(format!(
+                "--ld-alpha must be in [0, 1], got {}",
+                self.ld_alpha
+            ));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(format!(
+                "--simpo-gamma must be a number, got {}",
+                self.simpo_gamma
+            ));
+        }
+        if self.common.steps == 0 {
+            return Err("--steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn settings(&self) -> MethodSettings {
+        MethodSettings {
+            simpo_gamma: self.simpo_gamma,
+            ld_alpha: self.ld_alpha,
+            otpo_epsilon: self.otpo_epsilon,
+            otpo_marginal_penalty: self.otpo_marginal_penalty,
+        }
+    }
+}
+
+/// What a checkpoint records besides the model and the optimizer.
+impl super::cli::TrainerSettings for DpoConfig {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        DpoConfig::validate(self)
+    }
+
+    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
+    where
+        B: AutodiffBackend + OtBackend,
+        B::InnerBackend: OtBackend,
+    {
+        run::<B>(self, resume, device).map(|_| ())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    /// Optimizer steps done (warm-up and DPO together).
+    step: usize,
+    /// Real tokens processed so far.
+    num_tokens: usize,
+}
+
+/// How the policy and the reference compare on held-out data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HeldOut {
+    /// Pairs whose chosen implicit reward is higher.
+    pub wins: usize,
+    /// Pairs whose implicit rewards are equal (policy = reference gives only ties).
+    pub ties: usize,
+    /// Pairs whose rejected implicit reward is higher.
+    pub losses: usize,
+    /// Mean DPO loss.
+    pub loss: f64,
+    /// Mean reward margin.
+    pub margin: f64,
+}
+
+/// Greedy generations on held-out prompts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Generations {
+    /// Share of prompts answered correctly (built-in task only).
+    pub success_rate: Option<f64>,
+    /// Mean generated length in tokens.
+    pub mean_length: f64,
+    /// A few (prompt, generation) examples.
+    pub examples: Vec<(String, String)>,
+}
+
+/// The end-of-run summary (also written to `OUTPUT/summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DpoSummary {
+    /// The method trained.
+    pub method: DpoMethod,
+    /// Held-out preference counts of the trained policy against the reference.
+    pub held_out: HeldOut,
+    /// The reference's generations.
+    pub reference: Generations,
+    /// The policy's generations.
+    pub policy: Generations,
+    /// Share of DPO step time spent computing token weights (OT for OTPO).
+    pub weight_time_share: f64,
+    /// Where the trained model was saved (a Hugging Face folder).
+    pub model_dir: PathBuf,
+    /// Whether the run was interrupted (Ctrl-C) before its last step.
+    pub interrupted: bool,
+}
+
+/// Runs the DPO trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`).
+pub fn run<B>(config: &DpoConfig, resume: bool, device: &B::Device) -> Result<DpoSummary>
+where
+    B: AutodiffBackend + OtBackend,
+    B::InnerBackend: OtBackend,
+{
+    let common = &config.common;
+    let (source, tokenizer) = model_and_tokenizer(common)?;
+    let (train, eval) = datasets(common)?;
+    let train_pairs = tokenize(&train, &tokenizer, common)?;
+    let eval_pairs = tokenize(&eval, &tokenizer, common)?;
+    prepare_output(&common.output, config)?;
+    B::seed(device, common.seed);
+
+    let model_config = source.config().clone();
+    let mut policy: CausalLm<B> = match &source {
+        ModelSource::Folder(folder) => folder.load_causal_lm(&LoadOptions::default(), device)?,
+        ModelSource::BuiltIn(built_in) => CausalLm::new(built_in, device),
+    };
+    let new_optimizer = || {
+        AdamWConfig::new()
+            .with_weight_decay(common.weight_decay as f32)
+            .init::<B, CausalLm<B>>()
+    };
+    let mut optimizer = new_optimizer();
+    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
+    let reference_path = common.output.join("reference");
+    let total = config.sft_steps + common.steps;
+    let (mut start, mut num_tokens) = (0, 0);
+    let mut reference: Option<CausalLm<B::InnerBackend>> = None;
+    if resume {
+        match checkpoints.latest() {
+            Some((_, folder)) => {
+                let state: TrainerState;
+                (policy, optimizer, state) = Checkpoints::load(&folder, policy, optimizer, device)?;
+                (start, num_tokens) = (state.step, state.num_tokens);
+                // The reference is saved as the first DPO step starts.
+                if start > config.sft_steps {
+                    let empty = CausalLm::new(&model_config, device);
+                    reference = Some(load_module(empty, &reference_path, device)?);
+                }
+                println!("resumed from {} (step {start})", folder.display());
+            }
+            None => println!(
+                "no checkpoint in {}: starting from step 0",
+                checkpoints_dir(common)
+            ),
+        }
+    }
+
+    let schedule = |steps: usize, peak: f64| WarmupCosine {
+        peak,
+        warmup_steps: (common.warmup_ratio * steps as f64).ceil() as usize,
+        total_steps: steps,
+        final_ratio: common.final_lr_ratio,
+    };
+    let sft_schedule = schedule(config.sft_steps, config.sft_lr);
+    let dpo_schedule = schedule(common.steps, config.lr);
+    let mut metrics = MetricsLog::open(&common.output, resume.then_some(start))?;
+    let interrupted = interrupt_flag();
+    let mut order = BatchOrder::new(train_pairs.len(), common.seed);
+    let mut progress = Progress::new(start, total);
+    let pad = tokenizer.pad_id();
+    let settings = config.settings();
+    let mut precomputed: Option<Vec<ReferenceLogps>> = None;
+    let (mut dpo_time, mut weight_time) = (Duration::ZERO, Duration::ZERO);
+    let mut stopped_early = false;
+
+    for step in start..total {
+        let in_dpo = step >= config.sft_steps;
+        if in_dpo && reference.is_none() {
+            // The reference is the model as DPO starts: after warm-up, or as loaded.
+            let frozen = policy.valid();
+            save_module(&frozen, &reference_path)?;
+            reference = Some(frozen);
+            if step == config.sft_steps {
+                optimizer = new_optimizer();
+            }
+        }
+        if in_dpo && config.precompute_ref && precomputed.is_none() {
+            let frozen = reference.as_ref().expect("set above");
+            println!(
+                "precomputing the reference's log-probabilities over {} pairs",
+                train_pairs.len()
+            );
+            precomputed = Some(reference_logps(
+                frozen,
+                &train_pairs,
+                common.batch_size,
+                pad,
+                device,
+            ));
+        }
+        let lr = if in_dpo {
+            dpo_schedule.at(step - config.sft_steps)
+        } else {
+            sft_schedule.at(step)
+        };
+        let started = Instant::now();
+        let mut accumulator = GradientsAccumulator::<CausalLm<B>>::new();
+        let mut record = Map::new();
+        for micro in 0..common.grad_accum {
+            let indices = order.batch(step * common.grad_accum + micro, common.batch_size);
+            let pairs: Vec<TokenizedPair> =
+                indices.iter().map(|&i| train_pairs[i].clone()).collect();
+            let batch = collate_pairs::<B>(&pairs, pad, device);
+            num_tokens += batch.num_tokens;
+            progress.add_tokens(batch.num_tokens);
+            let loss = if in_dpo {
+                let reference = reference.as_ref().expect("set when DPO starts");
+                let precomputed = precomputed
+                    .as_ref()
+                    .map(|all| indices.iter().map(|&i| all[i].clone()).collect::<Vec<_>>());
+                let outcome = dpo_loss(
+                    config,
+                    &settings,
+                    step,
+                    &policy,
+                    reference,
+                    precomputed.as_deref(),
+                    batch,
+                    device,
+                )?;
+                weight_time += outcome.weight_time;
+                add_means(&mut record, &outcome.metrics, common.grad_accum);
+                outcome.loss
+            } else {
+                let loss = sft_loss(&policy, batch);
+                add_means(
+                    &mut record,
+                    &[("loss", scalar(loss.clone()))],
+                    common.grad_accum,
+                );
+                loss
+            };
+            let grads = (loss / common.grad_accum as f64).backward();
+            accumulator.accumulate(&policy, GradientsParams::from_grads(grads, &policy));
+        }
+        let clip = (common.max_grad_norm > 0.0).then_some(common.max_grad_norm);
+        let (grads, grad_norm) = clip_global_norm(&policy, accumulator.grads(), clip);
+        policy = optimizer.step(lr, policy, grads);
+        if in_dpo {
+            dpo_time += started.elapsed();
+        }
+
+        let last = step + 1 == total;
+        if (step + 1) % common.log_every == 0 || last || step + 1 == config.sft_steps {
+            record.insert("step".into(), json!(step + 1));
+            record.insert("phase".into(), json!(if in_dpo { "dpo" } else { "sft" }));
+            record.insert("grad_norm".into(), json!(grad_norm));
+            record.insert("learning_rate".into(), json!(lr));
+            record.insert("num_tokens".into(), json!(num_tokens));
+            if in_dpo {
+                record.insert(
+                    "otpref/weight_time_share".into(),
+                    json!(weight_time.as_secs_f64() / dpo_time.as_secs_f64().max(1e-9)),
+                );
+            }
+            let shown: Vec<String> = ["loss", "rewards/accuracies", "rewards/margins"]
+                .iter()
+                .filter_map(|k| {
+                    Some(format!(
+                        "{} {:.4}",
+                        k.rsplit('/').next()?,
+                        record.get(*k)?.as_f64()?
+                    ))
+                })
+                .collect();
+            progress.line(step, if in_dpo { "dpo" } else { "sft" }, &shown.join(" "));
+            check_finite(&record, step)?;
+            metrics.write(&record);
+        }
+        if in_dpo
+            && common.eval_every > 0
+            && (step + 1 - config.sft_steps).is_multiple_of(common.eval_every)
+            && !last
+        {
+            let reference = reference.as_ref().expect("set when DPO starts");
+            let held_out = held_out(
+                config,
+                &settings,
+                &policy.valid(),
+                reference,
+                &eval_pairs,
+                pad,
+                device,
+            )?;
+            log_held_out(&mut metrics, step + 1, &held_out);
+        }
+        let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+        let periodic = common.save_every > 0 && (step + 1) % common.save_every == 0;
+        if periodic || stop || last {
+            let state = TrainerState {
+                step: step + 1,
+                num_tokens,
+            };
+            let saved = checkpoints.save(step + 1, &policy, &optimizer, &state)?;
+            if stop {
+                println!(
+                    "checkpoint saved to {}; resume with --resume",
+                    saved.display()
+                );
+                stopped_early = !last;
+                break;
+            }
+        }
+    }
+
+    let frozen = match reference {
+        Some(reference) if !stopped_early => reference,
+        _ => {
+            println!("stopped before the last step: no final evaluation, no model saved");
+            return Ok(DpoSummary {
+                method: config.method,
+                held_out: HeldOut::default(),
+                reference: Generations::default(),
+                policy: Generations::default(),
+                weight_time_share: 0.0,
+                model_dir: PathBuf::new(),
+                interrupted: true,
+            });
+        }
+    };
+    let trained = policy.valid();
+    let held_out = held_out(
+        config,
+        &settings,
+        &trained,
+        &frozen,
+        &eval_pairs,
+        pad,
+        device,
+    )?;
+    log_held_out(&mut metrics, total, &held_out);
+    let prompts = eval_prompts(&eval, config.eval_prompts, &tokenizer)?;
+    let reference_generations =
+        generations(&frozen, &prompts, &tokenizer, config.max_new_tokens, device)?;
+    let policy_generations = generations(
+        &trained,
+        &prompts,
+        &tokenizer,
+        config.max_new_tokens,
+        device,
+    )?;
+
+    let model_dir = common.output.join("model");
+    match &source {
+        ModelSource::Folder(folder) => {
+            folder.save_causal_lm(&trained, &model_dir, &SaveOptions::default())?
+        }
+        ModelSource::BuiltIn(built_in) => hub::save_causal_lm(
+            &trained,
+            built_in,
+            None,
+            &model_dir,
+            &SaveOptions::default(),
+        )?,
+    }
+    let summary = DpoSummary {
+        method: config.method,
+        held_out,
+        reference: reference_generations,
+        policy: policy_generations,
+        weight_time_share: weight_time.as_secs_f64() / dpo_time.as_secs_f64().max(1e-9),
+        model_dir,
+        interrupted: stopped_early,
+    };
+    crate::training::write_json(&common.output.join("summary.json"), &summary)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+fn checkpoints_dir(common: &CommonConfig) -> String {
+    common.output.join("checkpoints").display().to_string()
+}
+
+/// Reference log-probabilities of one pair, `[len - 1]` per response row, computed once.
+#[derive(Debug, Clone)]
+struct ReferenceLogps {
+    chosen: Vec<f32>,
+    rejected: Vec<f32>,
+}
+
+/// Reference log-probabilities of every pair (in its own collation), for `--precompute-ref`.
+fn reference_logps<B: burn::tensor::backend::Backend>(
+    reference: &CausalLm<B>,
+    pairs: &[TokenizedPair],
+    batch_size: usize,
+    pad: u32,
+    device: &B::Device,
+) -> Vec<ReferenceLogps> {
+    let mut all = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size) {
+        let batch = collate_pairs::<B>(chunk, pad, device);
+        let out = reference.forward(batch.input_ids.clone(), batch.attention_mask);
+        let logps = next_token_logps(out.logits, batch.input_ids);
+        let [rows, width] = logps.dims();
+        let values = logps
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 log-probabilities");
+        let row = |r: usize| values[r * width..(r + 1) * width].to_vec();
+        let half = rows / 2;
+        for i in 0..half {
+            all.push(ReferenceLogps {
+                chosen: row(i),
+                rejected: row(half + i),
+            });
+        }
+    }
+    all
+}
+
+/// Precomputed rows laid out as the batch's `[2·pairs, len - 1]` (each row's own positions are
+/// the same in any collation: prompt then response, right padding).
+fn precomputed_tensor<B: burn::tensor::backend::Backend>(
+    rows: &[ReferenceLogps],
+    width: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let fit = |row: &Vec<f32>| {
+        let mut row = row.clone();
+        row.resize(width, 0.0);
+        row.truncate(width);
+        row
+    };
+    let flat: Vec<f32> = rows
+        .iter()
+        .map(|r| fit(&r.chosen))
+        .chain(rows.iter().map(|r| fit(&r.rejected)))
+        .flatten()
+        .collect();
+    Tensor::from_data(
+        burn::tensor::TensorData::new(flat, [2 * rows.len(), width]),
+        device,
+    )
+}
+
+/// Supervised loss: mean negative log-likelihood of the chosen responses' tokens.
+fn sft_loss<B: AutodiffBackend>(policy: &CausalLm<B>, batch: PairBatch<B>) -> Tensor<B, 1> {
+    let pairs = batch.pairs;
+    let [_, len] = batch.input_ids.dims();
+    let ids = batch.input_ids.slice([0..pairs, 0..len]);
+    let mask = batch.attention_mask.slice([0..pairs, 0..len]);
+    let response = batch.response_mask.slice([0..pairs, 0..len - 1]);
+    let out = policy.forward(ids.clone(), mask);
+    let logps = next_token_logps(out.logits, ids);
+    (logps * response.clone()).sum().neg() / response.sum().clamp_min(1.0)
+}
+
+struct StepOutcome<B: AutodiffBackend> {
+    loss: Tensor<B, 1>,
+    metrics: Vec<(&'static str, f64)>,
+    weight_time: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dpo_loss<B>(
+    config: &DpoConfig,
+    settings: &MethodSettings,
+    step: usize,
+    policy: &CausalLm<B>,
+    reference: &CausalLm<B::InnerBackend>,
+    precomputed: Option<&[ReferenceLogps]>,
+    batch: PairBatch<B>,
+    device: &B::Device,
+) -> Result<StepOutcome<B>>
+where
+    B: AutodiffBackend + OtBackend,
+{
+    let b = batch.pairs;
+    let [rows, len] = batch.input_ids.dims();
+    let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
+    let logps = next_token_logps(out.logits, batch.input_ids.clone());
+    let reference_logps = config.method.uses_reference().then(|| match precomputed {
+        Some(rows) => precomputed_tensor::<B>(rows, len - 1, device),
+        None => {
+            let out = reference.forward(
+                batch.input_ids.clone().inner(),
+                batch.attention_mask.clone().inner(),
+            );
+            Tensor::from_inner(next_token_logps(out.logits, batch.input_ids.inner()))
+        }
+    });
+    // The hidden state at position t predicts token t + 1, as the log-probabilities do.
+    let hidden = config
+        .method
+        .needs_hidden_states()
+        .then(|| out.hidden.slice([0..rows, 0..len - 1]).detach());
+    let mask = batch.response_mask;
+    let (out, weights, weight_time) = weighted_loss(
+        config,
+        settings,
+        step,
+        logps,
+        reference_logps,
+        hidden,
+        mask.clone(),
+    )?;
+    let weight_mean =
+        |w: Tensor<B, 2>, m: Tensor<B, 2>| scalar((w * m.clone()).sum() / m.sum().clamp_min(1.0));
+    let metrics = vec![
+        ("loss", scalar(out.loss.clone())),
+        ("rewards/chosen", scalar(out.chosen_rewards.mean())),
+        ("rewards/rejected", scalar(out.rejected_rewards.mean())),
+        ("rewards/margins", scalar(out.reward_margins.mean())),
+        ("rewards/accuracies", scalar(out.accuracy)),
+        ("logps/chosen", scalar(out.chosen_logps.mean())),
+        ("logps/rejected", scalar(out.rejected_logps.mean())),
+        (
+            "otpref/weights_chosen_mean",
+            weight_mean(weights.chosen, mask.clone().narrow(0, 0, b)),
+        ),
+        (
+            "otpref/weights_rejected_mean",
+            weight_mean(weights.rejected, mask.narrow(0, b, b)),
+        ),
+    ];
+    Ok(StepOutcome {
+        loss: out.loss,
+        metrics,
+        weight_time,
+    })
+}
+
+/// Token weights for the pairs of one batch (rows `0..b` chosen, `b..2b` rejected) and the
+/// weighted DPO loss over them; also the time the weights took.
+fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
+    config: &DpoConfig,
+    settings: &MethodSettings,
+    step: usize,
+    logps: Tensor<B, 2>,
+    reference_logps: Option<Tensor<B, 2>>,
+    hidden: Option<Tensor<B, 3>>,
+    mask: Tensor<B, 2>,
+) -> Result<(otpref::DpoLoss<B>, otpref::TokenWeights<B>, Duration)> {
+    let b = mask.dims()[0] / 2;
+    let started = Instant::now();
+    let weights = token_weights(
+        &config.method.weighting(settings, config.common.seed, step),
+        &ResponseTokens {
+            chosen_mask: mask.clone().narrow(0, 0, b),
+            rejected_mask: mask.narrow(0, b, b),
+            chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
+            rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
+        },
+    )?;
+    let weight_time = started.elapsed();
+    let inputs = DpoInputs {
+        policy_chosen: logps.clone().narrow(0, 0, b),
+        policy_rejected: logps.narrow(0, b, b),
+        reference: reference_logps.map(|r| (r.clone().narrow(0, 0, b), r.narrow(0, b, b))),
+    };
+    let loss_config = DpoLossConfig::new()
+        .with_beta(config.beta)
+        .with_loss_type(config.method.loss_type(config.loss, settings))
+        .with_label_smoothing(config.label_smoothing);
+    let out = weighted_dpo_loss(&inputs, &weights, &loss_config)?;
+    Ok((out, weights, weight_time))
+}
+
+/// Held-out implicit-reward comparison of `policy` against `reference`, ties counted apart.
+fn held_out<B>(
+    config: &DpoConfig,
+    settings: &MethodSettings,
+    policy: &CausalLm<B>,
+    reference: &CausalLm<B>,
+    pairs: &[TokenizedPair],
+    pad: u32,
+    device: &B::Device,
+) -> Result<HeldOut>
+where
+    B: burn::tensor::backend::Backend + OtBackend,
+{
+    let mut result = HeldOut::default();
+    let (mut loss_sum, mut margin_sum) = (0.0, 0.0);
+    for chunk in pairs.chunks(config.common.batch_size) {
+        let batch = collate_pairs::<B>(chunk, pad, device);
+        let b = batch.pairs;
+        let [rows, len] = batch.input_ids.dims();
+        let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
+        let logps = next_token_logps(out.logits, batch.input_ids.clone());
+        let reference_logps = config.method.uses_reference().then(|| {
+            let out = reference.forward(batch.input_ids.clone(), batch.attention_mask.clone());
+            next_token_logps(out.logits, batch.input_ids.clone())
+        });
+        let hidden = config
+            .method
+            .needs_hidden_states()
+            .then(|| out.hidden.slice([0..rows, 0..len - 1]));
+        let mask = batch.response_mask;
+        let (out, _, _) = weighted_loss(config, settings, 0, logps, reference_logps, hidden, mask)?;
+        loss_sum += scalar(out.loss) * b as f64;
+        let margins = out
+            .reward_margins
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 margins");
+        for margin in margins {
+            margin_sum += margin as f64;
+            match margin.partial_cmp(&0.0) {
+                Some(std::cmp::Ordering::Greater) => result.wins += 1,
+                Some(std::cmp::Ordering::Less) => result.losses += 1,
+                _ => result.ties += 1,
+            }
+        }
+    }
+    result.loss = loss_sum / pairs.len() as f64;
+    result.margin = margin_sum / pairs.len() as f64;
+    Ok(result)
+}
+
+fn log_held_out(metrics: &mut MetricsLog, step: usize, held_out: &HeldOut) {
+    let total = (held_out.wins + held_out.ties + held_out.losses).max(1) as f64;
+    let mut record = Map::new();
+    record.insert("step".into(), json!(step));
+    record.insert("eval/loss".into(), json!(held_out.loss));
+    record.insert(
+        "eval/rewards/accuracies".into(),
+        json!(held_out.wins as f64 / total),
+    );
+    record.insert(
+        "eval/rewards/ties".into(),
+        json!(held_out.ties as f64 / total),
+    );
+    record.insert("eval/rewards/margins".into(), json!(held_out.margin));
+    println!(
+        "held-out pairs: {} wins, {} ties, {} losses (policy vs reference implicit rewards), loss {:.4}",
+        held_out.wins, held_out.ties, held_out.losses, held_out.loss
+    );
+    metrics.write(&record);
+}
+
+/// A held-out prompt: its ids, its text and, on the built-in task, its problem.
+struct EvalPrompt {
+    ids: Vec<u32>,
+    text: String,
+    problem: Option<Problem>,
+}
+
+fn eval_prompts(
+    eval: &crate::data::Dataset,
+    count: usize,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<EvalPrompt>> {
+    let built_in = eval.source.starts_with("built-in");
+    let mut prompts = Vec::new();
+    for pair in eval.pairs.iter().take(count) {
+        let text = match &pair.prompt {
+            Text::Plain(text) => text.clone(),
+            Text::Conversation(messages) => tokenizer.apply_chat_template(messages, true)?,
+        };
+        let ids = match &pair.prompt {
+            Text::Plain(text) => tokenizer.encode(text, true)?,
+            Text::Conversation(messages) => tokenizer.encode_chat(messages, true)?,
+        };
+        let problem = built_in.then(|| parse_problem(&text)).flatten();
+        prompts.push(EvalPrompt { ids, text, problem });
+    }
+    Ok(prompts)
+}
+
+fn parse_problem(prompt: &str) -> Option<Problem> {
+    let (a, b) = prompt.strip_suffix('=')?.split_once('+')?;
+    Some(Problem {
+        a: a.parse().ok()?,
+        b: b.parse().ok()?,
+    })
+}
+
+fn generations<B: burn::tensor::backend::Backend>(
+    model: &CausalLm<B>,
+    prompts: &[EvalPrompt],
+    tokenizer: &Tokenizer,
+    max_new_tokens: usize,
+    device: &B::Device,
+) -> Result<Generations> {
+    let (mut solved, mut scored, mut length) = (0, 0, 0);
+    let mut examples = Vec::new();
+    for chunk in prompts.chunks(64) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        let outputs = generate_greedy(model, &ids, max_new_tokens, tokenizer.eos_id(), device);
+        for (prompt, output) in chunk.iter().zip(outputs) {
+            length += output.len();
+            let text = tokenizer.decode(&output, true)?;
+            if let Some(problem) = &prompt.problem {
+                scored += 1;
+                solved += usize::from(problem.is_solved_by(&text));
+            }
+            if examples.len() < 4 {
+                examples.push((prompt.text.clone(), text));
+            }
+        }
+    }
+    Ok(Generations {
+        success_rate: (scored > 0).then(|| solved as f64 / scored as f64),
+        mean_length: length as f64 / prompts.len().max(1) as f64,
+        examples,
+    })
+}
+
+fn print_summary(summary: &DpoSummary) {
+    println!("\n== {:?} summary", summary.method);
+    let h = &summary.held_out;
+    println!(
+        "held-out pairs (implicit reward of chosen vs rejected): {} wins, {} ties, {} losses",
+        h.wins, h.ties, h.losses
+    );
+    for (name, g) in [
+        ("reference", &summary.reference),
+        ("policy", &summary.policy),
+    ] {
+        let success = g
+            .success_rate
+            .map_or("n/a (no checkable answers in this data)".into(), |s| {
+                format!("{:.1}%", 100.0 * s)
+            });
+        println!(
+            "{name:>9}: success {success}, mean generated length {:.1} tokens",
+            g.mean_length
+        );
+    }
+    for (prompt, text) in summary.policy.examples.iter().take(3) {
+        println!("  {prompt:?} -> {text:?}");
+    }
+    println!(
+        "token weights: {:.1}% of DPO step time; model saved to {}",
+        100.0 * summary.weight_time_share,
+        summary.model_dir.display()
+    );
+}

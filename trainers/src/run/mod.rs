@@ -1,0 +1,11 @@
+//! The trainer programs' bodies; `src/bin/*` only parse the command line and call in.
+
+pub mod cli;
+pub mod common;
+pub mod config;
+pub mod dpo;
+pub mod reward;
+
+pub use config::{apply_config_file, CommonConfig, DeviceKind};
+pub use dpo::{DpoConfig, DpoSummary};
+pub use reward::{RewardConfig, RewardLoss, RewardSummary};

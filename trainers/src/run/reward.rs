@@ -1,0 +1,523 @@
+//! The reward-model trainer: Bradley-Terry with no margin, a fixed margin, the data's margins,
+//! or APLOT's adaptive margins; optional label noise (APLOT's robustness experiment) and reward
+//! centering; held-out pairwise accuracy with ties counted as ties.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use clap::{Args, ValueEnum};
+use otpref::aplot::hard_margins;
+use otpref::{aplot_margins, bt_margin_loss, AplotConfig, BtLossConfig, OtBackend};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map};
+
+use super::common::{
+    add_means, check_finite, datasets, interrupt_flag, model_and_tokenizer, prepare_output, scalar,
+    tokenize, BatchOrder, MetricsLog, ModelSource, Progress,
+};
+use super::config::CommonConfig;
+use crate::data::{collate_pairs, PairBatch, TokenizedPair};
+use crate::error::{Error, Result};
+use crate::hub::{self, LoadOptions, SaveOptions};
+use crate::model::RewardModel;
+use crate::task::SplitMix64;
+use crate::training::{clip_global_norm, Checkpoints, WarmupCosine};
+
+/// The reward model's loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardLoss {
+    /// Bradley-Terry: −log σ(r_c − r_r).
+    Bt,
+    /// −log σ(r_c − r_r − m) with one margin m for every pair (--hard-margin).
+    HardMargin,
+    /// −log σ(r_c − r_r − m) with the data's `margin` column (TRL's reward trainer).
+    PointMargin,
+    /// APLOT: margins from OT over the batch's representations and rewards.
+    Aplot,
+}
+
+/// Every setting of the reward trainer.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct RewardConfig {
+    /// Settings shared with the DPO trainer.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// The loss.
+    #[arg(long, value_enum, default_value_t = RewardLoss::Bt)]
+    pub loss: RewardLoss,
+    /// Share of training pairs whose labels are flipped (chosen and rejected swapped), in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub label_noise: f64,
+    /// Reward centering: coefficient of mean((r_c + r_r)²) (TRL's center_rewards_coefficient).
+    #[arg(long, default_value_t = 0.01)]
+    pub center_rewards: f64,
+    /// The margin of --loss hard-margin.
+    #[arg(long, default_value_t = 0.5)]
+    pub hard_margin: f64,
+    /// APLOT's γ: representation similarity against reward closeness.
+    #[arg(long, default_value_t = 0.5)]
+    pub aplot_gamma: f64,
+    /// APLOT's entropic ε.
+    #[arg(long, default_value_t = 0.1)]
+    pub aplot_epsilon: f64,
+    /// APLOT's margin scale.
+    #[arg(long, default_value_t = 1.0)]
+    pub aplot_scale: f64,
+}
+
+impl RewardConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.common.validate()?;
+        if self.common.steps == 0 {
+            return Err("--steps must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.label_noise) {
+            return Err(format!(
+                "--label-noise must be in [0, 1], got {}",
+                self.label_noise
+            ));
+        }
+        for (flag, value) in [
+            ("--center-rewards", self.center_rewards),
+            ("--hard-margin", self.hard_margin),
+            ("--aplot-gamma", self.aplot_gamma),
+            ("--aplot-scale", self.aplot_scale),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{flag} must be 0 or more, got {value}"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.aplot_epsilon.is_finite() && self.aplot_epsilon > 0.0) {
+            return Err(format!(
+                "--aplot-epsilon must be positive, got {}",
+                self.aplot_epsilon
+            ));
+        }
+        if self.loss == RewardLoss::Aplot && self.common.batch_size < 2 {
+            return Err("--loss aplot needs --batch-size of at least 2 (OT over the batch)".into());
+        }
+        Ok(())
+    }
+}
+
+impl super::cli::TrainerSettings for RewardConfig {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        RewardConfig::validate(self)
+    }
+
+    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
+    where
+        B: AutodiffBackend + OtBackend,
+        B::InnerBackend: OtBackend,
+    {
+        run::<B>(self, resume, device).map(|_| ())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    num_tokens: usize,
+}
+
+/// Held-out pairwise accuracy, ties apart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PairwiseAccuracy {
+    /// Pairs scored with r_c > r_r.
+    pub wins: usize,
+    /// Pairs scored with r_c = r_r.
+    pub ties: usize,
+    /// Pairs scored with r_c < r_r.
+    pub losses: usize,
+    /// Accuracy on the pairs whose data margin is below the mean margin (the hard ones, e.g.
+    /// the built-in task's near misses), when the data has margins.
+    pub hard_accuracy: Option<f64>,
+    /// Accuracy on the other pairs.
+    pub easy_accuracy: Option<f64>,
+}
+
+impl PairwiseAccuracy {
+    /// wins / pairs.
+    pub fn accuracy(&self) -> f64 {
+        self.wins as f64 / (self.wins + self.ties + self.losses).max(1) as f64
+    }
+}
+
+/// The end-of-run summary (also `OUTPUT/summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RewardSummary {
+    /// The loss trained.
+    pub loss: RewardLoss,
+    /// Training labels flipped.
+    pub flipped: usize,
+    /// Held-out accuracy before training.
+    pub before: PairwiseAccuracy,
+    /// Held-out accuracy after training.
+    pub after: PairwiseAccuracy,
+    /// Share of step time spent in APLOT's margins (OT).
+    pub margin_time_share: f64,
+    /// Where the trained model was saved (a Hugging Face folder).
+    pub model_dir: PathBuf,
+    /// Whether the run was interrupted (Ctrl-C) before its last step.
+    pub interrupted: bool,
+}
+
+/// Runs the reward trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`).
+pub fn run<B>(config: &RewardConfig, resume: bool, device: &B::Device) -> Result<RewardSummary>
+where
+    B: AutodiffBackend + OtBackend,
+{
+    let common = &config.common;
+    let (source, tokenizer) = model_and_tokenizer(common)?;
+    let (train, eval) = datasets(common)?;
+    let mut train_pairs = tokenize(&train, &tokenizer, common)?;
+    let eval_pairs = tokenize(&eval, &tokenizer, common)?;
+    if config.loss == RewardLoss::PointMargin {
+        if let Some(i) = train.pairs.iter().position(|p| p.margin.is_none()) {
+            return Err(Error::Training(format!(
+                "--loss point-margin reads the data's \"margin\", which {} lacks",
+                train.locate(i)
+            )));
+        }
+    }
+    let flipped = flip_labels(&mut train_pairs, config.label_noise, common.seed);
+    println!(
+        "label noise {}: {flipped} of {} training pairs flipped",
+        config.label_noise,
+        train_pairs.len()
+    );
+    prepare_output(&common.output, config)?;
+    B::seed(device, common.seed);
+
+    let mut model: RewardModel<B> = match &source {
+        ModelSource::Folder(folder) if folder.is_reward_model() => {
+            folder.load_reward_model(&LoadOptions::default(), device)?
+        }
+        ModelSource::Folder(folder) => {
+            folder.load_reward_model_from_base(&LoadOptions::default(), device)?
+        }
+        ModelSource::BuiltIn(built_in) => RewardModel::new(built_in, device),
+    };
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(common.weight_decay as f32)
+        .init::<B, RewardModel<B>>();
+    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
+    let (mut start, mut num_tokens) = (0, 0);
+    if resume {
+        match checkpoints.latest() {
+            Some((_, folder)) => {
+                let state: TrainerState;
+                (model, optimizer, state) = Checkpoints::load(&folder, model, optimizer, device)?;
+                (start, num_tokens) = (state.step, state.num_tokens);
+                println!("resumed from {} (step {start})", folder.display());
+            }
+            None => println!(
+                "no checkpoint in {}: starting from step 0",
+                common.output.join("checkpoints").display()
+            ),
+        }
+    }
+    let pad = tokenizer.pad_id();
+    let before = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
+    println!(
+        "held-out accuracy before training: {:.3} ({} ties)",
+        before.accuracy(),
+        before.ties
+    );
+    let schedule = WarmupCosine {
+        peak: config.lr,
+        warmup_steps: (common.warmup_ratio * common.steps as f64).ceil() as usize,
+        total_steps: common.steps,
+        final_ratio: common.final_lr_ratio,
+    };
+    let mut metrics = MetricsLog::open(&common.output, resume.then_some(start))?;
+    let interrupted = interrupt_flag();
+    let mut order = BatchOrder::new(train_pairs.len(), common.seed);
+    let mut progress = Progress::new(start, common.steps);
+    let (mut step_time, mut margin_time) = (Duration::ZERO, Duration::ZERO);
+    let mut stopped_early = false;
+
+    for step in start..common.steps {
+        let lr = schedule.at(step);
+        let started = Instant::now();
+        let mut accumulator = GradientsAccumulator::<RewardModel<B>>::new();
+        let mut record = Map::new();
+        for micro in 0..common.grad_accum {
+            let indices = order.batch(step * common.grad_accum + micro, common.batch_size);
+            let pairs: Vec<TokenizedPair> =
+                indices.iter().map(|&i| train_pairs[i].clone()).collect();
+            let batch = collate_pairs::<B>(&pairs, pad, device);
+            num_tokens += batch.num_tokens;
+            progress.add_tokens(batch.num_tokens);
+            let outcome = reward_loss(config, &model, batch)?;
+            margin_time += outcome.margin_time;
+            add_means(&mut record, &outcome.metrics, common.grad_accum);
+            let grads = (outcome.loss / common.grad_accum as f64).backward();
+            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+        }
+        let clip = (common.max_grad_norm > 0.0).then_some(common.max_grad_norm);
+        let (grads, grad_norm) = clip_global_norm(&model, accumulator.grads(), clip);
+        model = optimizer.step(lr, model, grads);
+        step_time += started.elapsed();
+
+        let last = step + 1 == common.steps;
+        if (step + 1) % common.log_every == 0 || last {
+            record.insert("step".into(), json!(step + 1));
+            record.insert("phase".into(), json!("reward"));
+            record.insert("grad_norm".into(), json!(grad_norm));
+            record.insert("learning_rate".into(), json!(lr));
+            record.insert("num_tokens".into(), json!(num_tokens));
+            record.insert(
+                "otpref/margin_time_share".into(),
+                json!(margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9)),
+            );
+            let shown = format!(
+                "loss {:.4} accuracy {:.3}",
+                record["loss"].as_f64().unwrap_or(f64::NAN),
+                record["accuracy"].as_f64().unwrap_or(f64::NAN)
+            );
+            progress.line(step, "reward", &shown);
+            check_finite(&record, step)?;
+            metrics.write(&record);
+        }
+        if common.eval_every > 0 && (step + 1).is_multiple_of(common.eval_every) && !last {
+            let held_out = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
+            log_accuracy(&mut metrics, step + 1, &held_out);
+        }
+        let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+        let periodic = common.save_every > 0 && (step + 1).is_multiple_of(common.save_every);
+        if periodic || stop || last {
+            let state = TrainerState {
+                step: step + 1,
+                num_tokens,
+            };
+            let saved = checkpoints.save(step + 1, &model, &optimizer, &state)?;
+            if stop && !last {
+                println!(
+                    "checkpoint saved to {}; resume with --resume",
+                    saved.display()
+                );
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+
+    let trained = model.valid();
+    let mut summary = RewardSummary {
+        loss: config.loss,
+        flipped,
+        before,
+        after: PairwiseAccuracy::default(),
+        margin_time_share: margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9),
+        model_dir: PathBuf::new(),
+        interrupted: stopped_early,
+    };
+    if stopped_early {
+        println!("stopped before the last step: no final evaluation, no model saved");
+        return Ok(summary);
+    }
+    summary.after = accuracy(&trained, &eval_pairs, common.batch_size, pad, device);
+    log_accuracy(&mut metrics, common.steps, &summary.after);
+    summary.model_dir = common.output.join("model");
+    match &source {
+        ModelSource::Folder(folder) => {
+            folder.save_reward_model(&trained, &summary.model_dir, &SaveOptions::default())?
+        }
+        ModelSource::BuiltIn(built_in) => hub::save_reward_model(
+            &trained,
+            built_in,
+            None,
+            &summary.model_dir,
+            &SaveOptions::default(),
+        )?,
+    }
+    crate::training::write_json(&common.output.join("summary.json"), &summary)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+/// Swaps chosen and rejected in a `share` of the pairs (drawn with `seed`); returns how many.
+fn flip_labels(pairs: &mut [TokenizedPair], share: f64, seed: u64) -> usize {
+    let mut rng = SplitMix64::new(seed ^ 0x0f11_9b1a_be15);
+    let mut flipped = 0;
+    for pair in pairs.iter_mut() {
+        if rng.unit() < share {
+            std::mem::swap(&mut pair.chosen, &mut pair.rejected);
+            flipped += 1;
+        }
+    }
+    flipped
+}
+
+struct StepOutcome<B: AutodiffBackend> {
+    loss: Tensor<B, 1>,
+    metrics: Vec<(&'static str, f64)>,
+    margin_time: Duration,
+}
+
+fn reward_loss<B>(
+    config: &RewardConfig,
+    model: &RewardModel<B>,
+    batch: PairBatch<B>,
+) -> Result<StepOutcome<B>>
+where
+    B: AutodiffBackend + OtBackend,
+{
+    let b = batch.pairs;
+    let out = model.forward(batch.input_ids, batch.attention_mask);
+    let chosen = out.rewards.clone().narrow(0, 0, b);
+    let rejected = out.rewards.narrow(0, b, b);
+    let started = Instant::now();
+    let margin = match config.loss {
+        RewardLoss::Bt => None,
+        RewardLoss::HardMargin => Some(hard_margins::<B>(b, config.hard_margin, &chosen.device())),
+        RewardLoss::PointMargin => Some(batch.margins.expect("checked before training")),
+        RewardLoss::Aplot => {
+            let pooled = out.pooled.detach();
+            let aplot = AplotConfig::new()
+                .with_gamma(config.aplot_gamma)
+                .with_epsilon(config.aplot_epsilon)
+                .with_scale(config.aplot_scale);
+            Some(aplot_margins(
+                pooled.clone().narrow(0, 0, b),
+                pooled.narrow(0, b, b),
+                chosen.clone().detach(),
+                rejected.clone().detach(),
+                &aplot,
+            )?)
+        }
+    };
+    let margin_time = started.elapsed();
+    let margin_mean = margin.clone().map_or(0.0, |m| scalar(m.mean()));
+    let loss = bt_margin_loss(
+        chosen.clone(),
+        rejected.clone(),
+        margin,
+        &BtLossConfig::new().with_center_rewards_coefficient(config.center_rewards),
+    )?;
+    let all = Tensor::cat(vec![chosen.clone(), rejected.clone()], 0).detach();
+    let metrics = vec![
+        ("loss", scalar(loss.loss.clone())),
+        ("accuracy", scalar(loss.accuracy)),
+        ("margin", scalar(loss.reward_margins.mean())),
+        ("rewards/chosen", scalar(chosen.mean())),
+        ("rewards/rejected", scalar(rejected.mean())),
+        ("rewards/mean", scalar(all.clone().mean())),
+        ("rewards/std", scalar(all.var(0).sqrt().reshape([1]))),
+        ("otpref/margin_mean", margin_mean),
+    ];
+    Ok(StepOutcome {
+        loss: loss.loss,
+        metrics,
+        margin_time,
+    })
+}
+
+/// Held-out pairwise accuracy; with margins in the data, split at their mean (hard vs easy).
+fn accuracy<B: Backend>(
+    model: &RewardModel<B>,
+    pairs: &[TokenizedPair],
+    batch_size: usize,
+    pad: u32,
+    device: &B::Device,
+) -> PairwiseAccuracy {
+    let mut result = PairwiseAccuracy::default();
+    let mut outcomes = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size) {
+        let batch = collate_pairs::<B>(chunk, pad, device);
+        let b = batch.pairs;
+        let rewards = model
+            .forward(batch.input_ids, batch.attention_mask)
+            .rewards
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 rewards");
+        for (i, pair) in chunk.iter().enumerate() {
+            let gap = rewards[i] - rewards[b + i];
+            let won = gap > 0.0;
+            match gap.partial_cmp(&0.0) {
+                Some(std::cmp::Ordering::Greater) => result.wins += 1,
+                Some(std::cmp::Ordering::Less) => result.losses += 1,
+                _ => result.ties += 1,
+            }
+            outcomes.push((pair.margin, won));
+        }
+    }
+    let margins: Vec<f64> = outcomes.iter().filter_map(|(m, _)| *m).collect();
+    if margins.len() == outcomes.len() && !margins.is_empty() {
+        let mean = margins.iter().sum::<f64>() / margins.len() as f64;
+        let share = |hard: bool| {
+            let group: Vec<bool> = outcomes
+                .iter()
+                .filter(|(m, _)| (m.unwrap() < mean) == hard)
+                .map(|(_, won)| *won)
+                .collect();
+            (!group.is_empty())
+                .then(|| group.iter().filter(|&&w| w).count() as f64 / group.len() as f64)
+        };
+        result.hard_accuracy = share(true);
+        result.easy_accuracy = share(false);
+    }
+    result
+}
+
+fn log_accuracy(metrics: &mut MetricsLog, step: usize, accuracy: &PairwiseAccuracy) {
+    let mut record = Map::new();
+    record.insert("step".into(), json!(step));
+    record.insert("eval/accuracy".into(), json!(accuracy.accuracy()));
+    let total = (accuracy.wins + accuracy.ties + accuracy.losses).max(1) as f64;
+    record.insert("eval/ties".into(), json!(accuracy.ties as f64 / total));
+    if let (Some(hard), Some(easy)) = (accuracy.hard_accuracy, accuracy.easy_accuracy) {
+        record.insert("eval/accuracy_hard".into(), json!(hard));
+        record.insert("eval/accuracy_easy".into(), json!(easy));
+    }
+    println!(
+        "held-out accuracy: {:.3} ({} wins, {} ties, {} losses)",
+        accuracy.accuracy(),
+        accuracy.wins,
+        accuracy.ties,
+        accuracy.losses
+    );
+    metrics.write(&record);
+}
+
+fn print_summary(summary: &RewardSummary) {
+    println!("\n== reward model ({:?}) summary", summary.loss);
+    for (name, a) in [("before", &summary.before), ("after", &summary.after)] {
+        let split = match (a.hard_accuracy, a.easy_accuracy) {
+            (Some(hard), Some(easy)) => format!("; hard pairs {hard:.3}, easy pairs {easy:.3}"),
+            _ => String::new(),
+        };
+        println!(
+            "{name:>6}: held-out accuracy {:.3} ({} wins, {} ties, {} losses){split}",
+            a.accuracy(),
+            a.wins,
+            a.ties,
+            a.losses
+        );
+    }
+    println!(
+        "{} training labels flipped; margins took {:.1}% of step time; model saved to {}",
+        summary.flipped,
+        100.0 * summary.margin_time_share,
+        summary.model_dir.display()
+    );
+}

@@ -1,0 +1,327 @@
+//! The DPO trainer as a user runs it: the built-in task and a Hugging Face folder with JSON
+//! lines, metrics and checkpoints, exact resume, a kill during a save, and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{failure, fixture, metrics, run_ok, Expected, ScratchFolder};
+use serde_json::Value;
+
+fn trainer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dpo_trainer"))
+}
+
+/// A small, fast built-in run (tiny model, few pairs) writing to `output`.
+fn small_run(output: &Path) -> Command {
+    let mut command = trainer();
+    command.args(["--output", output.to_str().unwrap()]);
+    command.args([
+        "--builtin-hidden",
+        "16",
+        "--builtin-layers",
+        "1",
+        "--builtin-train-pairs",
+        "64",
+        "--builtin-eval-pairs",
+        "16",
+        "--batch-size",
+        "4",
+        "--sft-steps",
+        "4",
+        "--steps",
+        "6",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "5",
+        "--eval-prompts",
+        "4",
+        "--max-new-tokens",
+        "8",
+    ]);
+    command
+}
+
+#[test]
+fn built_in_run_writes_metrics_checkpoints_summary_and_a_model() {
+    let out = ScratchFolder::empty("dpo-builtin");
+    let output = run_ok(&mut small_run(&out.0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("step     1/10 sft"), "{stdout}");
+    assert!(stdout.contains("held-out pairs"), "{stdout}");
+    let records = metrics(&out.0);
+    let dpo: Vec<&Value> = records.iter().filter(|r| r["phase"] == "dpo").collect();
+    assert_eq!(dpo.len(), 6);
+    for name in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+        "num_tokens",
+        "otpref/weight_time_share",
+    ] {
+        for record in &dpo {
+            assert!(
+                record[name].as_f64().is_some_and(f64::is_finite),
+                "{name} in {record}"
+            );
+        }
+    }
+    assert!(records.iter().any(|r| r.get("eval/rewards/ties").is_some()));
+    // The newest checkpoints are kept; the model folder loads as a Hugging Face folder.
+    assert!(out.0.join("checkpoints/step-00000010").is_dir());
+    assert!(out.0.join("checkpoints/step-00000005").is_dir());
+    let folder = otpref_trainers::hub::ModelFolder::open(out.0.join("model")).unwrap();
+    assert_eq!(folder.config().hidden_size, 16);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("summary.json")).unwrap())
+            .unwrap();
+    assert!(summary["policy"]["success_rate"].as_f64().is_some());
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["method"], "otpo");
+    assert_eq!(config["steps"], 6);
+}
+
+#[test]
+fn loss_falls_on_a_hugging_face_model_with_jsonl_data() {
+    let out = ScratchFolder::empty("dpo-hf");
+    std::fs::create_dir_all(&out.0).unwrap();
+    let data = out.0.join("pairs.jsonl");
+    let mut lines = String::new();
+    for i in 0..8 {
+        if i % 2 == 0 {
+            lines += &format!(
+                "{{\"prompt\": \"What is {i}+{i}?\", \"chosen\": \" It is {}.\", \"rejected\": \" No idea.\"}}\n",
+                2 * i
+            );
+        } else {
+            lines += &format!(
+                "{{\"prompt\": [{{\"role\": \"user\", \"content\": \"Hello {i}\"}}], \"chosen\": [{{\"role\": \"assistant\", \"content\": \"Hi, how can I help?\"}}], \"rejected\": [{{\"role\": \"assistant\", \"content\": \"Go away.\"}}]}}\n"
+            );
+        }
+    }
+    std::fs::write(&data, lines).unwrap();
+    let mut command = trainer();
+    command.args([
+        "--model",
+        fixture("smollm").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--eval-data",
+        data.to_str().unwrap(),
+        "--output",
+        out.0.join("run").to_str().unwrap(),
+        "--method",
+        "dpo",
+        "--sft-steps",
+        "0",
+        "--steps",
+        "12",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--warmup-ratio",
+        "0",
+        "--log-every",
+        "1",
+        "--eval-prompts",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]);
+    run_ok(&mut command);
+    let losses: Vec<f64> = metrics(&out.0.join("run"))
+        .iter()
+        .filter_map(|r| r.get("loss")?.as_f64())
+        .collect();
+    assert_eq!(losses.len(), 12);
+    assert!(
+        (losses[0] - std::f64::consts::LN_2).abs() < 1e-3,
+        "policy = reference at the start: {losses:?}"
+    );
+    assert!(losses[11] < losses[0] - 0.1, "{losses:?}");
+    // The trained model is saved with the source's tokenizer, as a transformers folder.
+    let saved = out.0.join("run/model");
+    assert!(saved.join("tokenizer.json").is_file() && saved.join("chat_template.jinja").is_file());
+}
+
+fn model_bytes(run: &Path) -> Vec<(String, Vec<u8>)> {
+    let file = Expected::read(&run.join("model/model.safetensors"));
+    file.names()
+        .into_iter()
+        .map(|n| (n.clone(), file.raw(&n)))
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let straight = ScratchFolder::empty("dpo-straight");
+    run_ok(&mut small_run(&straight.0));
+    // The same run, stopped after its step-5 checkpoint: drop what came later and resume.
+    let resumed = ScratchFolder::empty("dpo-resumed");
+    run_ok(&mut small_run(&resumed.0));
+    std::fs::remove_dir_all(resumed.0.join("checkpoints/step-00000010")).unwrap();
+    std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
+    let output = run_ok(small_run(&resumed.0).arg("--resume"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
+    let (a, b) = (model_bytes(&straight.0), model_bytes(&resumed.0));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let floats = |bytes: &[u8]| -> Vec<f32> {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        for (p, q) in floats(x).iter().zip(floats(y)) {
+            assert!((p - q).abs() <= 1e-6, "{name}: {p} vs {q}");
+        }
+    }
+    // The metrics read as one run: each step once.
+    let steps: Vec<u64> = metrics(&resumed.0)
+        .iter()
+        .filter(|r| r.get("phase").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_kill_during_saving_leaves_a_checkpoint_to_resume_from() {
+    let out = ScratchFolder::empty("dpo-kill");
+    let mut command = small_run(&out.0);
+    // A checkpoint every step and many steps: the kill lands in or near a save.
+    command.args(["--steps", "400", "--save-every", "1", "--eval-every", "0"]);
+    command.stdout(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let checkpoints = out.0.join("checkpoints");
+    let complete = |dir: &PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    while complete(&checkpoints) < 2 && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(complete(&checkpoints) >= 1);
+    // Resume and finish a few more steps from whatever was complete.
+    let output = run_ok(small_run(&out.0).args(["--steps", "3", "--resume"]));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_before_training() {
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--method", "magic"],
+            "invalid value 'magic' for '--method",
+        ),
+        (&["--batch-size", "0"], "--batch-size must be at least 1"),
+        (&["--steps", "-3"], "'--steps"),
+        (
+            &["--model", "/no/such/model"],
+            "--model /no/such/model: no such folder",
+        ),
+        (
+            &["--data", "/no/such.jsonl"],
+            "--data /no/such.jsonl: no such file",
+        ),
+        (
+            &["--max-prompt-length", "600"],
+            "--max-prompt-length (600) must be below --max-length (512)",
+        ),
+        (&["--lr", "-1"], "--lr must be a positive number"),
+        (
+            &["--label-smoothing", "0.7"],
+            "--label-smoothing must be in [0, 0.5)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = failure(env!("CARGO_BIN_EXE_dpo_trainer"), args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    #[cfg(not(feature = "cuda"))]
+    assert!(
+        failure(env!("CARGO_BIN_EXE_dpo_trainer"), &["--device", "cuda"])
+            .contains("built without CUDA")
+    );
+}
+
+#[test]
+fn a_malformed_data_line_is_named_before_training() {
+    let out = ScratchFolder::empty("dpo-bad-data");
+    std::fs::create_dir_all(&out.0).unwrap();
+    let data = out.0.join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\"}\n",
+    )
+    .unwrap();
+    let stderr = failure(
+        env!("CARGO_BIN_EXE_dpo_trainer"),
+        &["--data", data.to_str().unwrap()],
+    );
+    assert!(
+        stderr.contains("bad.jsonl: line 2: missing \"chosen\""),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn config_file_with_command_line_overrides() {
+    let out = ScratchFolder::empty("dpo-config");
+    std::fs::create_dir_all(&out.0).unwrap();
+    let path = out.0.join("config.json");
+    std::fs::write(&path, r#"{"beta": 0.25, "method": "simpo", "steps": 2}"#).unwrap();
+    // Bad keys are refused.
+    let bad = out.0.join("bad.json");
+    std::fs::write(&bad, r#"{"betta": 0.25}"#).unwrap();
+    assert!(failure(
+        env!("CARGO_BIN_EXE_dpo_trainer"),
+        &["--config", bad.to_str().unwrap()]
+    )
+    .contains("unknown setting \"betta\""));
+    let mut command = small_run(&out.0.join("run"));
+    command.args(["--config", path.to_str().unwrap(), "--method", "dpo"]);
+    run_ok(&mut command);
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("run/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["beta"], 0.25); // from the file
+    assert_eq!(saved["method"], "dpo"); // the command line wins
+    assert_eq!(saved["steps"], 6); // small_run's flag wins over the file
+}
+
+#[test]
+fn write_builtin_writes_the_task_as_jsonl() {
+    let out = ScratchFolder::empty("dpo-write-builtin");
+    std::fs::create_dir_all(&out.0).unwrap();
+    let path = out.0.join("task.jsonl");
+    run_ok(trainer().args([
+        "--write-builtin",
+        path.to_str().unwrap(),
+        "--builtin-train-pairs",
+        "5",
+    ]));
+    let data = otpref_trainers::data::read_jsonl(&path).unwrap();
+    assert_eq!(data.len(), 5);
+}
