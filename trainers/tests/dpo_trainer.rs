@@ -86,6 +86,9 @@ fn built_in_run_writes_metrics_checkpoints_summary_and_a_model() {
         serde_json::from_str(&std::fs::read_to_string(out.0.join("summary.json")).unwrap())
             .unwrap();
     assert!(summary["policy"]["success_rate"].as_f64().is_some());
+    let page = std::fs::read_to_string(out.0.join("weights.html")).unwrap();
+    assert!(page.contains("Otpo token weights") && page.contains("rejected"));
+    assert!(!page.contains("<script"), "self-contained, no scripts");
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(out.0.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["method"], "otpo");

@@ -71,6 +71,12 @@ fn every_loss_trains_on_the_built_in_task() {
         assert!(records.iter().any(|r| r.get("eval/accuracy").is_some()));
         let folder = otpref_trainers::hub::ModelFolder::open(out.0.join("model")).unwrap();
         assert!(folder.is_reward_model());
+        let page = std::fs::read_to_string(out.0.join("margins.html")).unwrap();
+        assert_eq!(
+            page.matches("<circle").count(),
+            8,
+            "{loss}: one point per held-out pair of a batch"
+        );
     }
 }
 

@@ -342,6 +342,8 @@ where
             let grads = (loss / common.grad_accum as f64).backward();
             accumulator.accumulate(&policy, GradientsParams::from_grads(grads, &policy));
         }
+        // Every step, before the update: a NaN must stop the run, not be trained on.
+        check_finite(&record, step)?;
         let clip = (common.max_grad_norm > 0.0).then_some(common.max_grad_norm);
         let (grads, grad_norm) = clip_global_norm(&policy, accumulator.grads(), clip);
         policy = optimizer.step(lr, policy, grads);
@@ -373,7 +375,6 @@ where
                 })
                 .collect();
             progress.line(step, if in_dpo { "dpo" } else { "sft" }, &shown.join(" "));
-            check_finite(&record, step)?;
             metrics.write(&record);
         }
         if in_dpo
@@ -449,6 +450,9 @@ where
         device,
     )?;
 
+    let examples = weighted_examples(config, &settings, &trained, &eval_pairs, &tokenizer, device)?;
+    let title = format!("{:?} token weights on held-out pairs", config.method);
+    super::report::write_weights_page(&common.output.join("weights.html"), &title, &examples)?;
     let model_dir = common.output.join("model");
     match &source {
         ModelSource::Folder(folder) => {
@@ -663,6 +667,60 @@ fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
         .with_label_smoothing(config.label_smoothing);
     let out = weighted_dpo_loss(&inputs, &weights, &loss_config)?;
     Ok((out, weights, weight_time))
+}
+
+/// The method's token weights on the first few held-out pairs, for `weights.html`.
+fn weighted_examples<B: burn::tensor::backend::Backend + OtBackend>(
+    config: &DpoConfig,
+    settings: &MethodSettings,
+    policy: &CausalLm<B>,
+    pairs: &[TokenizedPair],
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+) -> Result<Vec<super::report::WeightedPair>> {
+    let pairs = &pairs[..pairs.len().min(6)];
+    let batch = collate_pairs::<B>(pairs, tokenizer.pad_id(), device);
+    let b = batch.pairs;
+    let [rows, len] = batch.input_ids.dims();
+    let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
+    let hidden = config
+        .method
+        .needs_hidden_states()
+        .then(|| out.hidden.slice([0..rows, 0..len - 1]));
+    let mask = batch.response_mask;
+    let weights = token_weights(
+        &config.method.weighting(settings, config.common.seed, 0),
+        &ResponseTokens {
+            chosen_mask: mask.clone().narrow(0, 0, b),
+            rejected_mask: mask.narrow(0, b, b),
+            chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
+            rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
+        },
+    )?;
+    let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let (chosen, rejected) = (host(weights.chosen), host(weights.rejected));
+    let width = len - 1;
+    let mut examples = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        // Response token k sits at position prompt + k; its weight at the position before it.
+        let tokens = |ids: &[u32], weights: &[f32]| -> Result<Vec<(String, f32)>> {
+            ids.iter()
+                .enumerate()
+                .map(|(k, &id)| {
+                    let weight = (pair.prompt.len() + k)
+                        .checked_sub(1)
+                        .map_or(0.0, |at| weights[i * width + at]);
+                    Ok((tokenizer.decode(&[id], false)?, weight))
+                })
+                .collect()
+        };
+        examples.push(super::report::WeightedPair {
+            prompt: tokenizer.decode(&pair.prompt, false)?,
+            chosen: tokens(&pair.chosen, &chosen)?,
+            rejected: tokens(&pair.rejected, &rejected)?,
+        });
+    }
+    Ok(examples)
 }
 
 /// Held-out implicit-reward comparison of `policy` against `reference`, ties counted apart.

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod common;
 pub mod config;
 pub mod dpo;
+pub mod report;
 pub mod reward;
 
 pub use config::{apply_config_file, CommonConfig, DeviceKind};

@@ -183,6 +183,7 @@ pub struct RewardSummary {
 pub fn run<B>(config: &RewardConfig, resume: bool, device: &B::Device) -> Result<RewardSummary>
 where
     B: AutodiffBackend + OtBackend,
+    B::InnerBackend: OtBackend,
 {
     let common = &config.common;
     let (source, tokenizer) = model_and_tokenizer(common)?;
@@ -272,6 +273,8 @@ where
             let grads = (outcome.loss / common.grad_accum as f64).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
         }
+        // Every step, before the update: a NaN must stop the run, not be trained on.
+        check_finite(&record, step)?;
         let clip = (common.max_grad_norm > 0.0).then_some(common.max_grad_norm);
         let (grads, grad_norm) = clip_global_norm(&model, accumulator.grads(), clip);
         model = optimizer.step(lr, model, grads);
@@ -294,7 +297,6 @@ where
                 record["accuracy"].as_f64().unwrap_or(f64::NAN)
             );
             progress.line(step, "reward", &shown);
-            check_finite(&record, step)?;
             metrics.write(&record);
         }
         if common.eval_every > 0 && (step + 1).is_multiple_of(common.eval_every) && !last {
@@ -336,6 +338,12 @@ where
     }
     summary.after = accuracy(&trained, &eval_pairs, common.batch_size, pad, device);
     log_accuracy(&mut metrics, common.steps, &summary.after);
+    let points = margin_points(config, &trained, &eval_pairs, pad, device)?;
+    super::report::write_margins_page(
+        &common.output.join("margins.html"),
+        "APLOT margins against reward gaps (held-out pairs)",
+        &points,
+    )?;
     summary.model_dir = common.output.join("model");
     match &source {
         ModelSource::Folder(folder) => {
@@ -429,6 +437,42 @@ where
         metrics,
         margin_time,
     })
+}
+
+/// (reward gap, APLOT margin) of the first held-out batch, as APLOT would set the margins
+/// for the trained model whatever the run's loss.
+fn margin_points<B: Backend + OtBackend>(
+    config: &RewardConfig,
+    model: &RewardModel<B>,
+    pairs: &[TokenizedPair],
+    pad: u32,
+    device: &B::Device,
+) -> Result<Vec<(f32, f32)>> {
+    let pairs = &pairs[..pairs.len().min(config.common.batch_size.max(2))];
+    if pairs.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let batch = collate_pairs::<B>(pairs, pad, device);
+    let b = batch.pairs;
+    let out = model.forward(batch.input_ids, batch.attention_mask);
+    let (chosen, rejected) = (
+        out.rewards.clone().narrow(0, 0, b),
+        out.rewards.narrow(0, b, b),
+    );
+    let aplot = AplotConfig::new()
+        .with_gamma(config.aplot_gamma)
+        .with_epsilon(config.aplot_epsilon)
+        .with_scale(config.aplot_scale);
+    let margins = aplot_margins(
+        out.pooled.clone().narrow(0, 0, b),
+        out.pooled.narrow(0, b, b),
+        chosen.clone(),
+        rejected.clone(),
+        &aplot,
+    )?;
+    let host = |t: Tensor<B, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let gaps = host(chosen - rejected);
+    Ok(gaps.into_iter().zip(host(margins)).collect())
 }
 
 /// Held-out pairwise accuracy; with margins in the data, split at their mean (hard vs easy).
