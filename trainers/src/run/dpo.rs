@@ -38,8 +38,8 @@ pub struct DpoConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-5)]
+    /// Peak learning rate (AdamW) of the DPO phase.
+    #[arg(long, default_value_t = 5e-6)]
     pub lr: f64,
     /// Token-weighting method.
     #[arg(long, value_enum, default_value_t = DpoMethod::Otpo)]
