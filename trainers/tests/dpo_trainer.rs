@@ -86,6 +86,11 @@ fn built_in_run_writes_metrics_checkpoints_summary_and_a_model() {
         serde_json::from_str(&std::fs::read_to_string(out.0.join("summary.json")).unwrap())
             .unwrap();
     assert!(summary["policy"]["success_rate"].as_f64().is_some());
+    let png = std::fs::read(out.0.join("curves.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "curves.png is a drawn PNG"
+    );
     let page = std::fs::read_to_string(out.0.join("weights.html")).unwrap();
     assert!(page.contains("Otpo token weights") && page.contains("rejected"));
     assert!(!page.contains("<script"), "self-contained, no scripts");

@@ -71,6 +71,9 @@ fn every_loss_trains_on_the_built_in_task() {
         assert!(records.iter().any(|r| r.get("eval/accuracy").is_some()));
         let folder = otpref_trainers::hub::ModelFolder::open(out.0.join("model")).unwrap();
         assert!(folder.is_reward_model());
+        assert!(std::fs::read(out.0.join("curves.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG"));
         let page = std::fs::read_to_string(out.0.join("margins.html")).unwrap();
         assert_eq!(
             page.matches("<circle").count(),

@@ -476,6 +476,10 @@ where
         interrupted: stopped_early,
     };
     crate::training::write_json(&common.output.join("summary.json"), &summary)?;
+    // A plot that cannot be drawn must not cost the run its results.
+    if let Err(e) = super::curves::write_curves(&common.output) {
+        eprintln!("warning: {e}");
+    }
     print_summary(&summary);
     Ok(summary)
 }

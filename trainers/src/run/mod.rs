@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod common;
 pub mod config;
+pub mod curves;
 pub mod dpo;
 pub mod report;
 pub mod reward;

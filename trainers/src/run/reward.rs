@@ -358,6 +358,10 @@ where
         )?,
     }
     crate::training::write_json(&common.output.join("summary.json"), &summary)?;
+    // A plot that cannot be drawn must not cost the run its results.
+    if let Err(e) = super::curves::write_curves(&common.output) {
+        eprintln!("warning: {e}");
+    }
     print_summary(&summary);
     Ok(summary)
 }
