@@ -29,7 +29,9 @@ use crate::methods::{DpoLoss, DpoMethod, MethodSettings};
 use crate::model::{generate_greedy, next_token_logps, CausalLm};
 use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
-use crate::training::{clip_global_norm, load_module, save_module, Checkpoints, WarmupCosine};
+use crate::training::{
+    clip_global_norm, load_module, save_module, Checkpoints, RunState, WarmupCosine,
+};
 
 /// Every setting of the DPO trainer.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -132,7 +134,6 @@ impl DpoConfig {
     }
 }
 
-/// What a checkpoint records besides the model and the optimizer.
 impl super::cli::TrainerSettings for DpoConfig {
     fn common(&self) -> &CommonConfig {
         &self.common
@@ -149,14 +150,6 @@ impl super::cli::TrainerSettings for DpoConfig {
     {
         run::<B>(self, resume, device).map(|_| ())
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainerState {
-    /// Optimizer steps done (warm-up and DPO together).
-    step: usize,
-    /// Real tokens processed so far.
-    num_tokens: usize,
 }
 
 /// How the policy and the reference compare on held-out data.
@@ -237,7 +230,7 @@ where
     if resume {
         match checkpoints.latest() {
             Some((_, folder)) => {
-                let state: TrainerState;
+                let state: RunState;
                 (policy, optimizer, state) = Checkpoints::load(&folder, policy, optimizer, device)?;
                 (start, num_tokens) = (state.step, state.num_tokens);
                 // The reference is saved as the first DPO step starts.
@@ -397,7 +390,7 @@ where
         let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
         let periodic = common.save_every > 0 && (step + 1) % common.save_every == 0;
         if periodic || stop || last {
-            let state = TrainerState {
+            let state = RunState {
                 step: step + 1,
                 num_tokens,
             };

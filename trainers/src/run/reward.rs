@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::hub::{self, LoadOptions, SaveOptions};
 use crate::model::RewardModel;
 use crate::task::SplitMix64;
-use crate::training::{clip_global_norm, Checkpoints, WarmupCosine};
+use crate::training::{clip_global_norm, Checkpoints, RunState, WarmupCosine};
 
 /// The reward model's loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -131,12 +131,6 @@ impl super::cli::TrainerSettings for RewardConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainerState {
-    step: usize,
-    num_tokens: usize,
-}
-
 /// Held-out pairwise accuracy, ties apart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PairwiseAccuracy {
@@ -224,7 +218,7 @@ where
     if resume {
         match checkpoints.latest() {
             Some((_, folder)) => {
-                let state: TrainerState;
+                let state: RunState;
                 (model, optimizer, state) = Checkpoints::load(&folder, model, optimizer, device)?;
                 (start, num_tokens) = (state.step, state.num_tokens);
                 println!("resumed from {} (step {start})", folder.display());
@@ -306,7 +300,7 @@ where
         let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
         let periodic = common.save_every > 0 && (step + 1).is_multiple_of(common.save_every);
         if periodic || stop || last {
-            let state = TrainerState {
+            let state = RunState {
                 step: step + 1,
                 num_tokens,
             };

@@ -22,6 +22,16 @@ use crate::error::{Error, Result};
 const PREFIX: &str = "step-";
 const PARTIAL: &str = ".partial";
 
+/// What a checkpoint records besides the model and the optimizer. The data order and every
+/// random draw are functions of the seed and the step, so the step is all it takes to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// Optimizer steps done (all phases together).
+    pub step: usize,
+    /// Real tokens processed so far.
+    pub num_tokens: usize,
+}
+
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }

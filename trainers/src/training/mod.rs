@@ -4,6 +4,6 @@ mod checkpoint;
 mod clip;
 mod schedule;
 
-pub use checkpoint::{load_module, read_json, save_module, write_json, Checkpoints};
+pub use checkpoint::{load_module, read_json, save_module, write_json, Checkpoints, RunState};
 pub use clip::clip_global_norm;
 pub use schedule::WarmupCosine;
