@@ -268,14 +268,8 @@ pub fn save_causal_lm<B: Backend>(
     out: &Path,
     options: &SaveOptions,
 ) -> Result<()> {
-    let architecture = format!("{}ForCausalLM", config.family.class_prefix());
-    let dtype = saved_dtype(model.model.embed_tokens.weight.val().dtype(), options);
-    let mut json = config::config_to_save(
-        config,
-        source.map(|s| &s.raw_config),
-        &architecture,
-        dtype_name(dtype),
-    );
+    let parameters = model.model.embed_tokens.weight.val().dtype();
+    let (mut json, dtype) = folder_config(config, source, "ForCausalLM", parameters, options);
     // A reward model's label maps do not belong to a language model.
     if let Value::Object(map) = &mut json {
         map.remove("id2label");
@@ -295,13 +289,13 @@ pub fn save_reward_model<B: Backend>(
     out: &Path,
     options: &SaveOptions,
 ) -> Result<()> {
-    let architecture = format!("{}ForSequenceClassification", config.family.class_prefix());
-    let dtype = saved_dtype(model.model.embed_tokens.weight.val().dtype(), options);
-    let mut json = config::config_to_save(
+    let parameters = model.model.embed_tokens.weight.val().dtype();
+    let (mut json, dtype) = folder_config(
         config,
-        source.map(|s| &s.raw_config),
-        &architecture,
-        dtype_name(dtype),
+        source,
+        "ForSequenceClassification",
+        parameters,
+        options,
     );
     if let Value::Object(map) = &mut json {
         map.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
@@ -319,8 +313,24 @@ pub fn save_reward_model<B: Backend>(
     save_from(model, &out.join("model.safetensors"), Some(dtype))
 }
 
-fn saved_dtype(parameters: DType, options: &SaveOptions) -> DType {
-    options.dtype.unwrap_or(parameters)
+/// The `config.json` of a saved folder (architecture `{Family}{class_suffix}`) and the dtype
+/// the weights are written in.
+fn folder_config(
+    config: &DecoderConfig,
+    source: Option<&ModelFolder>,
+    class_suffix: &str,
+    parameters: DType,
+    options: &SaveOptions,
+) -> (Value, DType) {
+    let dtype = options.dtype.unwrap_or(parameters);
+    let architecture = format!("{}{class_suffix}", config.family.class_prefix());
+    let json = config::config_to_save(
+        config,
+        source.map(|s| &s.raw_config),
+        &architecture,
+        dtype_name(dtype),
+    );
+    (json, dtype)
 }
 
 fn dtype_name(dtype: DType) -> &'static str {

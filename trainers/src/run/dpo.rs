@@ -630,6 +630,27 @@ where
     })
 }
 
+/// The method's token weights for a batch whose rows `0..b` are chosen and `b..2b` rejected
+/// responses (`mask`: the response masks, `hidden`: the shifted hidden states when needed).
+fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
+    config: &DpoConfig,
+    settings: &MethodSettings,
+    step: usize,
+    hidden: Option<Tensor<B, 3>>,
+    mask: Tensor<B, 2>,
+) -> Result<otpref::TokenWeights<B>> {
+    let b = mask.dims()[0] / 2;
+    Ok(token_weights(
+        &config.method.weighting(settings, config.common.seed, step),
+        &ResponseTokens {
+            chosen_mask: mask.clone().narrow(0, 0, b),
+            rejected_mask: mask.narrow(0, b, b),
+            chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
+            rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
+        },
+    )?)
+}
+
 /// Token weights for the pairs of one batch (rows `0..b` chosen, `b..2b` rejected) and the
 /// weighted DPO loss over them; also the time the weights took.
 fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
@@ -643,15 +664,7 @@ fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
 ) -> Result<(otpref::DpoLoss<B>, otpref::TokenWeights<B>, Duration)> {
     let b = mask.dims()[0] / 2;
     let started = Instant::now();
-    let weights = token_weights(
-        &config.method.weighting(settings, config.common.seed, step),
-        &ResponseTokens {
-            chosen_mask: mask.clone().narrow(0, 0, b),
-            rejected_mask: mask.narrow(0, b, b),
-            chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
-            rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
-        },
-    )?;
+    let weights = pair_weights(config, settings, step, hidden, mask)?;
     let weight_time = started.elapsed();
     let inputs = DpoInputs {
         policy_chosen: logps.clone().narrow(0, 0, b),
@@ -677,23 +690,13 @@ fn weighted_examples<B: burn::tensor::backend::Backend + OtBackend>(
 ) -> Result<Vec<super::report::WeightedPair>> {
     let pairs = &pairs[..pairs.len().min(6)];
     let batch = collate_pairs::<B>(pairs, tokenizer.pad_id(), device);
-    let b = batch.pairs;
     let [rows, len] = batch.input_ids.dims();
     let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
     let hidden = config
         .method
         .needs_hidden_states()
         .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-    let mask = batch.response_mask;
-    let weights = token_weights(
-        &config.method.weighting(settings, config.common.seed, 0),
-        &ResponseTokens {
-            chosen_mask: mask.clone().narrow(0, 0, b),
-            rejected_mask: mask.narrow(0, b, b),
-            chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
-            rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
-        },
-    )?;
+    let weights = pair_weights(config, settings, 0, hidden, batch.response_mask)?;
     let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
     let (chosen, rejected) = (host(weights.chosen), host(weights.rejected));
     let width = len - 1;
