@@ -32,6 +32,41 @@ fn check_causal_lm(name: &str) {
         );
     }
 
+    // Decoding with the key/value cache (the prompt, then one token at a time) computes the
+    // same logits as one pass over the whole left-padded sequence.
+    let batch = expected.batch("left");
+    let full = model.forward(batch.ids.clone(), batch.mask.clone()).logits;
+    let [rows, len] = batch.ids.dims();
+    let prefill = len / 2;
+    let mut cache = model.model.empty_cache();
+    let mut steps = vec![
+        model
+            .forward_cached(
+                batch.ids.clone().slice([0..rows, 0..prefill]),
+                batch.mask.clone().slice([0..rows, 0..prefill]),
+                &mut cache,
+            )
+            .logits,
+    ];
+    for t in prefill..len {
+        steps.push(
+            model
+                .forward_cached(
+                    batch.ids.clone().slice([0..rows, t..t + 1]),
+                    batch.mask.clone().slice([0..rows, 0..t + 1]),
+                    &mut cache,
+                )
+                .logits,
+        );
+    }
+    let cached = Tensor::cat(steps, 1);
+    let full = full.into_data().to_vec::<f32>().unwrap();
+    let cache_diff = max_diff_at_real_positions(cached, &full, &batch.rows);
+    assert!(
+        cache_diff < 1e-5,
+        "{name}: cached decoding's logits differ by {cache_diff}"
+    );
+
     // Greedy decoding gives transformers' `generate(do_sample=False)` tokens (cut at EOS).
     let (prompt_ids, shape) = expected.i64("prompt_ids");
     let (prompt_mask, _) = expected.i64("prompt_mask");

@@ -9,6 +9,14 @@ use burn::tensor::{backend::Backend, Bool, Tensor};
 use super::config::DecoderConfig;
 use super::rotary::RotaryTables;
 
+/// The keys (rotated) and values of the positions one layer has seen, `[batch, kv_heads, len,
+/// head_dim]`: what incremental decoding reuses instead of recomputing.
+#[derive(Debug, Clone)]
+pub struct KeyValues<B: Backend> {
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+}
+
 /// Self-attention of one decoder layer. Field names follow `transformers`
 /// (`self_attn.q_proj`, ...) so that checkpoints load without renaming.
 #[derive(Module, Debug)]
@@ -51,13 +59,15 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x`: `[batch, len, hidden]`; `masked`: `[batch, 1, len, len]`, true where a query may not
-    /// see a key (the future, or padding).
+    /// `x`: `[batch, len, hidden]`, the positions after those in `cache` (all of them when the
+    /// cache is empty); `masked`: `[batch, 1, len, cached + len]`, true where a query may not
+    /// see a key (the future, or padding). The new keys and values are appended to `cache`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rotary: &RotaryTables<B>,
         masked: Tensor<B, 4, Bool>,
+        cache: &mut Option<KeyValues<B>>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let heads =
@@ -65,8 +75,20 @@ impl<B: Backend> Attention<B> {
         let q = rotary.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
         let k = rotary.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = match cache.take() {
+            Some(past) => (
+                Tensor::cat(vec![past.keys, k], 2),
+                Tensor::cat(vec![past.values, v], 2),
+            ),
+            None => (k, v),
+        };
+        *cache = Some(KeyValues {
+            keys: k.clone(),
+            values: v.clone(),
+        });
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let masked = masked.expand([batch, self.num_heads, len, len]);
+        let keys_len = k.dims()[2];
+        let masked = masked.expand([batch, self.num_heads, len, keys_len]);
         // Fully masked rows (a left-padded query) come out as zeros, not NaN.
         let out = attention(
             q,

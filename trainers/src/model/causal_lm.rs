@@ -6,7 +6,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
-use super::decoder::Decoder;
+use super::decoder::{Decoder, DecoderCache};
 
 /// A decoder with a language-model head. With `tie_word_embeddings` the head IS the embedding
 /// matrix (`lm_head` is `None`): one parameter, so training keeps the two tied, as
@@ -52,7 +52,18 @@ impl<B: Backend> CausalLm<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Bool>,
     ) -> CausalLmOutput<B> {
-        let hidden = self.model.forward(input_ids, attention_mask);
+        self.forward_cached(input_ids, attention_mask, &mut self.model.empty_cache())
+    }
+
+    /// Incremental forward for decoding (see [`Decoder::forward_cached`]): logits and hidden
+    /// state of the positions after those in `cache`, which it extends.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        cache: &mut DecoderCache<B>,
+    ) -> CausalLmOutput<B> {
+        let hidden = self.model.forward_cached(input_ids, attention_mask, cache);
         let logits = match &self.lm_head {
             Some(head) => head.forward(hidden.clone()),
             None => linear(

@@ -6,7 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
-use super::attention::Attention;
+use super::attention::{Attention, KeyValues};
 use super::config::DecoderConfig;
 use super::rotary::RotaryTables;
 
@@ -62,11 +62,12 @@ impl<B: Backend> DecoderLayer<B> {
         x: Tensor<B, 3>,
         rotary: &RotaryTables<B>,
         masked: Tensor<B, 4, Bool>,
+        cache: &mut Option<KeyValues<B>>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rotary, masked);
+                .forward(self.input_layernorm.forward(x), rotary, masked, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -119,23 +120,69 @@ impl<B: Backend> Decoder<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Bool>,
     ) -> Tensor<B, 3> {
-        let [batch, len] = input_ids.dims();
+        self.forward_cached(input_ids, attention_mask, &mut self.empty_cache())
+    }
+
+    /// An empty key/value cache for [`Decoder::forward_cached`].
+    pub fn empty_cache(&self) -> DecoderCache<B> {
+        DecoderCache {
+            layers: vec![None; self.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Incremental forward: `input_ids` `[batch, new]` are the positions after the `cache.len()`
+    /// ones in `cache`, and `attention_mask` `[batch, cache.len() + new]` covers them all (true
+    /// on real tokens). Returns the new positions' last hidden state and extends the cache; with
+    /// an empty cache this is [`Decoder::forward`].
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        cache: &mut DecoderCache<B>,
+    ) -> Tensor<B, 3> {
+        let [batch, new] = input_ids.dims();
+        let (past, total) = (cache.len, cache.len + new);
         let device = input_ids.device();
         let x = self.embed_tokens.forward(input_ids);
-        let rotary = RotaryTables::new(&self.inverse_frequencies, len, &x);
-        // A query may not see a later position, nor a padded key.
-        let future = Tensor::<B, 2, Bool>::tril_mask([len, len], 0, &device)
-            .reshape([1, 1, len, len])
-            .expand([batch, 1, len, len]);
+        let rotary = RotaryTables::new(&self.inverse_frequencies, past..total, &x);
+        // Query `i` (position `past + i`) may not see a later position, nor a padded key.
+        let future = Tensor::<B, 2, Bool>::tril_mask([new, total], past as i64, &device)
+            .reshape([1, 1, new, total])
+            .expand([batch, 1, new, total]);
         let padded_key = attention_mask
             .bool_not()
-            .reshape([batch, 1, 1, len])
-            .expand([batch, 1, len, len]);
+            .reshape([batch, 1, 1, total])
+            .expand([batch, 1, new, total]);
         let masked = future.bool_or(padded_key);
         let x = self
             .layers
             .iter()
-            .fold(x, |x, layer| layer.forward(x, &rotary, masked.clone()));
+            .zip(cache.layers.iter_mut())
+            .fold(x, |x, (layer, layer_cache)| {
+                layer.forward(x, &rotary, masked.clone(), layer_cache)
+            });
+        cache.len = total;
         self.norm.forward(x)
+    }
+}
+
+/// Every layer's keys and values for the positions a [`Decoder`] has seen, so that decoding
+/// one more token costs one position's work instead of the whole sequence's.
+#[derive(Debug, Clone)]
+pub struct DecoderCache<B: Backend> {
+    layers: Vec<Option<KeyValues<B>>>,
+    len: usize,
+}
+
+impl<B: Backend> DecoderCache<B> {
+    /// How many positions the cache holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the cache holds no position yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }

@@ -6,8 +6,9 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use super::causal_lm::CausalLm;
 
 /// Greedy continuations of `prompts` (token ids), up to `max_new_tokens` each, stopping a row
-/// at `eos_id` (which is not returned). Prompts are left-padded into one batch; every step
-/// recomputes the whole sequence (no key/value cache), which suits short answers.
+/// at `eos_id` (which is not returned). Prompts are left-padded into one batch; after the
+/// prompts, each step feeds only the new tokens and reuses the keys and values of the earlier
+/// positions (a [`DecoderCache`](super::DecoderCache)).
 pub fn generate_greedy<B: Backend>(
     model: &CausalLm<B>,
     prompts: &[Vec<u32>],
@@ -15,17 +16,17 @@ pub fn generate_greedy<B: Backend>(
     eos_id: u32,
     device: &B::Device,
 ) -> Vec<Vec<u32>> {
-    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut finished = vec![prompts.is_empty(); prompts.len()];
+    if prompts.is_empty() || max_new_tokens == 0 {
+        return outputs;
+    }
+    let batch = prompts.len();
+    let mut finished = vec![false; batch];
+    let mut cache = model.model.empty_cache();
+    let (mut ids, mut mask) = left_padded(prompts, eos_id, device);
     for _ in 0..max_new_tokens {
-        if finished.iter().all(|&f| f) {
-            break;
-        }
-        let (ids, mask) = left_padded(&sequences, eos_id, device);
-        let len = ids.dims()[1];
-        let logits = model.forward(ids, mask).logits;
-        let [batch, _, vocab] = logits.dims();
+        let logits = model.forward_cached(ids, mask.clone(), &mut cache).logits;
+        let [_, len, vocab] = logits.dims();
         let next = logits
             .slice([0..batch, len - 1..len, 0..vocab])
             .argmax(2)
@@ -38,14 +39,19 @@ pub fn generate_greedy<B: Backend>(
             if finished[row] {
                 continue;
             }
-            let token = token as u32;
-            if token == eos_id {
+            if token as u32 == eos_id {
                 finished[row] = true;
             } else {
-                outputs[row].push(token);
-                sequences[row].push(token);
+                outputs[row].push(token as u32);
             }
         }
+        if finished.iter().all(|&f| f) {
+            break;
+        }
+        // Finished rows keep decoding (rows do not see each other); their tokens are dropped.
+        ids = Tensor::from_data(TensorData::new(next, [batch, 1]), device);
+        let real = Tensor::from_data(TensorData::new(vec![true; batch], [batch, 1]), device);
+        mask = Tensor::cat(vec![mask, real], 1);
     }
     outputs
 }

@@ -12,10 +12,10 @@ mod generate;
 mod reward;
 mod rotary;
 
-pub use attention::Attention;
+pub use attention::{Attention, KeyValues};
 pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput};
 pub use config::{DecoderConfig, Family, RopeScaling};
-pub use decoder::{Decoder, DecoderLayer, Mlp};
+pub use decoder::{Decoder, DecoderCache, DecoderLayer, Mlp};
 pub use generate::{generate_greedy, left_padded};
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};

@@ -4,10 +4,12 @@
 //! whereas burn's `RotaryEncoding` pairs neighbours `2i, 2i+1`. Implementing rotate-half here
 //! lets checkpoints load without permuting the q/k projection rows.
 
+use std::ops::Range;
+
 use burn::tensor::{backend::Backend, Tensor};
 
-/// `cos` and `sin` of every position's angles, `[1, 1, len, head_dim]`, in the activations'
-/// dtype.
+/// `cos` and `sin` of a range of positions' angles, `[1, 1, len, head_dim]`, in the
+/// activations' dtype.
 #[derive(Debug, Clone)]
 pub struct RotaryTables<B: Backend> {
     cos: Tensor<B, 4>,
@@ -15,14 +17,19 @@ pub struct RotaryTables<B: Backend> {
 }
 
 impl<B: Backend> RotaryTables<B> {
-    /// Tables for positions `0..len`. Position offsets cancel in the attention scores (they
-    /// depend on `i - j` only), so left padding needs no position shift.
-    pub fn new(inverse_frequencies: &[f32], len: usize, like: &Tensor<B, 3>) -> Self {
+    /// Tables for `positions` (`0..len` for a whole sequence; later positions when decoding
+    /// with a cache). Offsets cancel in the attention scores (they depend on `i - j` only), so
+    /// left padding needs no position shift.
+    pub fn new(inverse_frequencies: &[f32], positions: Range<usize>, like: &Tensor<B, 3>) -> Self {
         let device = like.device();
         let half = inverse_frequencies.len();
-        let positions = Tensor::<B, 1, burn::tensor::Int>::arange(0..len as i64, &device)
-            .float()
-            .reshape([len, 1]);
+        let len = positions.len();
+        let positions = Tensor::<B, 1, burn::tensor::Int>::arange(
+            positions.start as i64..positions.end as i64,
+            &device,
+        )
+        .float()
+        .reshape([len, 1]);
         let frequencies =
             Tensor::<B, 1>::from_floats(inverse_frequencies, &device).reshape([1, half]);
         // Angles computed in f32 (as transformers does), then cast to the activations' dtype.
