@@ -278,10 +278,10 @@ where
         }
         if in_dpo && config.precompute_ref && precomputed.is_none() {
             let frozen = reference.as_ref().expect("set above");
-            println!(
+            progress.println(&format!(
                 "precomputing the reference's log-probabilities over {} pairs",
                 train_pairs.len()
-            );
+            ));
             precomputed = Some(reference_logps(
                 frozen,
                 &train_pairs,
@@ -345,6 +345,19 @@ where
         }
 
         let last = step + 1 == total;
+        let label = if in_dpo { "dpo" } else { "sft" };
+        let shown: Vec<String> = ["loss", "rewards/accuracies", "rewards/margins"]
+            .iter()
+            .filter_map(|k| {
+                Some(format!(
+                    "{} {:.4}",
+                    k.rsplit('/').next()?,
+                    record.get(*k)?.as_f64()?
+                ))
+            })
+            .collect();
+        let shown = shown.join(" ");
+        progress.update(step, label, &shown);
         if (step + 1) % common.log_every == 0 || last || step + 1 == config.sft_steps {
             record.insert("step".into(), json!(step + 1));
             record.insert("phase".into(), json!(if in_dpo { "dpo" } else { "sft" }));
@@ -357,17 +370,7 @@ where
                     json!(weight_time.as_secs_f64() / dpo_time.as_secs_f64().max(1e-9)),
                 );
             }
-            let shown: Vec<String> = ["loss", "rewards/accuracies", "rewards/margins"]
-                .iter()
-                .filter_map(|k| {
-                    Some(format!(
-                        "{} {:.4}",
-                        k.rsplit('/').next()?,
-                        record.get(*k)?.as_f64()?
-                    ))
-                })
-                .collect();
-            progress.line(step, if in_dpo { "dpo" } else { "sft" }, &shown.join(" "));
+            progress.line(step, label, &shown);
             metrics.write(&record);
         }
         if in_dpo
@@ -385,7 +388,7 @@ where
                 pad,
                 device,
             )?;
-            log_held_out(&mut metrics, step + 1, &held_out);
+            progress.println(&log_held_out(&mut metrics, step + 1, &held_out));
         }
         let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
         let periodic = common.save_every > 0 && (step + 1) % common.save_every == 0;
@@ -396,15 +399,16 @@ where
             };
             let saved = checkpoints.save(step + 1, &policy, &optimizer, &state)?;
             if stop {
-                println!(
+                progress.println(&format!(
                     "checkpoint saved to {}; resume with --resume",
                     saved.display()
-                );
+                ));
                 stopped_early = !last;
                 break;
             }
         }
     }
+    progress.finish();
 
     let frozen = match reference {
         Some(reference) if !stopped_early => reference,
@@ -431,7 +435,7 @@ where
         pad,
         device,
     )?;
-    log_held_out(&mut metrics, total, &held_out);
+    println!("{}", log_held_out(&mut metrics, total, &held_out));
     let prompts = eval_prompts(&eval, config.eval_prompts, &tokenizer)?;
     let reference_generations =
         generations(&frozen, &prompts, &tokenizer, config.max_new_tokens, device)?;
@@ -774,7 +778,8 @@ where
     Ok(result)
 }
 
-fn log_held_out(metrics: &mut MetricsLog, step: usize, held_out: &HeldOut) {
+/// Writes the held-out record and returns its log line.
+fn log_held_out(metrics: &mut MetricsLog, step: usize, held_out: &HeldOut) -> String {
     let total = (held_out.wins + held_out.ties + held_out.losses).max(1) as f64;
     let mut record = Map::new();
     record.insert("step".into(), json!(step));
@@ -788,11 +793,11 @@ fn log_held_out(metrics: &mut MetricsLog, step: usize, held_out: &HeldOut) {
         json!(held_out.ties as f64 / total),
     );
     record.insert("eval/rewards/margins".into(), json!(held_out.margin));
-    println!(
+    metrics.write(&record);
+    format!(
         "held-out pairs: {} wins, {} ties, {} losses (policy vs reference implicit rewards), loss {:.4}",
         held_out.wins, held_out.ties, held_out.losses, held_out.loss
-    );
-    metrics.write(&record);
+    )
 }
 
 /// A held-out prompt: its ids, its text and, on the built-in task, its problem.

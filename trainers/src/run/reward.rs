@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use otpref::aplot::hard_margins;
 use otpref::{aplot_margins, bt_margin_loss, AplotConfig, BtLossConfig, OtBackend};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use super::common::{
     add_means, check_finite, datasets, interrupt_flag, model_and_tokenizer, prepare_output, scalar,
@@ -275,6 +275,18 @@ where
         step_time += started.elapsed();
 
         let last = step + 1 == common.steps;
+        let shown = format!(
+            "loss {:.4} accuracy {:.3}",
+            record
+                .get("loss")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN),
+            record
+                .get("accuracy")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN)
+        );
+        progress.update(step, "reward", &shown);
         if (step + 1) % common.log_every == 0 || last {
             record.insert("step".into(), json!(step + 1));
             record.insert("phase".into(), json!("reward"));
@@ -285,17 +297,12 @@ where
                 "otpref/margin_time_share".into(),
                 json!(margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9)),
             );
-            let shown = format!(
-                "loss {:.4} accuracy {:.3}",
-                record["loss"].as_f64().unwrap_or(f64::NAN),
-                record["accuracy"].as_f64().unwrap_or(f64::NAN)
-            );
             progress.line(step, "reward", &shown);
             metrics.write(&record);
         }
         if common.eval_every > 0 && (step + 1).is_multiple_of(common.eval_every) && !last {
             let held_out = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
-            log_accuracy(&mut metrics, step + 1, &held_out);
+            progress.println(&log_accuracy(&mut metrics, step + 1, &held_out));
         }
         let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
         let periodic = common.save_every > 0 && (step + 1).is_multiple_of(common.save_every);
@@ -306,15 +313,16 @@ where
             };
             let saved = checkpoints.save(step + 1, &model, &optimizer, &state)?;
             if stop && !last {
-                println!(
+                progress.println(&format!(
                     "checkpoint saved to {}; resume with --resume",
                     saved.display()
-                );
+                ));
                 stopped_early = true;
                 break;
             }
         }
     }
+    progress.finish();
 
     let trained = model.valid();
     let mut summary = RewardSummary {
@@ -331,7 +339,10 @@ where
         return Ok(summary);
     }
     summary.after = accuracy(&trained, &eval_pairs, common.batch_size, pad, device);
-    log_accuracy(&mut metrics, common.steps, &summary.after);
+    println!(
+        "{}",
+        log_accuracy(&mut metrics, common.steps, &summary.after)
+    );
     let points = margin_points(config, &trained, &eval_pairs, pad, device)?;
     super::report::write_margins_page(
         &common.output.join("margins.html"),
@@ -521,7 +532,8 @@ fn accuracy<B: Backend>(
     result
 }
 
-fn log_accuracy(metrics: &mut MetricsLog, step: usize, accuracy: &PairwiseAccuracy) {
+/// Writes the held-out record and returns its log line.
+fn log_accuracy(metrics: &mut MetricsLog, step: usize, accuracy: &PairwiseAccuracy) -> String {
     let mut record = Map::new();
     record.insert("step".into(), json!(step));
     record.insert("eval/accuracy".into(), json!(accuracy.accuracy()));
@@ -531,14 +543,14 @@ fn log_accuracy(metrics: &mut MetricsLog, step: usize, accuracy: &PairwiseAccura
         record.insert("eval/accuracy_hard".into(), json!(hard));
         record.insert("eval/accuracy_easy".into(), json!(easy));
     }
-    println!(
+    metrics.write(&record);
+    format!(
         "held-out accuracy: {:.3} ({} wins, {} ties, {} losses)",
         accuracy.accuracy(),
         accuracy.wins,
         accuracy.ties,
         accuracy.losses
-    );
-    metrics.write(&record);
+    )
 }
 
 fn print_summary(summary: &RewardSummary) {
