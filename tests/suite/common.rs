@@ -1,13 +1,17 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-/// The CPU backend every test runs on.
-pub type Cpu = Flex;
+/// The backend the tests run on: the pure-Rust CPU backend, or CUDA with `gpu-tests`.
+#[cfg(not(feature = "gpu-tests"))]
+pub type TestBackend = burn::backend::Flex;
+/// The backend the tests run on: the pure-Rust CPU backend, or CUDA with `gpu-tests`.
+#[cfg(feature = "gpu-tests")]
+pub type TestBackend = burn::backend::Cuda;
 /// The same with autodiff.
-pub type CpuAd = Autodiff<Flex>;
+pub type TestAutodiff = Autodiff<TestBackend>;
 
 /// One problem of a batch, unpadded, in row-major order.
 #[derive(Debug, Clone)]
@@ -96,9 +100,14 @@ pub fn random_problem(rng: &mut Rng, n: usize, m: usize, normalised: bool) -> Pr
     Problem { n, m, cost, a, b }
 }
 
-/// Proptest settings for CI: a fixed case count and, unless `PROPTEST_RNG_SEED` is set (to
-/// explore other cases locally), a fixed seed so that every CI run checks the same cases.
+/// Proptest settings for CI: a fixed case count (`PROPTEST_CASES` overrides it, as the GPU
+/// script does to stay within its time) and, unless `PROPTEST_RNG_SEED` is set (to explore
+/// other cases locally), a fixed seed so that every CI run checks the same cases.
 pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     let mut config = proptest::test_runner::Config::with_cases(cases);
     if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
         config.rng_seed = proptest::test_runner::RngSeed::Fixed(20_261_121);

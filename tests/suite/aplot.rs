@@ -1,10 +1,8 @@
 //! APLOT margins: range, ordering of hard and easy pairs, agreement with a hand-built OT, and
 //! errors.
 
-mod common;
-
+use crate::common::{tensor, values, TestBackend};
 use burn::tensor::{DType, Tensor};
-use common::{tensor, values, Cpu};
 use otpref::{aplot_margins, sinkhorn, AplotConfig, OtprefError, SinkhornConfig};
 use proptest::prelude::*;
 
@@ -18,10 +16,10 @@ fn margins(
     let batch = rc.len();
     let hidden = hc.len() / batch;
     aplot_margins(
-        tensor::<Cpu, 2>(hc.to_vec(), [batch, hidden], DType::F32),
-        tensor::<Cpu, 2>(hr.to_vec(), [batch, hidden], DType::F32),
-        tensor::<Cpu, 1>(rc.to_vec(), [batch], DType::F32),
-        tensor::<Cpu, 1>(rr.to_vec(), [batch], DType::F32),
+        tensor::<TestBackend, 2>(hc.to_vec(), [batch, hidden], DType::F32),
+        tensor::<TestBackend, 2>(hr.to_vec(), [batch, hidden], DType::F32),
+        tensor::<TestBackend, 1>(rc.to_vec(), [batch], DType::F32),
+        tensor::<TestBackend, 1>(rr.to_vec(), [batch], DType::F32),
         config,
     )
     .map(values)
@@ -49,7 +47,7 @@ fn margins_equal_the_row_costs_under_an_independently_built_plan() {
     }
     let plan = values(
         sinkhorn(
-            tensor::<Cpu, 3>(cost.clone(), [1, 3, 3], DType::F32),
+            tensor::<TestBackend, 3>(cost.clone(), [1, 3, 3], DType::F32),
             Tensor::full([1, 3], 1.0 / 3.0, &Default::default()),
             Tensor::full([1, 3], 1.0 / 3.0, &Default::default()),
             &SinkhornConfig::new(0.1),
@@ -82,10 +80,10 @@ fn a_batch_of_one_and_bad_shapes_are_errors() {
     .unwrap_err();
     assert!(err.to_string().contains("at least 2 pairs"), "{err}");
     let err = aplot_margins(
-        tensor::<Cpu, 2>(vec![1.0; 4], [2, 2], DType::F32),
-        tensor::<Cpu, 2>(vec![1.0; 6], [2, 3], DType::F32),
-        tensor::<Cpu, 1>(vec![0.0; 2], [2], DType::F32),
-        tensor::<Cpu, 1>(vec![0.0; 2], [2], DType::F32),
+        tensor::<TestBackend, 2>(vec![1.0; 4], [2, 2], DType::F32),
+        tensor::<TestBackend, 2>(vec![1.0; 6], [2, 3], DType::F32),
+        tensor::<TestBackend, 1>(vec![0.0; 2], [2], DType::F32),
+        tensor::<TestBackend, 1>(vec![0.0; 2], [2], DType::F32),
         &AplotConfig::new(),
     )
     .unwrap_err();
@@ -102,7 +100,7 @@ fn a_batch_of_one_and_bad_shapes_are_errors() {
 }
 
 proptest! {
-    #![proptest_config(common::proptest_config(24))]
+    #![proptest_config(crate::common::proptest_config(24))]
 
     #[test]
     fn margins_lie_in_zero_to_scale_times_max_cost(
@@ -111,7 +109,7 @@ proptest! {
         scale in 0.1f64..4.0,
         gamma in 0.0f64..=1.0,
     ) {
-        let mut rng = common::Rng(seed);
+        let mut rng = crate::common::Rng(seed);
         let hc = rng.vec(batch * 4, -1.0, 1.0);
         let hr = rng.vec(batch * 4, -1.0, 1.0);
         let rc = rng.vec(batch, -5.0, 5.0);
@@ -132,7 +130,7 @@ proptest! {
         // Rejected answers cluster around direction e1 with rewards near 0. Chosen 0 sits in
         // that cluster with a reward near 0 (hard); chosen 1 points away with a large reward
         // (easy); the others are random.
-        let mut rng = common::Rng(seed);
+        let mut rng = crate::common::Rng(seed);
         let mut hr = Vec::new();
         let mut rr = Vec::new();
         for _ in 0..batch {

@@ -1,9 +1,7 @@
 //! Small ε and large costs: the log domain must neither underflow nor produce NaN.
 
-mod common;
-
+use crate::common::{pad_batch, random_problem, values, Problem, Rng, TestBackend};
 use burn::tensor::DType;
-use common::{pad_batch, random_problem, values, Cpu, Problem, Rng};
 use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
 
 fn mixed_batch(seed: u64, scale: f64) -> Vec<Problem> {
@@ -36,7 +34,7 @@ fn row_error(plan: &[f64], problems: &[Problem]) -> f64 {
 #[test]
 fn balanced_epsilon_1e_3_on_unit_costs() {
     let problems = mixed_batch(11, 1.0);
-    let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+    let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
     // Sinkhorn needs ~3e4 iterations here (the same in f64): slow, but never unstable.
     let config = SinkhornConfig::new(1e-3)
         .with_max_iters(60_000)
@@ -57,7 +55,7 @@ fn unbalanced_epsilon_1e_3_where_kernel_solvers_underflow() {
     // exp(-C/ε) underflows to 0 in f32 for C > 0.09 at ε = 1e-3: kernel-domain solvers
     // (POT's `sinkhorn_knopp_unbalanced`) divide by zero here.
     let problems = mixed_batch(12, 1.0);
-    let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+    let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
     let config = UnbalancedConfig::new(1e-3, 0.5, 0.5).with_max_iters(20_000);
     let t = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
     let plan = values(t.plan.clone());
@@ -72,7 +70,7 @@ fn unbalanced_epsilon_1e_3_where_kernel_solvers_underflow() {
 #[test]
 fn large_costs_with_moderate_epsilon() {
     let problems = mixed_batch(13, 1000.0);
-    let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+    let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
     let t = sinkhorn(cost, a, b, &SinkhornConfig::new(1.0).with_max_iters(20_000)).unwrap();
     let plan = values(t.plan.clone());
     assert!(plan.iter().all(|v| v.is_finite() && *v >= 0.0));

@@ -5,10 +5,8 @@
 //! random directions of the cost and the masses (mass directions keep the totals of balanced
 //! problems equal, the only feasible ones there).
 
-mod common;
-
+use crate::common::{pad_batch, random_problem, tensor, values, Problem, Rng, TestAutodiff};
 use burn::tensor::{DType, Tensor};
-use common::{pad_batch, random_problem, tensor, values, CpuAd, Problem, Rng};
 use otpref::{unbalanced_sinkhorn, GradientMode, UnbalancedConfig};
 
 const H: f64 = 1e-6;
@@ -71,21 +69,25 @@ fn config_with(balanced: bool, gradient: GradientMode, matmul_updates: bool) -> 
         .with_matmul_updates(matmul_updates)
 }
 
-type Inputs = (Tensor<CpuAd, 3>, Tensor<CpuAd, 2>, Tensor<CpuAd, 2>);
+type Inputs = (
+    Tensor<TestAutodiff, 3>,
+    Tensor<TestAutodiff, 2>,
+    Tensor<TestAutodiff, 2>,
+);
 
-fn loss(setup: &Setup, inputs: Inputs, config: &UnbalancedConfig) -> Tensor<CpuAd, 1> {
+fn loss(setup: &Setup, inputs: Inputs, config: &UnbalancedConfig) -> Tensor<TestAutodiff, 1> {
     let [batch, n, m] = setup.shape;
     let (cost, a, b) = inputs;
     let t = unbalanced_sinkhorn(cost, a, b, config).unwrap();
     assert!(t.all_converged());
-    let w = tensor::<CpuAd, 3>(setup.plan_weights.clone(), [batch, n, m], DType::F64);
-    let v = tensor::<CpuAd, 2>(setup.f_weights.clone(), [batch, n], DType::F64);
-    let u = tensor::<CpuAd, 2>(setup.g_weights.clone(), [batch, m], DType::F64);
+    let w = tensor::<TestAutodiff, 3>(setup.plan_weights.clone(), [batch, n, m], DType::F64);
+    let v = tensor::<TestAutodiff, 2>(setup.f_weights.clone(), [batch, n], DType::F64);
+    let u = tensor::<TestAutodiff, 2>(setup.g_weights.clone(), [batch, m], DType::F64);
     (t.plan * w).sum() + (t.f * v).sum() + (t.g * u).sum()
 }
 
 fn inputs(setup: &Setup) -> Inputs {
-    pad_batch::<CpuAd>(&setup.problems, 0.0, DType::F64)
+    pad_batch::<TestAutodiff>(&setup.problems, 0.0, DType::F64)
 }
 
 fn shifted(setup: &Setup, dirs: &[Vec<f64>; 3], h: f64) -> Inputs {
@@ -266,11 +268,14 @@ fn implicit_gradients_in_f32_are_finite_and_match_unrolled() {
     use burn::tensor::{backend::Backend, Distribution};
     let device = Default::default();
     let grad_for = |mode, iterations| {
-        <CpuAd as Backend>::seed(&device, 0);
-        let cost =
-            Tensor::<CpuAd, 3>::random([3, 24, 24], Distribution::Uniform(0.0, 1.0), &device)
-                .require_grad();
-        let masses = Tensor::<CpuAd, 2>::ones([3, 24], &device).div_scalar(24.0);
+        <TestAutodiff as Backend>::seed(&device, 0);
+        let cost = Tensor::<TestAutodiff, 3>::random(
+            [3, 24, 24],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        )
+        .require_grad();
+        let masses = Tensor::<TestAutodiff, 2>::ones([3, 24], &device).div_scalar(24.0);
         let config = otpref::SinkhornConfig::new(0.05)
             .with_max_iters(iterations)
             .with_tolerance(0.0)

@@ -1,18 +1,16 @@
 //! OTPO token weights: parity with the released computation (POT 0.9.4 fixture) and the
 //! properties the paper's weights must have.
 
-mod common;
-
+use crate::common::floats;
+use crate::common::{tensor, values, Rng, TestBackend};
 use burn::tensor::{DType, Tensor};
-use common::floats;
-use common::{tensor, values, Cpu, Rng};
 use otpref::{
     otpo_token_weights, token_weights, CostNormalization, OtpoConfig, OtprefError, ResponseTokens,
     TokenWeighting, WeightBudget,
 };
 use serde_json::Value;
 
-const FIXTURE: &str = include_str!("fixtures/otpo_fixture.json");
+const FIXTURE: &str = include_str!("../fixtures/otpo_fixture.json");
 
 #[test]
 fn weights_match_the_released_otpo_code() {
@@ -29,10 +27,10 @@ fn weights_match_the_released_otpo_code() {
             .with_marginal_penalty(case["reg_m"].as_f64().unwrap())
             .with_normalization(CostNormalization::Released);
         let w = otpo_token_weights(
-            tensor::<Cpu, 3>(chosen.clone(), [1, len, hidden], DType::F32),
-            tensor::<Cpu, 3>(rejected.clone(), [1, len, hidden], DType::F32),
-            tensor::<Cpu, 2>(mask_c.clone(), [1, len], DType::F32),
-            tensor::<Cpu, 2>(mask_r.clone(), [1, len], DType::F32),
+            tensor::<TestBackend, 3>(chosen.clone(), [1, len, hidden], DType::F32),
+            tensor::<TestBackend, 3>(rejected.clone(), [1, len, hidden], DType::F32),
+            tensor::<TestBackend, 2>(mask_c.clone(), [1, len], DType::F32),
+            tensor::<TestBackend, 2>(mask_r.clone(), [1, len], DType::F32),
             &config,
         )
         .unwrap();
@@ -84,10 +82,10 @@ fn batch(seed: u64) -> Batch {
 fn weights(batch: &Batch, config: &OtpoConfig) -> (Vec<f64>, Vec<f64>) {
     let (b, lc, lr, h) = batch.shape;
     let w = otpo_token_weights(
-        tensor::<Cpu, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
-        tensor::<Cpu, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
-        tensor::<Cpu, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
-        tensor::<Cpu, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+        tensor::<TestBackend, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
+        tensor::<TestBackend, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
+        tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
         config,
     )
     .unwrap();
@@ -156,8 +154,8 @@ fn a_token_far_from_the_other_response_gets_less_weight() {
     let rejected = vec![0.1, 1.0, 1.0, 0.1, 0.9, 1.0];
     for epsilon in [1.0, 0.1] {
         let w = otpo_token_weights(
-            tensor::<Cpu, 3>(chosen.clone(), [1, 4, 2], DType::F32),
-            tensor::<Cpu, 3>(rejected.clone(), [1, 3, 2], DType::F32),
+            tensor::<TestBackend, 3>(chosen.clone(), [1, 4, 2], DType::F32),
+            tensor::<TestBackend, 3>(rejected.clone(), [1, 3, 2], DType::F32),
             Tensor::ones([1, 4], &Default::default()),
             Tensor::ones([1, 3], &Default::default()),
             &OtpoConfig::new().with_epsilon(epsilon),
@@ -175,10 +173,10 @@ fn an_empty_response_is_an_error() {
     let mut mask_r = batch.mask_r.clone();
     mask_r[lr..2 * lr].iter_mut().for_each(|m| *m = 0.0);
     let err = otpo_token_weights(
-        tensor::<Cpu, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
-        tensor::<Cpu, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
-        tensor::<Cpu, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
-        tensor::<Cpu, 2>(mask_r, [b, lr], DType::F32),
+        tensor::<TestBackend, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
+        tensor::<TestBackend, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
+        tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        tensor::<TestBackend, 2>(mask_r, [b, lr], DType::F32),
         &OtpoConfig::new(),
     )
     .unwrap_err();
@@ -191,8 +189,8 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
     let batch = batch(4);
     let (b, lc, lr, h) = batch.shape;
     let tokens = ResponseTokens {
-        chosen_mask: tensor::<Cpu, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
-        rejected_mask: tensor::<Cpu, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+        chosen_mask: tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        rejected_mask: tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
         chosen_hidden: Some(tensor(batch.chosen.clone(), [b, lc, h], DType::F32)),
         rejected_hidden: Some(tensor(batch.rejected.clone(), [b, lr, h], DType::F32)),
     };
@@ -263,7 +261,7 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
 
 #[test]
 fn weights_are_differentiable_when_asked() {
-    use common::CpuAd;
+    use crate::common::TestAutodiff;
     use otpref::GradientMode;
     // Small states keep every distance below 1, so no normalisation kicks in.
     let mut rng = Rng(9);
@@ -273,7 +271,7 @@ fn weights_are_differentiable_when_asked() {
     let mask_r = vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
     let probe_c = rng.vec(8, -1.0, 1.0);
     let probe_r = rng.vec(6, -1.0, 1.0);
-    let loss = |chosen: Tensor<CpuAd, 3>, mode: GradientMode| {
+    let loss = |chosen: Tensor<TestAutodiff, 3>, mode: GradientMode| {
         let config = OtpoConfig::new()
             .with_epsilon(0.5)
             .with_gradient(mode)
@@ -287,8 +285,8 @@ fn weights_are_differentiable_when_asked() {
             &config,
         )
         .unwrap();
-        (w.chosen * tensor::<CpuAd, 2>(probe_c.clone(), [2, 4], DType::F64)).sum()
-            + (w.rejected * tensor::<CpuAd, 2>(probe_r.clone(), [2, 3], DType::F64)).sum()
+        (w.chosen * tensor::<TestAutodiff, 2>(probe_c.clone(), [2, 4], DType::F64)).sum()
+            + (w.rejected * tensor::<TestAutodiff, 2>(probe_r.clone(), [2, 3], DType::F64)).sum()
     };
     let direction = rng.vec(chosen.len(), -1.0, 1.0);
     let h = 1e-6;
@@ -300,16 +298,16 @@ fn weights_are_differentiable_when_asked() {
             .collect()
     };
     let at = |values: Vec<f64>| {
-        common::values(loss(
+        crate::common::values(loss(
             tensor(values, [2, 4, 3], DType::F64),
             GradientMode::Detach,
         ))[0]
     };
     let finite_difference = (at(shifted(1.0)) - at(shifted(-1.0))) / (2.0 * h);
     for mode in [GradientMode::Unrolled, GradientMode::Implicit] {
-        let input = tensor::<CpuAd, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
+        let input = tensor::<TestAutodiff, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
         let grads = loss(input.clone(), mode).backward();
-        let grad = common::values(input.grad(&grads).unwrap());
+        let grad = crate::common::values(input.grad(&grads).unwrap());
         assert!(grad.iter().all(|g| g.is_finite()));
         let analytic: f64 = grad.iter().zip(&direction).map(|(g, d)| g * d).sum();
         assert!(
@@ -318,9 +316,9 @@ fn weights_are_differentiable_when_asked() {
         );
     }
     // Detached by default: no gradient reaches the states.
-    let input = tensor::<CpuAd, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
+    let input = tensor::<TestAutodiff, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
     let grads = (loss(input.clone(), GradientMode::Detach) + input.clone().sum()).backward();
-    assert!(common::values(input.grad(&grads).unwrap())
+    assert!(crate::common::values(input.grad(&grads).unwrap())
         .iter()
         .all(|g| *g == 1.0));
 }

@@ -1,16 +1,14 @@
 //! Bad input is an `OtprefError` with a helpful message: never a panic, never a silent NaN.
 
-mod common;
-
+use crate::common::{tensor, TestBackend};
 use burn::tensor::{DType, Tensor};
-use common::{tensor, Cpu};
 use otpref::{sinkhorn, unbalanced_sinkhorn, OtprefError, SinkhornConfig, UnbalancedConfig};
 
-fn t3(values: Vec<f64>, shape: [usize; 3]) -> Tensor<Cpu, 3> {
+fn t3(values: Vec<f64>, shape: [usize; 3]) -> Tensor<TestBackend, 3> {
     tensor(values, shape, DType::F32)
 }
 
-fn t2(values: Vec<f64>, shape: [usize; 2]) -> Tensor<Cpu, 2> {
+fn t2(values: Vec<f64>, shape: [usize; 2]) -> Tensor<TestBackend, 2> {
     tensor(values, shape, DType::F32)
 }
 
@@ -159,7 +157,7 @@ fn nan_in_the_padded_cost_is_ignored() {
         &SinkhornConfig::new(0.1),
     )
     .unwrap();
-    let plan = common::values(result.plan);
+    let plan = crate::common::values(result.plan);
     assert!((plan[0] - 0.5).abs() < 1e-6 && (plan[2] - 0.5).abs() < 1e-6);
     assert_eq!((plan[1], plan[3]), (0.0, 0.0));
 }

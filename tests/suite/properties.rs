@@ -1,9 +1,7 @@
 //! Property tests of the OT marginals and symmetries (proptest, fixed case count for CI).
 
-mod common;
-
+use crate::common::{pad_batch, values, Problem, TestBackend};
 use burn::tensor::{DType, Tensor};
-use common::{pad_batch, values, Cpu, Problem};
 use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
 use proptest::prelude::*;
 
@@ -38,7 +36,7 @@ fn dims(problems: &[Problem]) -> (usize, usize) {
 }
 
 fn solve_balanced(problems: &[Problem], epsilon: f64) -> (Vec<f64>, Vec<bool>) {
-    let (cost, a, b) = pad_batch::<Cpu>(problems, 0.0, DType::F32);
+    let (cost, a, b) = pad_batch::<TestBackend>(problems, 0.0, DType::F32);
     let t = sinkhorn(
         cost,
         a,
@@ -61,7 +59,7 @@ fn row_col_sums(plan: &[f64], k: usize, n: usize, m: usize) -> (Vec<f64>, Vec<f6
 }
 
 proptest! {
-    #![proptest_config(common::proptest_config(32))]
+    #![proptest_config(crate::common::proptest_config(32))]
 
     #[test]
     fn balanced_plans_have_the_right_marginals_and_zero_padding(
@@ -139,7 +137,7 @@ proptest! {
         let (balanced, _) = solve_balanced(&problems, epsilon);
         let mut previous = f64::INFINITY;
         for rho in [1.0, 10.0, 100.0, 1e4] {
-            let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+            let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
             let config = UnbalancedConfig::new(epsilon, rho, rho).with_max_iters(20_000);
             let plan = values(unbalanced_sinkhorn(cost, a, b, &config).unwrap().plan);
             let distance: f64 = plan.iter().zip(&balanced).map(|(x, y)| (x - y).abs()).sum();
@@ -155,7 +153,7 @@ proptest! {
     ) {
         // Stationarity of <P,C> + ε Σ P(log P - 1) + ρ_a KL(P1|a) + ρ_b KL(Pᵀ1|b) with
         // P = exp((f + g - C)/ε) gives f = -ρ_a log(P1 / a) and g = -ρ_b log(Pᵀ1 / b).
-        let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+        let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
         let config = UnbalancedConfig::new(epsilon, rho_a, rho_b).with_max_iters(20_000);
         let t = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
         prop_assert!(t.all_converged());
@@ -183,11 +181,11 @@ proptest! {
         problems in batch(), epsilon in 0.05f64..1.0, rho in 0.05f64..2.0
     ) {
         let marginal_gap = |rho: f64| -> f64 {
-            let (cost, a, b) = pad_batch::<Cpu>(&problems, 0.0, DType::F32);
+            let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
             let config = UnbalancedConfig::new(epsilon, rho, rho).with_max_iters(20_000);
             let t = unbalanced_sinkhorn(cost, a.clone(), b.clone(), &config).unwrap();
-            let rows: Tensor<Cpu, 2> = t.plan.clone().sum_dim(2).squeeze_dim(2);
-            let cols: Tensor<Cpu, 2> = t.plan.sum_dim(1).squeeze_dim(1);
+            let rows: Tensor<TestBackend, 2> = t.plan.clone().sum_dim(2).squeeze_dim(2);
+            let cols: Tensor<TestBackend, 2> = t.plan.sum_dim(1).squeeze_dim(1);
             values((rows - a).abs().sum() + (cols - b).abs().sum())[0]
         };
         let weak = marginal_gap(rho);

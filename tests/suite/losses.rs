@@ -1,10 +1,8 @@
 //! Preference losses against hand-computed closed forms, finite differences, extreme inputs
 //! and bad input.
 
-mod common;
-
+use crate::common::{tensor, values, TestAutodiff, TestBackend};
 use burn::tensor::{DType, Tensor};
-use common::{tensor, values, Cpu, CpuAd};
 use otpref::{
     bt_margin_loss, weighted_dpo_loss, BtLossConfig, DpoInputs, DpoLossConfig, DpoLossType,
     OtprefError, TokenWeights,
@@ -32,9 +30,9 @@ fn bt_loss_matches_its_closed_form() {
     let (rc, rr, mu) = ([1.0, -0.5, 2.0], [0.0, 0.5, 2.5], [0.3, 0.0, -1.0]);
     for c in [0.0, 0.01] {
         let out = bt_margin_loss(
-            t1::<Cpu>(&rc),
-            t1::<Cpu>(&rr),
-            Some(t1::<Cpu>(&mu)),
+            t1::<TestBackend>(&rc),
+            t1::<TestBackend>(&rr),
+            Some(t1::<TestBackend>(&mu)),
             &BtLossConfig::new().with_center_rewards_coefficient(c),
         )
         .unwrap();
@@ -55,19 +53,19 @@ fn bt_loss_gradient_matches_finite_differences_and_survives_extremes() {
     let (rc, rr, mu) = ([1.0, -0.5, 40.0], [0.0, 0.5, -800.0], [0.3, 0.1, 0.0]);
     let loss_at = |rc: &[f64]| {
         let out = bt_margin_loss(
-            t1::<Cpu>(rc),
-            t1::<Cpu>(&rr),
-            Some(t1::<Cpu>(&mu)),
+            t1::<TestBackend>(rc),
+            t1::<TestBackend>(&rr),
+            Some(t1::<TestBackend>(&mu)),
             &BtLossConfig::new().with_center_rewards_coefficient(0.01),
         )
         .unwrap();
         values(out.loss)[0]
     };
-    let chosen = t1::<CpuAd>(&rc).require_grad();
+    let chosen = t1::<TestAutodiff>(&rc).require_grad();
     let out = bt_margin_loss(
         chosen.clone(),
-        t1::<CpuAd>(&rr),
-        Some(t1::<CpuAd>(&mu)),
+        t1::<TestAutodiff>(&rr),
+        Some(t1::<TestAutodiff>(&mu)),
         &BtLossConfig::new().with_center_rewards_coefficient(0.01),
     )
     .unwrap();
@@ -81,7 +79,7 @@ fn bt_loss_gradient_matches_finite_differences_and_survives_extremes() {
         assert!((fd - grad[i]).abs() < 1e-6, "{i}: {fd} vs {}", grad[i]);
     }
     // Extreme rewards: −log σ(−1000) = 1000 exactly, gradient finite.
-    let chosen = t1::<CpuAd>(&[-1000.0, 1000.0]).require_grad();
+    let chosen = t1::<TestAutodiff>(&[-1000.0, 1000.0]).require_grad();
     let out = bt_margin_loss(chosen.clone(), t1(&[0.0, 0.0]), None, &BtLossConfig::new()).unwrap();
     assert!((values(out.loss.clone())[0] - 500.0).abs() < 1e-9);
     let grad = values(chosen.grad(&out.loss.backward()).unwrap());
@@ -94,16 +92,16 @@ fn bt_loss_gradient_matches_finite_differences_and_survives_extremes() {
 #[test]
 fn a_margin_of_the_wrong_shape_is_an_error_not_a_broadcast() {
     let err = bt_margin_loss(
-        t1::<Cpu>(&[1.0, 2.0]),
-        t1::<Cpu>(&[0.0, 0.0]),
-        Some(t1::<Cpu>(&[0.5])),
+        t1::<TestBackend>(&[1.0, 2.0]),
+        t1::<TestBackend>(&[0.0, 0.0]),
+        Some(t1::<TestBackend>(&[0.5])),
         &BtLossConfig::new(),
     )
     .unwrap_err();
     assert!(matches!(err, OtprefError::Shape(_)) && err.to_string().contains("margin"));
     let err = bt_margin_loss(
-        t1::<Cpu>(&[1.0, f64::NAN]),
-        t1::<Cpu>(&[0.0, 0.0]),
+        t1::<TestBackend>(&[1.0, f64::NAN]),
+        t1::<TestBackend>(&[0.0, 0.0]),
         None,
         &BtLossConfig::new(),
     )
@@ -219,7 +217,7 @@ fn every_dpo_loss_type_matches_its_closed_form() {
             .with_beta(beta)
             .with_loss_type(loss_type)
             .with_label_smoothing(smoothing);
-        let out = dpo::<Cpu>(&PAIRS, t2(&PAIRS.pc, [2, 3]), &config, with_reference);
+        let out = dpo::<TestBackend>(&PAIRS, t2(&PAIRS.pc, [2, 3]), &config, with_reference);
         let d = if with_reference { d } else { d_free };
         let expected = (closed_form(d[0]) + closed_form(d[1])) / 2.0;
         let got = values(out.loss)[0];
@@ -229,7 +227,7 @@ fn every_dpo_loss_type_matches_its_closed_form() {
         );
     }
     // Metrics of the default loss.
-    let out = dpo::<Cpu>(
+    let out = dpo::<TestBackend>(
         &PAIRS,
         t2(&PAIRS.pc, [2, 3]),
         &DpoLossConfig::new().with_beta(beta),
@@ -263,7 +261,7 @@ fn dpo_gradients_match_finite_differences() {
                 0.0
             });
         let with_reference = !matches!(loss_type, DpoLossType::SimPo { .. });
-        let policy = t2::<CpuAd>(&PAIRS.pc, [2, 3]).require_grad();
+        let policy = t2::<TestAutodiff>(&PAIRS.pc, [2, 3]).require_grad();
         let out = dpo(&PAIRS, policy.clone(), &config, with_reference);
         let grad = values(policy.grad(&out.loss.backward()).unwrap());
         for i in 0..6 {
@@ -271,7 +269,7 @@ fn dpo_gradients_match_finite_differences() {
             let at = |delta: f64| {
                 let mut pc = PAIRS.pc;
                 pc[i] += delta;
-                values(dpo::<Cpu>(&PAIRS, t2(&pc, [2, 3]), &config, with_reference).loss)[0]
+                values(dpo::<TestBackend>(&PAIRS, t2(&pc, [2, 3]), &config, with_reference).loss)[0]
             };
             let fd = (at(h) - at(-h)) / (2.0 * h);
             assert!(
@@ -290,7 +288,8 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
     // 4096 tokens of log-probability −50 each: Δ in the hundreds of thousands.
     let len = 4096;
     let inputs = DpoInputs {
-        policy_chosen: Tensor::<CpuAd, 2>::full([1, len], -1.0, &Default::default()).require_grad(),
+        policy_chosen: Tensor::<TestAutodiff, 2>::full([1, len], -1.0, &Default::default())
+            .require_grad(),
         policy_rejected: Tensor::full([1, len], -50.0, &Default::default()),
         reference: Some((
             Tensor::full([1, len], -50.0, &Default::default()),
@@ -334,7 +333,7 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
 
 #[test]
 fn dpo_rejects_bad_input() {
-    let weights = TokenWeights::<Cpu> {
+    let weights = TokenWeights::<TestBackend> {
         chosen: t2(&PAIRS.wc, [2, 3]),
         rejected: t2(&PAIRS.wr[..2], [1, 2]),
     };
@@ -345,7 +344,7 @@ fn dpo_rejects_bad_input() {
     };
     let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
     assert!(err.to_string().contains("rejected weights"), "{err}");
-    let weights = TokenWeights::<Cpu> {
+    let weights = TokenWeights::<TestBackend> {
         chosen: t2(&PAIRS.wc, [2, 3]),
         rejected: t2(&PAIRS.wr, [2, 2]),
     };

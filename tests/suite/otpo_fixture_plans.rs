@@ -3,15 +3,13 @@
 //! masked hidden states + 1e-6, divided by the max over the padded matrix), ones on valid
 //! tokens as masses, ρ = 0.2 on both sides, reg_type "entropy".
 
-mod common;
-
+use crate::common::floats;
+use crate::common::{tensor, values, TestBackend};
 use burn::tensor::DType;
-use common::floats;
-use common::{tensor, values, Cpu};
 use otpref::{unbalanced_sinkhorn, UnbalancedConfig};
 use serde_json::Value;
 
-const FIXTURE: &str = include_str!("fixtures/otpo_fixture.json");
+const FIXTURE: &str = include_str!("../fixtures/otpo_fixture.json");
 
 #[test]
 fn unbalanced_plans_match_the_otpo_fixture() {
@@ -52,9 +50,9 @@ fn unbalanced_plans_match_the_otpo_fixture() {
         let rho = case["reg_m"].as_f64().unwrap();
         let expected = floats(&case["plan"]);
         let transport = unbalanced_sinkhorn(
-            tensor::<Cpu, 3>(cost.clone(), [1, len, len], DType::F32),
-            tensor::<Cpu, 2>(mask_c.clone(), [1, len], DType::F32),
-            tensor::<Cpu, 2>(mask_r.clone(), [1, len], DType::F32),
+            tensor::<TestBackend, 3>(cost.clone(), [1, len, len], DType::F32),
+            tensor::<TestBackend, 2>(mask_c.clone(), [1, len], DType::F32),
+            tensor::<TestBackend, 2>(mask_r.clone(), [1, len], DType::F32),
             &UnbalancedConfig::new(epsilon, rho, rho),
         )
         .unwrap();

@@ -1,15 +1,13 @@
 //! Parity with POT on padded batches of mixed sizes (fixtures from
 //! `tests/fixtures/generate_pot_fixtures.py`): plans agree to 1e-5 absolute in f32.
 
-mod common;
-
+use crate::common::floats;
+use crate::common::{pad_batch, values, Problem, TestBackend};
 use burn::tensor::DType;
-use common::floats;
-use common::{pad_batch, values, Cpu, Problem};
 use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
 use serde_json::Value;
 
-const FIXTURE: &str = include_str!("fixtures/sinkhorn_pot.json");
+const FIXTURE: &str = include_str!("../fixtures/sinkhorn_pot.json");
 
 fn parse_rho(v: &Value) -> f64 {
     match v {
@@ -104,7 +102,7 @@ fn balanced_plans_match_pot_sinkhorn_log() {
         .flat_map(|c| [(c, true), (c, false)])
     {
         // NaN in padded cost entries must never leak into the result.
-        let (cost, a, b) = pad_batch::<Cpu>(&case.problems, f64::NAN, DType::F32);
+        let (cost, a, b) = pad_batch::<TestBackend>(&case.problems, f64::NAN, DType::F32);
         let [_, n, m] = cost.dims();
         let config = SinkhornConfig::new(case.epsilon)
             .with_max_iters(20_000)
@@ -126,7 +124,7 @@ fn unbalanced_plans_match_pot_sinkhorn_unbalanced_entropy() {
         .filter(|c| c.kind == "unbalanced")
         .flat_map(|c| [(c, true), (c, false)])
     {
-        let (cost, a, b) = pad_batch::<Cpu>(&case.problems, 1e9, DType::F32);
+        let (cost, a, b) = pad_batch::<TestBackend>(&case.problems, 1e9, DType::F32);
         let [_, n, m] = cost.dims();
         let config = UnbalancedConfig::new(case.epsilon, case.rho.0, case.rho.1)
             .with_max_iters(20_000)
@@ -156,7 +154,8 @@ fn reference_examples_from_pot_docs() {
         (1.0, 0.2, 0.7501025182, 0.2759472952),
         (0.1, 0.2, 0.57432831, 2.6074465e-05),
     ] {
-        let (cost, a, b) = pad_batch::<Cpu>(std::slice::from_ref(&problem), 0.0, DType::F32);
+        let (cost, a, b) =
+            pad_batch::<TestBackend>(std::slice::from_ref(&problem), 0.0, DType::F32);
         let transport =
             unbalanced_sinkhorn(cost, a, b, &UnbalancedConfig::new(epsilon, rho, rho)).unwrap();
         let plan = values(transport.plan);

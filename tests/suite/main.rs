@@ -1,0 +1,20 @@
+//! otpref's integration tests, as one test binary (one link instead of one per file, and one
+//! file to copy to a GPU machine). Each module tests one public function or property against an
+//! independent reference (POT fixtures, closed forms, finite differences).
+//!
+//! The tests run on the pure-Rust CPU backend; built with the `gpu-tests` feature they run on
+//! burn's CUDA backend instead (`scripts/gpu/`), and `cuda_matches_cpu` compares the two.
+
+mod common;
+
+mod aplot;
+#[cfg(feature = "gpu-tests")]
+mod cuda_matches_cpu;
+mod errors;
+mod gradients;
+mod losses;
+mod otpo_fixture_plans;
+mod otpo_weights;
+mod pot_parity;
+mod properties;
+mod stability;
