@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu/build.sh packed gpu-pack/: the test suite on CUDA, the
+# benchmarks beside their anchors, and short runs of both trainers, all results in one folder.
+#
+#   scripts/gpu/run.sh [OUT]          # default OUT: gpu-results (about 5-10 minutes)
+#   scripts/gpu/run.sh --cpu [OUT]    # dry run on a CPU machine (pack built with --cpu)
+#
+# Every step's output goes to OUT/<step>.txt and its exit status to OUT/status.txt; a failing
+# step does not stop the others.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+PACK="${PACK:-gpu-pack}"
+device=cuda small=() cases=16
+if [[ "${1:-}" == "--cpu" ]]; then
+    device=cpu small=(--small) cases=4
+    shift
+fi
+OUT="${1:-gpu-results}"
+mkdir -p "$OUT"
+: >"$OUT/status.txt"
+
+# step NAME COMMAND...: runs COMMAND with its output in OUT/NAME.txt.
+step() {
+    local name=$1 started=$SECONDS
+    shift
+    echo "== $name"
+    "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "$name: exit $rc, $((SECONDS - started)) s" | tee -a "$OUT/status.txt"
+}
+
+# peak_memory NAME COMMAND...: like step, also sampling the GPU's memory use (MiB) every 100 ms.
+peak_memory() {
+    local name=$1
+    if [[ $device == cuda ]]; then
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 \
+            >"$OUT/$name.memory" &
+        local sampler=$!
+        step "$@"
+        kill "$sampler"
+        echo "$name: peak GPU memory $(sort -n "$OUT/$name.memory" | tail -1) MiB" |
+            tee -a "$OUT/status.txt"
+    else
+        step "$@"
+    fi
+}
+
+if [[ $device == cuda ]]; then
+    step machine nvidia-smi
+else
+    step machine lscpu
+fi
+
+# 1. The test suite (POT parity, the OTPO fixture, gradient checks, properties at $cases cases,
+#    and on CUDA the CUDA-vs-CPU comparison).
+PROPTEST_CASES=$cases step tests "$PACK/bin/suite"
+
+# 2. The benchmarks, then their anchors (POT from the packed wheel, torch from the machine).
+bench_device=()
+[[ $device == cpu ]] && bench_device=(--cpu)
+step bench "$PACK/bin/gpu_bench" "${small[@]}" "${bench_device[@]}"
+step install_pot python3 -m pip install --quiet --no-index --no-deps \
+    --find-links "$PACK/wheels" --target "$OUT/python" POT
+PYTHONPATH="$OUT/python" step anchors python3 scripts/gpu/anchors.py --device "$device" "${small[@]}"
+
+# 3. The trainers: the built-in task (a few steps each), then a ~135M-parameter Llama with
+#    random weights on the built-in task's pairs written as JSON lines.
+step dpo_builtin "$PACK/bin/dpo_trainer" --device "$device" --sft-steps 20 --steps 20 \
+    --log-every 10 --eval-prompts 16 --output "$OUT/dpo_builtin"
+step reward_builtin "$PACK/bin/reward_trainer" --device "$device" --steps 20 --log-every 10 \
+    --output "$OUT/reward_builtin"
+step make_model python3 scripts/gpu/make_model.py "$PACK/tokenizer" "$OUT/llama135m"
+step write_data "$PACK/bin/dpo_trainer" --write-builtin "$OUT/pairs.jsonl"
+steps=30 batch=16
+[[ $device == cpu ]] && steps=2 batch=2
+for method in otpo dpo; do
+    peak_memory "dpo_135m_$method" "$PACK/bin/dpo_trainer" --device "$device" \
+        --model "$OUT/llama135m" --data "$OUT/pairs.jsonl" --method "$method" --sft-steps 0 \
+        --steps "$steps" --batch-size "$batch" --max-length 128 --max-prompt-length 32 \
+        --log-every 5 --eval-every 0 --save-every 0 --eval-prompts 8 \
+        --output "$OUT/dpo_135m_$method"
+done
+for loss in aplot bt; do
+    peak_memory "reward_135m_$loss" "$PACK/bin/reward_trainer" --device "$device" \
+        --model "$OUT/llama135m" --data "$OUT/pairs.jsonl" --loss "$loss" \
+        --steps "$steps" --batch-size "$batch" --max-length 128 --max-prompt-length 32 \
+        --log-every 5 --eval-every 0 --save-every 0 --output "$OUT/reward_135m_$loss"
+done
+
+echo
+cat "$OUT/status.txt"
