@@ -16,6 +16,9 @@ if [[ "${1:-}" == "--cpu" ]]; then
     shift
 fi
 OUT="${1:-gpu-results}"
+if [[ ! -d "$PACK" ]]; then
+    tar -xJf "$PACK.tar.xz" || { echo "error: no $PACK/ and no $PACK.tar.xz: run scripts/gpu/build.sh first" >&2; exit 2; }
+fi
 mkdir -p "$OUT"
 : >"$OUT/status.txt"
 
@@ -55,13 +58,12 @@ fi
 #    and on CUDA the CUDA-vs-CPU comparison).
 PROPTEST_CASES=$cases step tests "$PACK/bin/suite"
 
-# 2. The benchmarks, then their anchors (POT from the packed wheel, torch from the machine).
+# 2. The benchmarks, then their anchors (POT from the pack, torch from the machine).
 bench_device=()
 [[ $device == cpu ]] && bench_device=(--cpu)
 step bench "$PACK/bin/gpu_bench" "${small[@]}" "${bench_device[@]}"
-step install_pot python3 -m pip install --quiet --no-index --no-deps \
-    --find-links "$PACK/wheels" --target "$OUT/python" POT
-PYTHONPATH="$OUT/python" step anchors python3 scripts/gpu/anchors.py --device "$device" "${small[@]}"
+python_tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+PYTHONPATH="$PACK/python/$python_tag" step anchors python3 scripts/gpu/anchors.py --device "$device" "${small[@]}"
 
 # 3. The trainers: the built-in task (a few steps each), then a ~135M-parameter Llama with
 #    random weights on the built-in task's pairs written as JSON lines.
