@@ -235,9 +235,39 @@ fn a_kill_during_saving_leaves_a_checkpoint_to_resume_from() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
 }
 
+/// `--rpo-alpha α` adds α times the chosen responses' per-token NLL to the loss: on the first
+/// DPO step (same seed, same model, same batch) the two runs' losses differ by exactly that.
+#[test]
+fn rpo_alpha_adds_the_chosen_nll_to_the_loss() {
+    let first_dpo_step = |alpha: &str| {
+        let out = ScratchFolder::empty(&format!("rpo-{alpha}"));
+        run_ok(small_run(&out.0).args(["--steps", "1", "--rpo-alpha", alpha]));
+        let records = metrics(&out.0);
+        let dpo = records
+            .iter()
+            .find(|r| r["phase"] == "dpo")
+            .expect("a DPO record")
+            .clone();
+        (
+            dpo["loss"].as_f64().unwrap(),
+            dpo["nll_loss"].as_f64().unwrap(),
+        )
+    };
+    let (plain, nll) = first_dpo_step("0");
+    let (with_nll, nll_again) = first_dpo_step("2.5");
+    assert!(
+        nll > 0.0 && (nll - nll_again).abs() < 1e-9,
+        "{nll} {nll_again}"
+    );
+    assert!(
+        (with_nll - plain - 2.5 * nll).abs() < 1e-5,
+        "loss {with_nll} should be {plain} + 2.5 x {nll}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_one_line_error_before_training() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["--method", "magic"],
             "invalid value 'magic' for '--method",
@@ -261,6 +291,7 @@ fn bad_input_is_a_one_line_error_before_training() {
             &["--label-smoothing", "0.7"],
             "--label-smoothing must be in [0, 0.5)",
         ),
+        (&["--rpo-alpha", "-1"], "--rpo-alpha must be a number >= 0"),
     ];
     for (args, expected) in cases {
         let stderr = failure(env!("CARGO_BIN_EXE_dpo_trainer"), args);

@@ -67,6 +67,12 @@ pub struct DpoConfig {
     /// OTPO's marginal relaxation ε2.
     #[arg(long, default_value_t = 0.2)]
     pub otpo_marginal_penalty: f64,
+    /// Weight α of a negative log-likelihood term on the chosen responses added to the DPO
+    /// loss (TRL's `rpo_alpha`; RPO, Pang et al. 2024): keeps the chosen responses likely while
+    /// the margin grows. 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub rpo_alpha: f64,
     /// Supervised steps on the chosen responses before DPO (the result is the reference).
     #[arg(long, default_value_t = 800)]
     pub sft_steps: usize,
@@ -99,6 +105,12 @@ impl DpoConfig {
             if !(value.is_finite() && value > 0.0) {
                 return Err(format!("{flag} must be a positive number, got {value}"));
             }
+        }
+        if !(self.rpo_alpha.is_finite() && self.rpo_alpha >= 0.0) {
+            return Err(format!(
+                "--rpo-alpha must be a number >= 0 (0 turns the NLL term off), got {}",
+                self.rpo_alpha
+            ));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
             return Err(format!(
@@ -555,8 +567,7 @@ fn sft_loss<B: AutodiffBackend>(policy: &CausalLm<B>, batch: PairBatch<B>) -> Te
     let mask = batch.attention_mask.slice([0..pairs, 0..len]);
     let response = batch.response_mask.slice([0..pairs, 0..len - 1]);
     let out = policy.forward(ids.clone(), mask);
-    let logps = next_token_logps(out.logits, ids);
-    (logps * response.clone()).sum().neg() / response.sum().clamp_min(1.0)
+    response_nll(next_token_logps(out.logits, ids), response)
 }
 
 struct StepOutcome<B: AutodiffBackend> {
@@ -599,6 +610,7 @@ where
         .needs_hidden_states()
         .then(|| out.hidden.slice([0..rows, 0..len - 1]).detach());
     let mask = batch.response_mask;
+    let chosen_nll = chosen_nll(logps.clone(), mask.clone());
     let (out, weights, weight_time) = weighted_loss(
         config,
         settings,
@@ -608,10 +620,12 @@ where
         hidden,
         mask.clone(),
     )?;
+    let loss = out.loss.clone() + chosen_nll.clone().mul_scalar(config.rpo_alpha);
     let weight_mean =
         |w: Tensor<B, 2>, m: Tensor<B, 2>| scalar((w * m.clone()).sum() / m.sum().clamp_min(1.0));
     let metrics = vec![
-        ("loss", scalar(out.loss.clone())),
+        ("loss", scalar(loss.clone())),
+        ("nll_loss", scalar(chosen_nll)),
         ("rewards/chosen", scalar(out.chosen_rewards.mean())),
         ("rewards/rejected", scalar(out.rejected_rewards.mean())),
         ("rewards/margins", scalar(out.reward_margins.mean())),
@@ -628,10 +642,28 @@ where
         ),
     ];
     Ok(StepOutcome {
-        loss: out.loss,
+        loss,
         metrics,
         weight_time,
     })
+}
+
+/// The chosen responses' negative log-likelihood per response token (TRL's `nll_loss`): rows
+/// `0..b` of `logps` `[2b, len - 1]` over their response `mask`.
+fn chosen_nll<B: burn::tensor::backend::Backend>(
+    logps: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let b = mask.dims()[0] / 2;
+    response_nll(logps.narrow(0, 0, b), mask.narrow(0, 0, b))
+}
+
+/// Mean negative log-likelihood over the tokens where `mask` is 1 (the SFT loss).
+fn response_nll<B: burn::tensor::backend::Backend>(
+    logps: Tensor<B, 2>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    (logps * mask.clone()).sum().neg() / mask.sum().clamp_min(1.0)
 }
 
 /// The method's token weights for a batch whose rows `0..b` are chosen and `b..2b` rejected
