@@ -89,6 +89,12 @@ pub fn aplot_margins<B: OtBackend>(
     checks::shape("rejected_repr", &rejected_repr, [batch, hidden])?;
     checks::shape("chosen_rewards", &chosen_rewards, [batch])?;
     checks::shape("rejected_rewards", &rejected_rewards, [batch])?;
+    checks::same_dtype(&[
+        ("chosen_repr", chosen_repr.dtype()),
+        ("rejected_repr", rejected_repr.dtype()),
+        ("chosen_rewards", chosen_rewards.dtype()),
+        ("rejected_rewards", rejected_rewards.dtype()),
+    ])?;
     for (name, t) in [
         ("chosen_repr", &chosen_repr),
         ("rejected_repr", &rejected_repr),
@@ -144,8 +150,10 @@ fn pair_cost<B: Backend>(
     gamma: f64,
 ) -> Tensor<B, 2> {
     let [batch, _] = chosen_repr.dims();
+    // Clamp before the square root: sqrt's derivative at 0 is infinite, and an all-zero
+    // representation would otherwise get a NaN gradient.
     let unit = |h: Tensor<B, 2>| {
-        let norm = h.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+        let norm = h.clone().square().sum_dim(1).clamp_min(1e-24).sqrt();
         h / norm
     };
     let cosine = unit(chosen_repr).matmul(unit(rejected_repr).transpose());

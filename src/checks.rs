@@ -1,6 +1,6 @@
 //! Input checks shared by the weighting schemes and the losses.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::error::OtprefError;
 
@@ -17,6 +17,21 @@ pub(crate) fn shape<B: Backend, const D: usize>(
         )));
     }
     Ok(())
+}
+
+/// Errors unless every named float input has the same dtype: the backends panic on
+/// arithmetic between dtypes, so a mix must be refused before any of it.
+pub(crate) fn same_dtype(inputs: &[(&str, DType)]) -> Result<(), OtprefError> {
+    let Some(&(first_name, first)) = inputs.first() else {
+        return Ok(());
+    };
+    match inputs.iter().find(|(_, dtype)| *dtype != first) {
+        Some((name, dtype)) => Err(OtprefError::DTypeMismatch(format!(
+            "{name} is {dtype:?} but {first_name} is {first:?}; pass every float input of one \
+             call in one dtype (for example `{name}.cast({first:?})`)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// True when no entry of `tensor` is NaN or infinite.
@@ -66,7 +81,18 @@ pub(crate) fn lengths<B: Backend>(
     name: &str,
     mask: &Tensor<B, 2>,
 ) -> Result<Vec<usize>, OtprefError> {
-    let [_, len] = mask.dims();
+    let [batch, len] = mask.dims();
+    if batch == 0 {
+        return Err(OtprefError::Empty(format!(
+            "{name} has shape [0, {len}]: the batch is empty"
+        )));
+    }
+    if len == 0 {
+        return Err(OtprefError::Empty(format!(
+            "{name} has shape [{batch}, 0]: no token positions, so no response has a token to \
+             weight"
+        )));
+    }
     let values = to_host(mask.clone());
     if let Some(bad) = values.iter().position(|v| *v != 0.0 && *v != 1.0) {
         return Err(OtprefError::InvalidMass(format!(

@@ -26,4 +26,7 @@ pub enum OtprefError {
     /// NaN or infinity where finite numbers are required.
     #[error("non-finite input: {0}")]
     NonFinite(String),
+    /// Float inputs of one call in different dtypes (an f64 cost with f32 masses, ...).
+    #[error("dtype mismatch: {0}")]
+    DTypeMismatch(String),
 }

@@ -66,6 +66,14 @@ pub fn bt_margin_loss<B: Backend>(
         return Err(OtprefError::Shape("the batch is empty".into()));
     }
     checks::shape("rejected rewards", &rejected, [batch])?;
+    let mut dtypes = vec![
+        ("chosen rewards", chosen.dtype()),
+        ("rejected rewards", rejected.dtype()),
+    ];
+    if let Some(margin) = &margin {
+        dtypes.push(("margin", margin.dtype()));
+    }
+    checks::same_dtype(&dtypes)?;
     checks::finite("chosen rewards", &chosen)?;
     checks::finite("rejected rewards", &rejected)?;
     if let Some(margin) = &margin {

@@ -178,6 +178,19 @@ fn validate<B: Backend>(
     }
     checks::shape("policy_rejected", &inputs.policy_rejected, [batch, len_r])?;
     checks::shape("chosen weights", &weights.chosen, [batch, len_c])?;
+    let mut dtypes = vec![
+        ("policy_chosen", inputs.policy_chosen.dtype()),
+        ("policy_rejected", inputs.policy_rejected.dtype()),
+        ("chosen weights", weights.chosen.dtype()),
+        ("rejected weights", weights.rejected.dtype()),
+    ];
+    if let Some((chosen, rejected)) = &inputs.reference {
+        dtypes.extend([
+            ("reference chosen", chosen.dtype()),
+            ("reference rejected", rejected.dtype()),
+        ]);
+    }
+    checks::same_dtype(&dtypes)?;
     checks::shape("rejected weights", &weights.rejected, [batch, len_r])?;
     checks::finite("policy_chosen", &inputs.policy_chosen)?;
     checks::finite("policy_rejected", &inputs.policy_rejected)?;

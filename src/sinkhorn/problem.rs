@@ -101,6 +101,7 @@ fn check_shapes<B: Backend>(
 ) -> Result<Dims, OtprefError> {
     let [batch, n, m] = cost.dims();
     let dims = Dims { batch, n, m };
+    checks::same_dtype(&[("cost", cost.dtype()), ("a", a.dtype()), ("b", b.dtype())])?;
     if batch == 0 || n == 0 || m == 0 {
         return Err(OtprefError::Shape(format!(
             "cost has shape [{batch}, {n}, {m}]; batch, n and m must all be at least 1"

@@ -96,6 +96,12 @@ pub fn otpo_token_weights<B: OtBackend>(
     checks::shape("rejected_hidden", &rejected_hidden, [batch, len_r, hidden])?;
     checks::shape("chosen_mask", &chosen_mask, [batch, len_c])?;
     checks::shape("rejected_mask", &rejected_mask, [batch, len_r])?;
+    checks::same_dtype(&[
+        ("chosen_hidden", chosen_hidden.dtype()),
+        ("rejected_hidden", rejected_hidden.dtype()),
+        ("chosen_mask", chosen_mask.dtype()),
+        ("rejected_mask", rejected_mask.dtype()),
+    ])?;
     let lens_c = checks::lengths("chosen_mask", &chosen_mask)?;
     let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
     let (chosen_hidden, rejected_hidden) = match config.gradient {

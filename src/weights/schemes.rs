@@ -43,6 +43,10 @@ pub fn token_weights<B: OtBackend>(
             "chosen_mask has {batch} pairs but rejected_mask has {batch_r}"
         )));
     }
+    checks::same_dtype(&[
+        ("chosen_mask", tokens.chosen_mask.dtype()),
+        ("rejected_mask", tokens.rejected_mask.dtype()),
+    ])?;
     let lens_c = checks::lengths("chosen_mask", &tokens.chosen_mask)?;
     let lens_r = checks::lengths("rejected_mask", &tokens.rejected_mask)?;
     let masks = || TokenWeights {
@@ -187,6 +191,11 @@ fn hidden_states<B: Backend>(
             let [_, _, hidden] = c.dims();
             checks::shape("chosen_hidden", c, [batch, len_c, hidden])?;
             checks::shape("rejected_hidden", r, [batch, len_r, hidden])?;
+            checks::same_dtype(&[
+                ("chosen_hidden", c.dtype()),
+                ("rejected_hidden", r.dtype()),
+                ("chosen_mask", tokens.chosen_mask.dtype()),
+            ])?;
             checks::finite("chosen_hidden", c)?;
             checks::finite("rejected_hidden", r)?;
             Ok((c.clone().detach(), r.clone().detach()))

@@ -150,3 +150,32 @@ proptest! {
         }
     }
 }
+
+/// An all-zero representation (a pooled state of zeros) has no direction: its cosine terms are
+/// 0, and its gradient is finite (zero), not NaN, in the modes that differentiate through the
+/// cost.
+#[test]
+fn an_all_zero_representation_has_a_finite_gradient() {
+    use crate::common::TestAutodiff;
+    use otpref::GradientMode;
+    for mode in [GradientMode::Unrolled, GradientMode::Implicit] {
+        let chosen =
+            tensor::<TestAutodiff, 2>(vec![0.0, 0.0, 1.0, 2.0], [2, 2], DType::F32).require_grad();
+        let rejected = tensor::<TestAutodiff, 2>(vec![1.0, 0.0, 0.5, -1.0], [2, 2], DType::F32);
+        let rewards = |v: Vec<f64>| tensor::<TestAutodiff, 1>(v, [2], DType::F32);
+        let margins = aplot_margins(
+            chosen.clone(),
+            rejected,
+            rewards(vec![0.3, 1.0]),
+            rewards(vec![0.0, -0.5]),
+            &AplotConfig::new().with_gradient(mode),
+        )
+        .unwrap();
+        let grads = margins.sum().backward();
+        let gradient = values(chosen.grad(&grads).expect("a gradient reaches the input"));
+        assert!(
+            gradient.iter().all(|g| g.is_finite()),
+            "{mode:?}: {gradient:?}"
+        );
+    }
+}

@@ -161,3 +161,123 @@ fn nan_in_the_padded_cost_is_ignored() {
     assert!((plan[0] - 0.5).abs() < 1e-6 && (plan[2] - 0.5).abs() < 1e-6);
     assert_eq!((plan[1], plan[3]), (0.0, 0.0));
 }
+
+/// A mask with no token positions (`[batch, 0]`) or no pairs (`[0, len]`) is an `Empty` error
+/// naming the mask, not a panic.
+#[test]
+fn zero_length_masks() {
+    use otpref::{otpo_token_weights, token_weights, OtpoConfig, ResponseTokens, TokenWeighting};
+    let hidden = |len| tensor::<TestBackend, 3>(vec![0.5; 2 * len * 4], [2, len, 4], DType::F32);
+    let mask = |len| t2(vec![1.0; 2 * len], [2, len]);
+    let err =
+        otpo_token_weights(hidden(0), hidden(3), mask(0), mask(3), &OtpoConfig::new()).unwrap_err();
+    assert!(matches!(err, OtprefError::Empty(_)), "{err}");
+    assert!(
+        err.to_string().contains("chosen_mask has shape [2, 0]"),
+        "{err}"
+    );
+
+    let tokens = ResponseTokens {
+        chosen_mask: mask(3),
+        rejected_mask: mask(0),
+        chosen_hidden: None,
+        rejected_hidden: None,
+    };
+    let err = token_weights(&TokenWeighting::Dpo, &tokens).unwrap_err();
+    assert!(
+        err.to_string().contains("rejected_mask has shape [2, 0]"),
+        "{err}"
+    );
+
+    let empty = || t2(Vec::new(), [0, 3]);
+    let tokens = ResponseTokens {
+        chosen_mask: empty(),
+        rejected_mask: empty(),
+        chosen_hidden: None,
+        rejected_hidden: None,
+    };
+    let err = token_weights(&TokenWeighting::Dpo, &tokens).unwrap_err();
+    assert!(err.to_string().contains("the batch is empty"), "{err}");
+}
+
+/// Float inputs of one call in different dtypes are a `DTypeMismatch` naming both inputs as the
+/// caller wrote them, for every public function (the backends would panic on the arithmetic).
+#[test]
+fn mixed_float_dtypes() {
+    use otpref::{
+        aplot_margins, bt_margin_loss, otpo_token_weights, weighted_dpo_loss, AplotConfig,
+        BtLossConfig, DpoInputs, DpoLossConfig, OtpoConfig, TokenWeights,
+    };
+    let f64_2 = |values: Vec<f64>, shape| tensor::<TestBackend, 2>(values, shape, DType::F64);
+    let check = |err: OtprefError, odd: &str, first: &str| {
+        assert!(matches!(err, OtprefError::DTypeMismatch(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{odd} is F32")) && text.contains(&format!("{first} is F64")),
+            "{text}"
+        );
+    };
+
+    let err = sinkhorn(
+        tensor::<TestBackend, 3>(COST.to_vec(), [1, 2, 2], DType::F64),
+        t2(vec![0.5; 2], [1, 2]),
+        t2(vec![0.5; 2], [1, 2]),
+        &SinkhornConfig::new(0.1),
+    )
+    .unwrap_err();
+    check(err, "a", "cost");
+
+    let err = unbalanced_sinkhorn(
+        tensor::<TestBackend, 3>(COST.to_vec(), [1, 2, 2], DType::F64),
+        f64_2(vec![0.5; 2], [1, 2]),
+        t2(vec![0.5; 2], [1, 2]),
+        &UnbalancedConfig::new(0.1, 1.0, 1.0),
+    )
+    .unwrap_err();
+    check(err, "b", "cost");
+
+    let hidden = |dtype| tensor::<TestBackend, 3>(vec![0.5; 2 * 3 * 4], [2, 3, 4], dtype);
+    let err = otpo_token_weights(
+        hidden(DType::F64),
+        hidden(DType::F32),
+        f64_2(vec![1.0; 6], [2, 3]),
+        f64_2(vec![1.0; 6], [2, 3]),
+        &OtpoConfig::new(),
+    )
+    .unwrap_err();
+    check(err, "rejected_hidden", "chosen_hidden");
+
+    let logps = || f64_2(vec![-1.0; 6], [2, 3]);
+    let inputs = DpoInputs {
+        policy_chosen: logps(),
+        policy_rejected: logps(),
+        reference: Some((logps(), t2(vec![-1.0; 6], [2, 3]))),
+    };
+    let weights = TokenWeights {
+        chosen: f64_2(vec![1.0; 6], [2, 3]),
+        rejected: f64_2(vec![1.0; 6], [2, 3]),
+    };
+    let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
+    check(err, "reference rejected", "policy_chosen");
+
+    let rewards = |dtype| tensor::<TestBackend, 1>(vec![0.5, -0.5], [2], dtype);
+    let err = bt_margin_loss(
+        rewards(DType::F64),
+        rewards(DType::F32),
+        None,
+        &BtLossConfig::new(),
+    )
+    .unwrap_err();
+    check(err, "rejected rewards", "chosen rewards");
+
+    let repr = || f64_2(vec![1.0, 0.0, 0.0, 1.0], [2, 2]);
+    let err = aplot_margins(
+        repr(),
+        repr(),
+        rewards(DType::F64),
+        rewards(DType::F32),
+        &AplotConfig::new(),
+    )
+    .unwrap_err();
+    check(err, "rejected_rewards", "chosen_repr");
+}
