@@ -131,6 +131,9 @@ fn loss_falls_on_a_hugging_face_model_with_jsonl_data() {
         out.0.join("run").to_str().unwrap(),
         "--method",
         "dpo",
+        // The DPO loss alone, so that its start is exactly ln 2.
+        "--rpo-alpha",
+        "0",
         "--sft-steps",
         "0",
         "--steps",

@@ -41,7 +41,7 @@ pub struct DpoConfig {
     #[serde(flatten)]
     pub common: CommonConfig,
     /// Peak learning rate (AdamW) of the DPO phase.
-    #[arg(long, default_value_t = 5e-6)]
+    #[arg(long, default_value_t = 2e-6)]
     pub lr: f64,
     /// Token-weighting method.
     #[arg(long, value_enum, default_value_t = DpoMethod::Otpo)]
@@ -69,8 +69,9 @@ pub struct DpoConfig {
     pub otpo_marginal_penalty: f64,
     /// Weight α of a negative log-likelihood term on the chosen responses added to the DPO
     /// loss (TRL's `rpo_alpha`; RPO, Pang et al. 2024): keeps the chosen responses likely while
-    /// the margin grows. 0 turns it off.
-    #[arg(long, default_value_t = 0.0)]
+    /// the margin grows. 0 turns it off (TRL's default); the built-in task's recipe uses 1
+    /// (`docs/results.md`).
+    #[arg(long, default_value_t = 1.0)]
     #[serde(default)]
     pub rpo_alpha: f64,
     /// Supervised steps on the chosen responses before DPO (the result is the reference).
