@@ -1,7 +1,7 @@
 //! OTPO token weights: unbalanced OT between the tokens of the chosen and rejected responses.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use super::{TokenWeights, WeightBudget};
 use crate::checks;
@@ -110,9 +110,13 @@ pub fn otpo_token_weights<B: OtBackend>(
     };
 
     let padded = lens_c.iter().any(|l| *l < len_c) || lens_r.iter().any(|l| *l < len_r);
+    let norms_c = squared_norms(chosen_hidden.clone());
+    let norms_r = squared_norms(rejected_hidden.clone());
+    check_norms("chosen_hidden", &norms_c, &chosen_mask)?;
+    check_norms("rejected_hidden", &norms_r, &rejected_mask)?;
     let cost = token_cost(
-        chosen_hidden,
-        rejected_hidden,
+        (chosen_hidden, norms_c),
+        (rejected_hidden, norms_r),
         &chosen_mask,
         &rejected_mask,
         padded,
@@ -126,8 +130,6 @@ pub fn otpo_token_weights<B: OtBackend>(
     .with_gradient(config.gradient)
     .with_max_iters(config.max_iters)
     .with_tolerance(config.tolerance);
-    // NaN/Inf in the hidden states of valid tokens reach the cost, which the solver checks
-    // (four times cheaper than scanning the hidden states themselves).
     let marginals = match config.gradient {
         // Only the marginals are needed: skip forming the plan when there is no graph.
         GradientMode::Detach => {
@@ -142,14 +144,7 @@ pub fn otpo_token_weights<B: OtBackend>(
             )
         }),
     };
-    let (rows, cols) = marginals.map_err(|err| match err {
-        OtprefError::NonFinite(_) => OtprefError::NonFinite(
-            "chosen_hidden or rejected_hidden holds NaN or infinite values at response \
-                 tokens; check the model's hidden states"
-                .into(),
-        ),
-        other => other,
-    })?;
+    let (rows, cols) = marginals?;
     let Some(totals) = budgets(config.budget, &lens_c, &lens_r) else {
         return Ok(TokenWeights {
             chosen: rows,
@@ -196,10 +191,54 @@ pub(crate) fn budget_tensors<B: Backend>(
     )
 }
 
-/// Euclidean token distances `‖h_c,i − h_r,j‖ + 1e-6` `[batch, len_c, len_r]`, normalised.
+/// Errors unless every response token's squared norm `norms` `[batch, len, 1]` is finite and
+/// small enough (with a wide margin) that squared distances, at most twice the sum of two squared norms, stay
+/// representable in the dtype. One host read of `batch · len` values: a NaN or infinity in a
+/// hidden state makes its token's norm non-finite, and a later clamp would hide it.
+fn check_norms<B: Backend>(
+    name: &str,
+    norms: &Tensor<B, 3>,
+    mask: &Tensor<B, 2>,
+) -> Result<(), OtprefError> {
+    let [batch, len, _] = norms.dims();
+    let padded = mask.clone().lower_elem(0.5);
+    let values = checks::to_host(
+        norms
+            .clone()
+            .detach()
+            .reshape([batch, len])
+            .mask_fill(padded, 0.0),
+    );
+    let limit = match norms.dtype() {
+        DType::F64 => f64::MAX,
+        DType::F16 => 65504.0,
+        _ => f64::from(f32::MAX),
+    } / 64.0;
+    match values.iter().position(|v| !(v.is_finite() && *v <= limit)) {
+        Some(bad) if !values[bad].is_finite() => Err(OtprefError::NonFinite(format!(
+            "{name}[{}, {}] holds NaN or infinite values at a response token, or values whose \
+             squared norm overflows {:?}; check the model's hidden states",
+            bad / len,
+            bad % len,
+            norms.dtype()
+        ))),
+        Some(bad) => Err(OtprefError::NonFinite(format!(
+            "{name}[{}, {}] has a squared norm of {:e}, too large for distances in {:?}; \
+             pass the hidden states in a wider dtype or rescale them",
+            bad / len,
+            bad % len,
+            values[bad],
+            norms.dtype()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Euclidean token distances `‖h_c,i − h_r,j‖ + 1e-6` `[batch, len_c, len_r]`, normalised;
+/// each side comes with its squared norms `[batch, len, 1]`.
 fn token_cost<B: Backend>(
-    chosen: Tensor<B, 3>,
-    rejected: Tensor<B, 3>,
+    (chosen, norms_c): (Tensor<B, 3>, Tensor<B, 3>),
+    (rejected, norms_r): (Tensor<B, 3>, Tensor<B, 3>),
     chosen_mask: &Tensor<B, 2>,
     rejected_mask: &Tensor<B, 2>,
     padded: bool,
@@ -207,9 +246,7 @@ fn token_cost<B: Backend>(
 ) -> Tensor<B, 3> {
     let [batch, len_c, _] = chosen.dims();
     let [_, len_r, _] = rejected.dims();
-    let norms_c = squared_norms(chosen.clone()); // [batch, len_c, 1]
-    let norms_r = squared_norms(rejected.clone()); // [batch, len_r, 1]
-                                                   // ‖x − y‖² = [x, ‖x‖², 1] · [−2y, 1, ‖y‖²]: one matrix product, no broadcasts.
+    // ‖x − y‖² = [x, ‖x‖², 1] · [−2y, 1, ‖y‖²]: one matrix product, no broadcasts.
     let left = Tensor::cat(vec![chosen, norms_c.clone(), norms_c.ones_like()], 2);
     let right = Tensor::cat(
         vec![
