@@ -220,6 +220,13 @@ fn iterate<B: Backend>(
             break;
         }
     }
+    // A single balanced iteration never measured the row marginal (the check needs one more
+    // x-update): measure the final state, so that the report is its error, not infinity.
+    if balanced && stats.error.iter().any(|e| e.is_infinite()) {
+        let x_new = update_x(problem, kernel, &y, lambda_a);
+        let errors = row_marginal_error(problem, &x, &x_new, &y);
+        record_convergence::<B>(&mut stats, &errors, config.max_iters, config, &device);
+    }
     (x, y, stats)
 }
 

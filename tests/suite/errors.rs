@@ -319,3 +319,26 @@ fn otpo_hidden_states_nan_or_overflowing() {
         "{err}"
     );
 }
+
+/// One balanced iteration reports the real row-marginal error of the plan it returns (the
+/// loop alone never measures it), computed here from the plan.
+#[test]
+fn a_single_balanced_iteration_reports_its_marginal_error() {
+    let a = vec![0.2, 0.3, 0.5];
+    let b = vec![0.6, 0.4];
+    let out = sinkhorn(
+        t3(vec![0.0, 1.0, 0.5, 0.2, 1.0, 0.0], [1, 3, 2]),
+        t2(a.clone(), [1, 3]),
+        t2(b, [1, 2]),
+        &SinkhornConfig::new(0.5).with_max_iters(1),
+    )
+    .unwrap();
+    let plan = crate::common::values(out.plan);
+    let error: f64 = (0..3)
+        .map(|i| (plan[2 * i] + plan[2 * i + 1] - a[i]).abs())
+        .sum();
+    let reported = out.marginal_error[0];
+    assert!(reported.is_finite(), "{reported}");
+    assert!((reported - error).abs() < 1e-5, "{reported} vs {error}");
+    assert_eq!(out.iterations[0], 1);
+}
