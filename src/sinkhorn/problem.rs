@@ -70,19 +70,30 @@ pub(crate) fn prepare<B: Backend>(
     } else {
         (cost, None)
     };
-    if !checks::all_finite(&cost) {
-        return Err(OtprefError::NonFinite(
-            "the cost holds NaN or infinite values at valid (non-padded) positions; clip or \
-             rescale it (padded rows and columns, where the mass is 0, may hold anything)"
-                .into(),
-        ));
+    // Checked on -C/ε rather than on C: one pass catches both a non-finite cost and an ε so
+    // small that C/ε overflows the dtype (which would otherwise turn into NaN plans).
+    let log_kernel = cost.clone().mul_scalar(-1.0 / epsilon);
+    if !checks::all_finite(&log_kernel) {
+        if !checks::all_finite(&cost) {
+            return Err(OtprefError::NonFinite(
+                "the cost holds NaN or infinite values at valid (non-padded) positions; remove \
+                 them where they come from (padded rows and columns, where the mass is 0, may \
+                 hold anything)"
+                    .into(),
+            ));
+        }
+        return Err(OtprefError::InvalidParameter(format!(
+            "epsilon = {epsilon:e} is too small for this cost in {:?}: cost / epsilon \
+             overflows; raise epsilon or divide the cost by its largest entry",
+            cost.dtype()
+        )));
     }
 
     // log of masses with padding guarded *before* the log, so no 1/0 reaches a gradient.
     let log_a_or_zero = a.clone().mask_fill(pad_a.clone(), 1.0).log();
     let log_b_or_zero = b.clone().mask_fill(pad_b.clone(), 1.0).log();
     let problem = Problem {
-        log_kernel: cost.mul_scalar(-1.0 / epsilon),
+        log_kernel,
         log_a: log_a_or_zero.clone().mask_fill(pad_a.clone(), LOG_ZERO),
         log_b: log_b_or_zero.clone().mask_fill(pad_b.clone(), LOG_ZERO),
         log_a_or_zero,

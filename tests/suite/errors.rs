@@ -342,3 +342,22 @@ fn a_single_balanced_iteration_reports_its_marginal_error() {
     assert!((reported - error).abs() < 1e-5, "{reported} vs {error}");
     assert_eq!(out.iterations[0], 1);
 }
+
+/// An ε so small that cost / ε overflows the dtype is an error naming epsilon, not NaN plans;
+/// the same ε is fine in f64, where the quotient fits.
+#[test]
+fn epsilon_too_small_for_the_dtype() {
+    let err = balanced(COST.to_vec(), vec![0.5; 2], vec![0.5; 2], 1e-39).unwrap_err();
+    assert!(matches!(err, OtprefError::InvalidParameter(_)), "{err}");
+    assert!(
+        err.to_string().contains("epsilon = 1e-39 is too small"),
+        "{err}"
+    );
+    let f64_ok = sinkhorn(
+        tensor::<TestBackend, 3>(COST.to_vec(), [1, 2, 2], DType::F64),
+        tensor::<TestBackend, 2>(vec![0.5; 2], [1, 2], DType::F64),
+        tensor::<TestBackend, 2>(vec![0.5; 2], [1, 2], DType::F64),
+        &SinkhornConfig::new(1e-39),
+    );
+    assert!(f64_ok.is_ok(), "{f64_ok:?}");
+}
