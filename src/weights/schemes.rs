@@ -122,6 +122,8 @@ pub fn token_weights<B: OtBackend>(
             })
         }
         TokenWeighting::Otpo(config) => {
+            // otpo_token_weights detaches the states itself unless config.gradient asks for
+            // gradients to them.
             let (chosen, rejected) = hidden_states(tokens, "Otpo")?;
             otpo_token_weights(
                 chosen,
@@ -132,7 +134,9 @@ pub fn token_weights<B: OtBackend>(
             )
         }
         TokenWeighting::Similarity { budget } => {
+            // The ablation's weights are constants (no gradient option).
             let (chosen, rejected) = hidden_states(tokens, "Similarity")?;
+            let (chosen, rejected) = (chosen.detach(), rejected.detach());
             let probabilities = TokenWeights {
                 chosen: similarity_softmax(
                     chosen.clone(),
@@ -198,7 +202,7 @@ fn hidden_states<B: Backend>(
             ])?;
             checks::finite("chosen_hidden", c)?;
             checks::finite("rejected_hidden", r)?;
-            Ok((c.clone().detach(), r.clone().detach()))
+            Ok((c.clone(), r.clone()))
         }
         _ => Err(OtprefError::Shape(format!(
             "{method} weights need hidden states: set ResponseTokens::chosen_hidden and \

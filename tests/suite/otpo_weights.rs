@@ -271,19 +271,30 @@ fn weights_are_differentiable_when_asked() {
     let mask_r = vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
     let probe_c = rng.vec(8, -1.0, 1.0);
     let probe_r = rng.vec(6, -1.0, 1.0);
-    let loss = |chosen: Tensor<TestAutodiff, 3>, mode: GradientMode| {
+    // Through `otpo_token_weights`, or (`via_scheme`) through `token_weights` with
+    // `TokenWeighting::Otpo`, which must pass the gradient mode on.
+    let loss = |chosen: Tensor<TestAutodiff, 3>, mode: GradientMode, via_scheme: bool| {
         let config = OtpoConfig::new()
             .with_epsilon(0.5)
             .with_gradient(mode)
             .with_tolerance(1e-12)
             .with_max_iters(10_000);
-        let w = otpo_token_weights(
-            chosen,
-            tensor(rejected.clone(), [2, 3, 3], DType::F64),
+        let rejected = tensor(rejected.clone(), [2, 3, 3], DType::F64);
+        let (chosen_mask, rejected_mask) = (
             tensor(mask_c.clone(), [2, 4], DType::F64),
             tensor(mask_r.clone(), [2, 3], DType::F64),
-            &config,
-        )
+        );
+        let w = if via_scheme {
+            let tokens = otpref::ResponseTokens {
+                chosen_mask,
+                rejected_mask,
+                chosen_hidden: Some(chosen),
+                rejected_hidden: Some(rejected),
+            };
+            otpref::token_weights(&otpref::TokenWeighting::Otpo(config), &tokens)
+        } else {
+            otpo_token_weights(chosen, rejected, chosen_mask, rejected_mask, &config)
+        }
         .unwrap();
         (w.chosen * tensor::<TestAutodiff, 2>(probe_c.clone(), [2, 4], DType::F64)).sum()
             + (w.rejected * tensor::<TestAutodiff, 2>(probe_r.clone(), [2, 3], DType::F64)).sum()
@@ -301,23 +312,29 @@ fn weights_are_differentiable_when_asked() {
         crate::common::values(loss(
             tensor(values, [2, 4, 3], DType::F64),
             GradientMode::Detach,
+            false,
         ))[0]
     };
     let finite_difference = (at(shifted(1.0)) - at(shifted(-1.0))) / (2.0 * h);
-    for mode in [GradientMode::Unrolled, GradientMode::Implicit] {
+    for (mode, via_scheme) in [
+        (GradientMode::Unrolled, false),
+        (GradientMode::Implicit, false),
+        (GradientMode::Unrolled, true),
+        (GradientMode::Implicit, true),
+    ] {
         let input = tensor::<TestAutodiff, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
-        let grads = loss(input.clone(), mode).backward();
+        let grads = loss(input.clone(), mode, via_scheme).backward();
         let grad = crate::common::values(input.grad(&grads).unwrap());
         assert!(grad.iter().all(|g| g.is_finite()));
         let analytic: f64 = grad.iter().zip(&direction).map(|(g, d)| g * d).sum();
         assert!(
             (analytic - finite_difference).abs() < 1e-5 * finite_difference.abs().max(1.0),
-            "{mode:?}: {analytic} vs {finite_difference}"
+            "{mode:?} (via token_weights: {via_scheme}): {analytic} vs {finite_difference}"
         );
     }
     // Detached by default: no gradient reaches the states.
     let input = tensor::<TestAutodiff, 3>(chosen.clone(), [2, 4, 3], DType::F64).require_grad();
-    let grads = (loss(input.clone(), GradientMode::Detach) + input.clone().sum()).backward();
+    let grads = (loss(input.clone(), GradientMode::Detach, true) + input.clone().sum()).backward();
     assert!(crate::common::values(input.grad(&grads).unwrap())
         .iter()
         .all(|g| *g == 1.0));
