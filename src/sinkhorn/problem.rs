@@ -1,6 +1,6 @@
 //! Input checks and the padded, log-domain form of a batch of problems.
 
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
 use crate::checks;
 use crate::error::OtprefError;
@@ -52,7 +52,7 @@ pub(crate) fn prepare<B: Backend>(
     let dims = check_shapes(&cost, &a, &b)?;
     let a_host = masses_to_host("a", &a)?;
     let b_host = masses_to_host("b", &b)?;
-    check_totals(&a_host, &b_host, dims, balanced)?;
+    check_totals(&a_host, &b_host, dims, balanced, a.dtype())?;
 
     let pad_a = a.clone().lower_equal_elem(0.0);
     let pad_b = b.clone().lower_equal_elem(0.0);
@@ -147,7 +147,20 @@ fn masses_to_host<B: Backend>(name: &str, masses: &Tensor<B, 2>) -> Result<Vec<f
     Ok(values)
 }
 
-fn check_totals(a: &[f64], b: &[f64], dims: Dims, balanced: bool) -> Result<(), OtprefError> {
+fn check_totals(
+    a: &[f64],
+    b: &[f64],
+    dims: Dims,
+    balanced: bool,
+    dtype: DType,
+) -> Result<(), OtprefError> {
+    // Masses normalised in f32 differ by ~1e-7 and 1e-4 marks a real mismatch; f16 and bf16
+    // round each mass to 11 or 8 bits, so their totals get a tolerance of 4 machine epsilons.
+    let tolerance: f64 = match dtype {
+        DType::F16 => 4.0 * 9.77e-4,
+        DType::BF16 => 4.0 * 7.82e-3,
+        _ => 1e-4,
+    };
     for problem in 0..dims.batch {
         let total_a: f64 = a[problem * dims.n..(problem + 1) * dims.n].iter().sum();
         let total_b: f64 = b[problem * dims.m..(problem + 1) * dims.m].iter().sum();
@@ -159,8 +172,7 @@ fn check_totals(a: &[f64], b: &[f64], dims: Dims, balanced: bool) -> Result<(), 
                 )));
             }
         }
-        // Masses normalised in f32 differ by ~1e-7; anything beyond 1e-4 is a real mismatch.
-        if balanced && (total_a - total_b).abs() > 1e-4 * total_a.max(total_b) {
+        if balanced && (total_a - total_b).abs() > tolerance * total_a.max(total_b) {
             return Err(OtprefError::UnequalTotals(format!(
                 "problem {problem}: sum(a) = {total_a} but sum(b) = {total_b}; balanced \
                  transport needs equal totals: normalise both, or use unbalanced_sinkhorn"

@@ -361,3 +361,31 @@ fn epsilon_too_small_for_the_dtype() {
     );
     assert!(f64_ok.is_ok(), "{f64_ok:?}");
 }
+
+/// Masses normalised in bf16 or f16 have totals that differ by their rounding (here about
+/// 1e-3 in bf16), which the balanced check accepts; a real mismatch is still refused.
+#[test]
+fn balanced_totals_in_half_precision() {
+    for dtype in [DType::BF16, DType::F16] {
+        let solve = |a: Vec<f64>, b: Vec<f64>| {
+            let (n, m) = (a.len(), b.len());
+            sinkhorn(
+                tensor::<TestBackend, 3>(vec![0.5; n * m], [1, n, m], dtype),
+                tensor::<TestBackend, 2>(a, [1, n], dtype),
+                tensor::<TestBackend, 2>(b, [1, m], dtype),
+                &SinkhornConfig::new(0.1),
+            )
+        };
+        let rounded = solve(vec![0.01; 100], vec![1.0 / 7.0; 7]);
+        assert!(
+            !matches!(rounded, Err(OtprefError::UnequalTotals(_))),
+            "{dtype:?}: {:?}",
+            rounded.err()
+        );
+        let err = solve(vec![0.01; 100], vec![0.2; 7]).unwrap_err();
+        assert!(
+            matches!(err, OtprefError::UnequalTotals(_)),
+            "{dtype:?}: {err}"
+        );
+    }
+}
