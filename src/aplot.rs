@@ -107,6 +107,12 @@ pub fn aplot_margins<B: OtBackend>(
     ] {
         checks::finite(name, t)?;
     }
+    checks::solver_settings(
+        "AplotConfig",
+        ("epsilon", config.epsilon),
+        config.max_iters,
+        config.tolerance,
+    )?;
     if !(0.0..=1.0).contains(&config.gamma) {
         return Err(OtprefError::InvalidParameter(format!(
             "gamma must lie in [0, 1], got {}",

@@ -34,6 +34,33 @@ pub(crate) fn same_dtype(inputs: &[(&str, DType)]) -> Result<(), OtprefError> {
     }
 }
 
+/// The solver settings a wrapper config (OTPO's, APLOT's) exposes, checked under the names the
+/// user set them by, before the inner solver (whose field names differ) sees them.
+pub(crate) fn solver_settings(
+    config: &str,
+    epsilon: (&str, f64),
+    max_iters: usize,
+    tolerance: f64,
+) -> Result<(), OtprefError> {
+    let (epsilon_name, epsilon) = epsilon;
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(OtprefError::InvalidParameter(format!(
+            "{config}::{epsilon_name} must be a finite number > 0, got {epsilon}"
+        )));
+    }
+    if max_iters == 0 {
+        return Err(OtprefError::InvalidParameter(format!(
+            "{config}::max_iters must be >= 1, got 0"
+        )));
+    }
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
+        return Err(OtprefError::InvalidParameter(format!(
+            "{config}::tolerance must be a finite number >= 0, got {tolerance}"
+        )));
+    }
+    Ok(())
+}
+
 /// True when no entry of `tensor` is NaN or infinite.
 ///
 /// Fast path: NaN and infinities propagate through a sum, so a finite sum proves every entry

@@ -128,11 +128,16 @@ impl UnbalancedConfig {
                 )));
             }
         }
-        if self.max_iters == 0 || self.check_every == 0 || self.implicit_max_iters == 0 {
-            return Err(OtprefError::InvalidParameter(format!(
-                "max_iters ({}), check_every ({}) and implicit_max_iters ({}) must all be >= 1",
-                self.max_iters, self.check_every, self.implicit_max_iters
-            )));
+        for (name, count) in [
+            ("max_iters", self.max_iters),
+            ("check_every", self.check_every),
+            ("implicit_max_iters", self.implicit_max_iters),
+        ] {
+            if count == 0 {
+                return Err(OtprefError::InvalidParameter(format!(
+                    "{name} must be >= 1, got 0"
+                )));
+            }
         }
         for (name, tol) in [
             ("tolerance", self.tolerance),

@@ -104,6 +104,19 @@ pub fn otpo_token_weights<B: OtBackend>(
     ])?;
     let lens_c = checks::lengths("chosen_mask", &chosen_mask)?;
     let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
+    checks::solver_settings(
+        "OtpoConfig",
+        ("epsilon", config.epsilon),
+        config.max_iters,
+        config.tolerance,
+    )?;
+    if config.marginal_penalty.is_nan() || config.marginal_penalty <= 0.0 {
+        return Err(OtprefError::InvalidParameter(format!(
+            "OtpoConfig::marginal_penalty (ε2) must be > 0 (f64::INFINITY for exact marginals), \
+             got {}",
+            config.marginal_penalty
+        )));
+    }
     let (chosen_hidden, rejected_hidden) = match config.gradient {
         GradientMode::Detach => (chosen_hidden.detach(), rejected_hidden.detach()),
         _ => (chosen_hidden, rejected_hidden),

@@ -389,3 +389,60 @@ fn balanced_totals_in_half_precision() {
         );
     }
 }
+
+/// Wrapper configs are checked under their own field names: no `rho_a`, `check_every` or
+/// `implicit_max_iters` in a message to someone who set `OtpoConfig::marginal_penalty` or
+/// `AplotConfig::max_iters`.
+#[test]
+fn wrapper_configs_are_named_as_the_user_wrote_them() {
+    use otpref::{aplot_margins, otpo_token_weights, AplotConfig, OtpoConfig};
+    let otpo = |config: OtpoConfig| {
+        let hidden = || tensor::<TestBackend, 3>(vec![0.5; 2 * 3 * 2], [2, 3, 2], DType::F32);
+        let mask = || t2(vec![1.0; 6], [2, 3]);
+        otpo_token_weights(hidden(), hidden(), mask(), mask(), &config)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let aplot = |config: AplotConfig| {
+        let repr = || t2(vec![1.0, 0.0, 0.0, 1.0], [2, 2]);
+        let rewards = || tensor::<TestBackend, 1>(vec![0.5, -0.5], [2], DType::F32);
+        aplot_margins(repr(), repr(), rewards(), rewards(), &config)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let cases = [
+        (
+            otpo(OtpoConfig::new().with_marginal_penalty(0.0)),
+            "OtpoConfig::marginal_penalty",
+        ),
+        (
+            otpo(OtpoConfig::new().with_epsilon(-1.0)),
+            "OtpoConfig::epsilon",
+        ),
+        (
+            otpo(OtpoConfig::new().with_max_iters(0)),
+            "OtpoConfig::max_iters",
+        ),
+        (
+            aplot(AplotConfig::new().with_max_iters(0)),
+            "AplotConfig::max_iters",
+        ),
+        (
+            aplot(AplotConfig::new().with_tolerance(f64::NAN)),
+            "AplotConfig::tolerance",
+        ),
+    ];
+    for (message, expected) in cases {
+        assert!(message.contains(expected), "{message}");
+        for inner in ["rho_a", "check_every", "implicit_max_iters"] {
+            assert!(!message.contains(inner), "{message}");
+        }
+    }
+    // The solver's own config names only the field that is wrong.
+    let message = message(unbalanced(
+        UnbalancedConfig::new(0.1, 1.0, 1.0).with_check_every(0),
+    ));
+    assert!(!message.contains("max_iters"), "{message}");
+}
