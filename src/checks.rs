@@ -122,7 +122,7 @@ pub(crate) fn lengths<B: Backend>(
     }
     let values = to_host(mask.clone());
     if let Some(bad) = values.iter().position(|v| *v != 0.0 && *v != 1.0) {
-        return Err(OtprefError::InvalidMass(format!(
+        return Err(OtprefError::InvalidMask(format!(
             "{name}[{}, {}] = {}; a mask holds 1 on response tokens and 0 elsewhere",
             bad / len,
             bad % len,

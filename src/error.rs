@@ -14,6 +14,9 @@ pub enum OtprefError {
     /// A mass (marginal weight) that is negative, NaN or infinite.
     #[error("invalid mass: {0}")]
     InvalidMass(String),
+    /// A token mask holding something other than 0 and 1.
+    #[error("invalid mask: {0}")]
+    InvalidMask(String),
     /// A problem (or response) in the batch with no valid entry at all.
     #[error("empty problem: {0}")]
     Empty(String),

@@ -175,7 +175,9 @@ fn check_totals(
         if balanced && (total_a - total_b).abs() > tolerance * total_a.max(total_b) {
             return Err(OtprefError::UnequalTotals(format!(
                 "problem {problem}: sum(a) = {total_a} but sum(b) = {total_b}; balanced \
-                 transport needs equal totals: normalise both, or use unbalanced_sinkhorn"
+                 transport (sinkhorn, or unbalanced_sinkhorn with both rho infinite) needs \
+                 equal totals: normalise both, or relax a marginal with a finite rho in \
+                 unbalanced_sinkhorn"
             )));
         }
     }

@@ -446,3 +446,19 @@ fn wrapper_configs_are_named_as_the_user_wrote_them() {
     ));
     assert!(!message.contains("max_iters"), "{message}");
 }
+
+/// A mask value other than 0 or 1 is an `InvalidMask` error (not an "invalid mass") naming the
+/// mask and the position.
+#[test]
+fn a_mask_that_is_not_zero_or_one() {
+    use otpref::{token_weights, ResponseTokens, TokenWeighting};
+    let tokens = ResponseTokens {
+        chosen_mask: t2(vec![1.0, 0.5, 1.0, 1.0], [2, 2]),
+        rejected_mask: t2(vec![1.0; 4], [2, 2]),
+        chosen_hidden: None,
+        rejected_hidden: None,
+    };
+    let err = token_weights(&TokenWeighting::Dpo, &tokens).unwrap_err();
+    assert!(matches!(err, OtprefError::InvalidMask(_)), "{err}");
+    assert!(err.to_string().contains("chosen_mask[0, 1] = 0.5"), "{err}");
+}
