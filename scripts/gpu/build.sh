@@ -63,6 +63,16 @@ for python in ${PYTHONS:-3.12}; do
     rm -rf "$wheels"
 done
 
+echo "== TRL and datasets for the DPOTrainer anchor (pure Python; the rest is on the GPU machine)"
+mkdir -p "$PACK/wheels"
+for python in ${PYTHONS:-3.12}; do
+    pip download --quiet --no-deps --only-binary=:all: --python-version "$python" \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d "$PACK/wheels" \
+        trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 ||
+        echo "   (no TRL wheels for Python $python)"
+done
+
 echo "== one archive"
 tar -cJf "$PACK.tar.xz" "$PACK"
 size=$(du -m "$PACK.tar.xz" | cut -f1)

@@ -16,11 +16,22 @@ if [[ "${1:-}" == "--cpu" ]]; then
     shift
 fi
 OUT="${1:-gpu-results}"
+# Models, checkpoints and saved models (gigabytes at 135M parameters) go to a scratch folder;
+# OUT gets each run's summary, metrics, config and curves.
+SCRATCH="${SCRATCH:-$(mktemp -d)}"
 if [[ ! -d "$PACK" ]]; then
     tar -xJf "$PACK.tar.xz" || { echo "error: no $PACK/ and no $PACK.tar.xz: run scripts/gpu/build.sh first" >&2; exit 2; }
 fi
 mkdir -p "$OUT"
 : >"$OUT/status.txt"
+
+# keep NAME: copies the small files of the trainer run SCRATCH/NAME into OUT/NAME.
+keep() {
+    mkdir -p "$OUT/$1"
+    for file in summary.json metrics.jsonl config.json curves.png; do
+        [[ -f "$SCRATCH/$1/$file" ]] && cp "$SCRATCH/$1/$file" "$OUT/$1/"
+    done
+}
 
 # step NAME COMMAND...: runs COMMAND with its output in OUT/NAME.txt.
 step() {
@@ -68,25 +79,35 @@ PYTHONPATH="$PACK/python/$python_tag" step anchors python3 scripts/gpu/anchors.p
 # 3. The trainers: the built-in task (a few steps each), then a ~135M-parameter Llama with
 #    random weights on the built-in task's pairs written as JSON lines.
 step dpo_builtin "$PACK/bin/dpo_trainer" --device "$device" --sft-steps 20 --steps 20 \
-    --log-every 10 --eval-prompts 16 --output "$OUT/dpo_builtin"
+    --log-every 10 --eval-prompts 16 --output "$SCRATCH/dpo_builtin"
+keep dpo_builtin
 step reward_builtin "$PACK/bin/reward_trainer" --device "$device" --steps 20 --log-every 10 \
-    --output "$OUT/reward_builtin"
-step make_model python3 scripts/gpu/make_model.py "$PACK/tokenizer" "$OUT/llama135m"
-step write_data "$PACK/bin/dpo_trainer" --write-builtin "$OUT/pairs.jsonl"
+    --output "$SCRATCH/reward_builtin"
+keep reward_builtin
+step make_model python3 scripts/gpu/make_model.py "$PACK/tokenizer" "$SCRATCH/llama135m"
+step write_data "$PACK/bin/dpo_trainer" --write-builtin "$SCRATCH/pairs.jsonl"
 steps=30 batch=16
 [[ $device == cpu ]] && steps=2 batch=2
 for method in otpo dpo; do
     peak_memory "dpo_135m_$method" "$PACK/bin/dpo_trainer" --device "$device" \
-        --model "$OUT/llama135m" --data "$OUT/pairs.jsonl" --method "$method" --sft-steps 0 \
+        --model "$SCRATCH/llama135m" --data "$SCRATCH/pairs.jsonl" --method "$method" --sft-steps 0 \
+        --rpo-alpha 0 \
         --steps "$steps" --batch-size "$batch" --max-length 128 --max-prompt-length 32 \
         --log-every 5 --eval-every 0 --save-every 0 --eval-prompts 8 \
-        --output "$OUT/dpo_135m_$method"
+        --output "$SCRATCH/dpo_135m_$method"
+    keep "dpo_135m_$method"
 done
+# The anchor: TRL's DPOTrainer on the dpo_135m_dpo workload (same model, pairs, batch, steps).
+step install_trl python3 -m pip install --quiet --no-index --no-deps --target "$SCRATCH/site" \
+    "$PACK"/wheels/*.whl
+PYTHONPATH="$SCRATCH/site" step trl_dpo_135m python3 scripts/gpu/trl_dpo.py \
+    "$SCRATCH/llama135m" "$SCRATCH/pairs.jsonl" "$SCRATCH/trl" "$steps" "$batch" "$device"
 for loss in aplot bt; do
     peak_memory "reward_135m_$loss" "$PACK/bin/reward_trainer" --device "$device" \
-        --model "$OUT/llama135m" --data "$OUT/pairs.jsonl" --loss "$loss" \
+        --model "$SCRATCH/llama135m" --data "$SCRATCH/pairs.jsonl" --loss "$loss" \
         --steps "$steps" --batch-size "$batch" --max-length 128 --max-prompt-length 32 \
-        --log-every 5 --eval-every 0 --save-every 0 --output "$OUT/reward_135m_$loss"
+        --log-every 5 --eval-every 0 --save-every 0 --output "$SCRATCH/reward_135m_$loss"
+    keep "reward_135m_$loss"
 done
 
 echo
