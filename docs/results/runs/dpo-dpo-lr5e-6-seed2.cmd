@@ -1,0 +1,1 @@
+dpo_trainer --method dpo --lr 5e-6 --seed 2

@@ -1,0 +1,1 @@
+dpo_trainer --method dpo --seed 1

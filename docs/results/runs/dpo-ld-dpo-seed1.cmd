@@ -1,0 +1,1 @@
+dpo_trainer --method ld-dpo --seed 1

@@ -1,0 +1,1 @@
+dpo_trainer --method otpo --seed 2

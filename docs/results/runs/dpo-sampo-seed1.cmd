@@ -1,0 +1,1 @@
+dpo_trainer --method sampo --seed 1

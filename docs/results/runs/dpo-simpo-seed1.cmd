@@ -1,0 +1,1 @@
+dpo_trainer --method simpo --seed 1
