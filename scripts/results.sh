@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces docs/results.md: every run of the built-in task's comparison, then the tables.
 #
-#   scripts/results.sh            # all 35 runs (about 90 minutes on 2 cores), then the tables
+#   scripts/results.sh            # all 35 runs (about 75 minutes on 2 cores), then the tables
 #   RUNS=runs/results scripts/results.sh   # where the run folders go (the default)
 #
 # A run whose folder already has a summary.json is not run again, so an interrupted sweep
