@@ -42,56 +42,42 @@ def wins(pairs):
     return pairs["wins"] / max(pairs["wins"] + pairs["ties"] + pairs["losses"], 1)
 
 
+def table(groups, prefix, columns, order=None):
+    """A markdown table of the groups named `prefix...`: one row per group with its name, its
+    seed count, one cell per (header, value-of-a-summary, scale) column, and its command."""
+    headers = ["run", "seeds"] + [header for header, _, _ in columns] + ["command"]
+    rows = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    for group, runs in sorted(groups.items(), key=order or (lambda g: g[0])):
+        if not group.startswith(prefix):
+            continue
+        summaries = [s for _, s, _ in runs]
+        cells = [cell([value(s) for s in summaries], scale) for _, value, scale in columns]
+        row = [group.removeprefix(prefix), str(len(runs))] + cells + [f"`{runs[0][2]}`"]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
 def dpo_table(groups):
-    rows = [
-        "| run | seeds | reference success % | policy success % | reference length | policy length | held-out pair wins % | command |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
     # The default recipe's rows first, then the variations (runs named with a changed flag).
     def variation(group):
         return any(marker in group for marker in ("-lr", "-rpo", "-beta"))
 
-    for group, runs in sorted(groups.items(), key=lambda g: (variation(g[0]), g[0])):
-        if not group.startswith("dpo-"):
-            continue
-        summaries = [s for _, s, _ in runs]
-        rows.append(
-            "| {} | {} | {} | {} | {} | {} | {} | `{}` |".format(
-                group.removeprefix("dpo-"),
-                len(runs),
-                cell([s["reference"]["success_rate"] for s in summaries], 100),
-                cell([s["policy"]["success_rate"] for s in summaries], 100),
-                cell([s["reference"]["mean_length"] for s in summaries]),
-                cell([s["policy"]["mean_length"] for s in summaries]),
-                cell([wins(s["held_out"]) for s in summaries], 100),
-                runs[0][2],
-            )
-        )
-    return "\n".join(rows)
+    return table(groups, "dpo-", [
+        ("reference success %", lambda s: s["reference"]["success_rate"], 100),
+        ("policy success %", lambda s: s["policy"]["success_rate"], 100),
+        ("reference length", lambda s: s["reference"]["mean_length"], 1),
+        ("policy length", lambda s: s["policy"]["mean_length"], 1),
+        ("held-out pair wins %", lambda s: wins(s["held_out"]), 100),
+    ], order=lambda g: (variation(g[0]), g[0]))
 
 
 def reward_table(groups):
-    rows = [
-        "| run | seeds | held-out accuracy % | near misses % | obvious errors % | before training % | command |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-
-    for group, runs in groups.items():
-        if not group.startswith("reward-"):
-            continue
-        summaries = [s for _, s, _ in runs]
-        rows.append(
-            "| {} | {} | {} | {} | {} | {} | `{}` |".format(
-                group.removeprefix("reward-"),
-                len(runs),
-                cell([wins(s["after"]) for s in summaries], 100),
-                cell([s["after"]["hard_accuracy"] for s in summaries], 100),
-                cell([s["after"]["easy_accuracy"] for s in summaries], 100),
-                cell([wins(s["before"]) for s in summaries], 100),
-                runs[0][2],
-            )
-        )
-    return "\n".join(rows)
+    return table(groups, "reward-", [
+        ("held-out accuracy %", lambda s: wins(s["after"]), 100),
+        ("near misses %", lambda s: s["after"]["hard_accuracy"], 100),
+        ("obvious errors %", lambda s: s["after"]["easy_accuracy"], 100),
+        ("before training %", lambda s: wins(s["before"]), 100),
+    ])
 
 
 def tables(folder):

@@ -109,7 +109,7 @@ pub fn aplot_margins<B: OtBackend>(
     }
     checks::solver_settings(
         "AplotConfig",
-        ("epsilon", config.epsilon),
+        config.epsilon,
         config.max_iters,
         config.tolerance,
     )?;

@@ -38,14 +38,13 @@ pub(crate) fn same_dtype(inputs: &[(&str, DType)]) -> Result<(), OtprefError> {
 /// user set them by, before the inner solver (whose field names differ) sees them.
 pub(crate) fn solver_settings(
     config: &str,
-    epsilon: (&str, f64),
+    epsilon: f64,
     max_iters: usize,
     tolerance: f64,
 ) -> Result<(), OtprefError> {
-    let (epsilon_name, epsilon) = epsilon;
     if !(epsilon.is_finite() && epsilon > 0.0) {
         return Err(OtprefError::InvalidParameter(format!(
-            "{config}::{epsilon_name} must be a finite number > 0, got {epsilon}"
+            "{config}::epsilon must be a finite number > 0, got {epsilon}"
         )));
     }
     if max_iters == 0 {

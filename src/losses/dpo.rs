@@ -178,6 +178,7 @@ fn validate<B: Backend>(
     }
     checks::shape("policy_rejected", &inputs.policy_rejected, [batch, len_r])?;
     checks::shape("chosen weights", &weights.chosen, [batch, len_c])?;
+    checks::shape("rejected weights", &weights.rejected, [batch, len_r])?;
     let mut dtypes = vec![
         ("policy_chosen", inputs.policy_chosen.dtype()),
         ("policy_rejected", inputs.policy_rejected.dtype()),
@@ -191,7 +192,6 @@ fn validate<B: Backend>(
         ]);
     }
     checks::same_dtype(&dtypes)?;
-    checks::shape("rejected weights", &weights.rejected, [batch, len_r])?;
     checks::finite("policy_chosen", &inputs.policy_chosen)?;
     checks::finite("policy_rejected", &inputs.policy_rejected)?;
     checks::finite("chosen weights", &weights.chosen)?;

@@ -106,7 +106,7 @@ pub fn otpo_token_weights<B: OtBackend>(
     let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
     checks::solver_settings(
         "OtpoConfig",
-        ("epsilon", config.epsilon),
+        config.epsilon,
         config.max_iters,
         config.tolerance,
     )?;
@@ -205,9 +205,10 @@ pub(crate) fn budget_tensors<B: Backend>(
 }
 
 /// Errors unless every response token's squared norm `norms` `[batch, len, 1]` is finite and
-/// small enough (with a wide margin) that squared distances, at most twice the sum of two squared norms, stay
-/// representable in the dtype. One host read of `batch · len` values: a NaN or infinity in a
-/// hidden state makes its token's norm non-finite, and a later clamp would hide it.
+/// small enough (with a wide margin) that squared distances, at most twice the sum of two
+/// squared norms, stay representable in the dtype. One host read of `batch · len` values: a
+/// NaN or infinity in a hidden state makes its token's norm non-finite, and a later clamp
+/// would hide it.
 fn check_norms<B: Backend>(
     name: &str,
     norms: &Tensor<B, 3>,

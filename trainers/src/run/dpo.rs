@@ -373,7 +373,7 @@ where
         progress.update(step, label, &shown);
         if (step + 1) % common.log_every == 0 || last || step + 1 == config.sft_steps {
             record.insert("step".into(), json!(step + 1));
-            record.insert("phase".into(), json!(if in_dpo { "dpo" } else { "sft" }));
+            record.insert("phase".into(), json!(label));
             record.insert("grad_norm".into(), json!(grad_norm));
             record.insert("learning_rate".into(), json!(lr));
             record.insert("num_tokens".into(), json!(num_tokens));

@@ -75,6 +75,14 @@ pub struct RewardConfig {
 }
 
 impl RewardConfig {
+    /// The APLOT settings of the run (for the loss and for `margins.html`).
+    fn aplot(&self) -> AplotConfig {
+        AplotConfig::new()
+            .with_gamma(self.aplot_gamma)
+            .with_epsilon(self.aplot_epsilon)
+            .with_scale(self.aplot_scale)
+    }
+
     /// Checks every setting.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.common.validate()?;
@@ -409,16 +417,12 @@ where
         RewardLoss::PointMargin => Some(batch.margins.expect("checked before training")),
         RewardLoss::Aplot => {
             let pooled = out.pooled.detach();
-            let aplot = AplotConfig::new()
-                .with_gamma(config.aplot_gamma)
-                .with_epsilon(config.aplot_epsilon)
-                .with_scale(config.aplot_scale);
             Some(aplot_margins(
                 pooled.clone().narrow(0, 0, b),
                 pooled.narrow(0, b, b),
                 chosen.clone().detach(),
                 rejected.clone().detach(),
-                &aplot,
+                &config.aplot(),
             )?)
         }
     };
@@ -468,16 +472,12 @@ fn margin_points<B: Backend + OtBackend>(
         out.rewards.clone().narrow(0, 0, b),
         out.rewards.narrow(0, b, b),
     );
-    let aplot = AplotConfig::new()
-        .with_gamma(config.aplot_gamma)
-        .with_epsilon(config.aplot_epsilon)
-        .with_scale(config.aplot_scale);
     let margins = aplot_margins(
         out.pooled.clone().narrow(0, 0, b),
         out.pooled.narrow(0, b, b),
         chosen.clone(),
         rejected.clone(),
-        &aplot,
+        &config.aplot(),
     )?;
     let host = |t: Tensor<B, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
     let gaps = host(chosen - rejected);
