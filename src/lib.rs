@@ -22,10 +22,10 @@ pub use aplot::{aplot_margins, AplotConfig};
 pub use error::OtprefError;
 pub use losses::{
     bt_margin_loss, weighted_dpo_loss, BtLoss, BtLossConfig, DpoInputs, DpoLoss, DpoLossConfig,
-    DpoLossType,
+    DpoLossType, ReferenceLogps,
 };
 pub use sinkhorn::{
-    sinkhorn, unbalanced_sinkhorn, GradientMode, OtBackend, SinkhornConfig, Transport,
+    sinkhorn, unbalanced_sinkhorn, Convergence, GradientMode, OtBackend, SinkhornConfig, Transport,
     UnbalancedConfig,
 };
 pub use weights::{

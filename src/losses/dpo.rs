@@ -51,9 +51,18 @@ pub struct DpoInputs<B: Backend> {
     pub policy_chosen: Tensor<B, 2>,
     /// `log π_θ(y_r,t | ...)` `[batch, len_r]`.
     pub policy_rejected: Tensor<B, 2>,
-    /// Reference log-probabilities `(chosen [batch, len_c], rejected [batch, len_r])`, e.g.
-    /// precomputed once per dataset; detached here. `None` for reference-free losses (SimPO).
-    pub reference: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    /// The reference model's log-probabilities, e.g. precomputed once per dataset; detached
+    /// here. `None` for reference-free losses (SimPO).
+    pub reference: Option<ReferenceLogps<B>>,
+}
+
+/// Per-token log-probabilities of the reference model, `log π_ref`.
+#[derive(Debug, Clone)]
+pub struct ReferenceLogps<B: Backend> {
+    /// `log π_ref(y_c,t | x, y_c,<t)` `[batch, len_c]`.
+    pub chosen: Tensor<B, 2>,
+    /// `log π_ref(y_r,t | ...)` `[batch, len_r]`.
+    pub rejected: Tensor<B, 2>,
 }
 
 /// Output of [`weighted_dpo_loss`]: the loss and the metrics DPO trainers log.
@@ -94,21 +103,20 @@ pub struct DpoLoss<B: Backend> {
 /// ```
 /// use burn::backend::Flex;
 /// use burn::tensor::Tensor;
-/// use otpref::{weighted_dpo_loss, DpoInputs, DpoLossConfig, TokenWeights};
+/// use otpref::{weighted_dpo_loss, DpoInputs, DpoLossConfig, ReferenceLogps, TokenWeights};
 ///
 /// let device = Default::default();
 /// let inputs = DpoInputs {
 ///     policy_chosen: Tensor::<Flex, 2>::from_floats([[-1.0, -2.0]], &device),
 ///     policy_rejected: Tensor::<Flex, 2>::from_floats([[-3.0, -1.0]], &device),
-///     reference: Some((
-///         Tensor::<Flex, 2>::from_floats([[-1.5, -2.0]], &device),
-///         Tensor::<Flex, 2>::from_floats([[-2.0, -1.0]], &device),
-///     )),
+///     reference: Some(ReferenceLogps {
+///         chosen: Tensor::<Flex, 2>::from_floats([[-1.5, -2.0]], &device),
+///         rejected: Tensor::<Flex, 2>::from_floats([[-2.0, -1.0]], &device),
+///     }),
 /// };
-/// let weights = TokenWeights {
-///     chosen: Tensor::<Flex, 2>::ones([1, 2], &device),
-///     rejected: Tensor::<Flex, 2>::ones([1, 2], &device),
-/// };
+/// // Plain DPO: every response token weighs 1 (the masks are the weights).
+/// let mask = Tensor::<Flex, 2>::ones([1, 2], &device);
+/// let weights = TokenWeights::from_masks(mask.clone(), mask);
 /// let out = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new())?;
 /// // Δ = 0.5 − (−1) = 1.5, loss = −log σ(0.15)
 /// assert!((out.loss.into_scalar() - 0.6209571).abs() < 1e-6);
@@ -127,9 +135,10 @@ pub fn weighted_dpo_loss<B: Backend>(
     let chosen_logps = weighted(inputs.policy_chosen.clone(), &weights.chosen);
     let rejected_logps = weighted(inputs.policy_rejected.clone(), &weights.rejected);
     let (chosen_ratio, rejected_ratio) = match &inputs.reference {
-        Some((ref_chosen, ref_rejected)) => (
-            chosen_logps.clone() - weighted(ref_chosen.clone().detach(), &weights.chosen),
-            rejected_logps.clone() - weighted(ref_rejected.clone().detach(), &weights.rejected),
+        Some(reference) => (
+            chosen_logps.clone() - weighted(reference.chosen.clone().detach(), &weights.chosen),
+            rejected_logps.clone()
+                - weighted(reference.rejected.clone().detach(), &weights.rejected),
         ),
         None => (chosen_logps.clone(), rejected_logps.clone()),
     };
@@ -177,31 +186,31 @@ fn validate<B: Backend>(
         return Err(OtprefError::Shape("the batch is empty".into()));
     }
     checks::shape("policy_rejected", &inputs.policy_rejected, [batch, len_r])?;
-    checks::shape("chosen weights", &weights.chosen, [batch, len_c])?;
-    checks::shape("rejected weights", &weights.rejected, [batch, len_r])?;
+    checks::shape("weights.chosen", &weights.chosen, [batch, len_c])?;
+    checks::shape("weights.rejected", &weights.rejected, [batch, len_r])?;
     let mut dtypes = vec![
         ("policy_chosen", inputs.policy_chosen.dtype()),
         ("policy_rejected", inputs.policy_rejected.dtype()),
-        ("chosen weights", weights.chosen.dtype()),
-        ("rejected weights", weights.rejected.dtype()),
+        ("weights.chosen", weights.chosen.dtype()),
+        ("weights.rejected", weights.rejected.dtype()),
     ];
-    if let Some((chosen, rejected)) = &inputs.reference {
+    if let Some(reference) = &inputs.reference {
         dtypes.extend([
-            ("reference chosen", chosen.dtype()),
-            ("reference rejected", rejected.dtype()),
+            ("reference.chosen", reference.chosen.dtype()),
+            ("reference.rejected", reference.rejected.dtype()),
         ]);
     }
     checks::same_dtype(&dtypes)?;
     checks::finite("policy_chosen", &inputs.policy_chosen)?;
     checks::finite("policy_rejected", &inputs.policy_rejected)?;
-    checks::finite("chosen weights", &weights.chosen)?;
-    checks::finite("rejected weights", &weights.rejected)?;
+    checks::finite("weights.chosen", &weights.chosen)?;
+    checks::finite("weights.rejected", &weights.rejected)?;
     match (&inputs.reference, config.loss_type) {
-        (Some((chosen, rejected)), _) => {
-            checks::shape("reference chosen", chosen, [batch, len_c])?;
-            checks::shape("reference rejected", rejected, [batch, len_r])?;
-            checks::finite("reference chosen", chosen)?;
-            checks::finite("reference rejected", rejected)?;
+        (Some(reference), _) => {
+            checks::shape("reference.chosen", &reference.chosen, [batch, len_c])?;
+            checks::shape("reference.rejected", &reference.rejected, [batch, len_r])?;
+            checks::finite("reference.chosen", &reference.chosen)?;
+            checks::finite("reference.rejected", &reference.rejected)?;
         }
         (None, DpoLossType::SimPo { .. }) => {}
         (None, other) => {

@@ -5,4 +5,4 @@ mod bt;
 mod dpo;
 
 pub use bt::{bt_margin_loss, BtLoss, BtLossConfig};
-pub use dpo::{weighted_dpo_loss, DpoInputs, DpoLoss, DpoLossConfig, DpoLossType};
+pub use dpo::{weighted_dpo_loss, DpoInputs, DpoLoss, DpoLossConfig, DpoLossType, ReferenceLogps};

@@ -1,10 +1,90 @@
-//! The backends otpref supports: each needs [`OtBackend`], whose default method fits any
-//! backend without autodiff. To support another backend, add one line here behind its feature.
+//! [`OtBackend`] for every backend burn 0.21 ships, each behind the cargo feature of the same
+//! name. The trait's default method fits any backend without autodiff, so each impl is empty;
+//! they are generic over the backend's element types (`NdArray<f64>`, `Cuda<half::f16>`), and
+//! the `Autodiff<B>` impl in `implicit.rs` covers each of them with autodiff.
+//!
+//! Rust's orphan rule stops users from writing these impls themselves (both the trait and the
+//! backend types are foreign to their crate), which is why they all live here.
 
 use super::implicit::OtBackend;
 
 #[cfg(feature = "flex")]
 impl OtBackend for burn::backend::Flex {}
 
-#[cfg(feature = "cuda")]
-impl OtBackend for burn::backend::Cuda {}
+#[cfg(feature = "ndarray")]
+impl<E, I, Q> OtBackend for burn::backend::NdArray<E, I, Q>
+where
+    E: burn::backend::ndarray::FloatNdArrayElement,
+    I: burn::backend::ndarray::IntNdArrayElement,
+    Q: burn::backend::ndarray::QuantElement,
+    burn::backend::ndarray::NdArrayTensor:
+        From<burn::backend::ndarray::SharedArray<E>> + From<burn::backend::ndarray::SharedArray<I>>,
+{
+}
+
+#[cfg(feature = "candle")]
+#[allow(deprecated)] // burn 0.21 deprecates burn-candle; it still ships, so it is still supported
+impl<F, I> OtBackend for burn::backend::Candle<F, I>
+where
+    F: burn::backend::candle::FloatCandleElement,
+    I: burn::backend::candle::IntCandleElement,
+{
+}
+
+#[cfg(feature = "tch")]
+impl<E: burn::backend::libtorch::TchElement> OtBackend for burn::backend::LibTorch<E> {}
+
+#[cfg(feature = "router")]
+impl<R: burn::backend::router::RunnerChannel> OtBackend
+    for burn::backend::router::BackendRouter<R>
+{
+}
+
+/// CUDA, ROCm and wgpu (Vulkan, Metal, WebGPU) are all `CubeBackend<Runtime, ..>` without
+/// fusion; with burn's `fusion` feature they are `Fusion<CubeBackend<..>>`. Both are covered,
+/// so otpref works whichever way a user's burn is configured.
+#[cfg(feature = "cubecl")]
+mod cubecl {
+    use super::OtBackend;
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+    impl<R, F, I, BT> OtBackend for CubeBackend<R, F, I, BT>
+    where
+        R: CubeRuntime,
+        F: FloatElement,
+        I: IntElement,
+        BT: BoolElement,
+    {
+    }
+
+    impl<B: burn_fusion::FusionBackend + OtBackend> OtBackend for burn_fusion::Fusion<B> {}
+}
+
+/// Compile-time proof that burn's own type aliases for each enabled backend, as configured in
+/// this build (with or without fusion), and their `Autodiff`, implement [`OtBackend`].
+#[allow(dead_code, deprecated)]
+fn every_enabled_backend_is_covered() {
+    fn covered<B: OtBackend>() {}
+    #[allow(unused_imports)] // with no backend feature on
+    use burn::backend::Autodiff;
+    #[cfg(feature = "flex")]
+    covered::<Autodiff<burn::backend::Flex>>();
+    #[cfg(feature = "ndarray")]
+    covered::<Autodiff<burn::backend::NdArray<f64>>>();
+    #[cfg(feature = "candle")]
+    covered::<Autodiff<burn::backend::Candle>>();
+    #[cfg(feature = "tch")]
+    covered::<Autodiff<burn::backend::LibTorch>>();
+    #[cfg(feature = "cuda")]
+    covered::<Autodiff<burn::backend::Cuda>>();
+    #[cfg(feature = "rocm")]
+    covered::<Autodiff<burn::backend::Rocm>>();
+    #[cfg(feature = "wgpu")]
+    covered::<Autodiff<burn::backend::Wgpu>>();
+    #[cfg(feature = "vulkan")]
+    covered::<Autodiff<burn::backend::Vulkan>>();
+    #[cfg(feature = "metal")]
+    covered::<Autodiff<burn::backend::Metal>>();
+    #[cfg(feature = "webgpu")]
+    covered::<Autodiff<burn::backend::WebGpu>>();
+}

@@ -18,9 +18,9 @@ use burn::tensor::Tensor;
 
 pub use config::{GradientMode, SinkhornConfig, UnbalancedConfig};
 pub use implicit::OtBackend;
-pub use transport::Transport;
+pub use transport::{Convergence, Transport};
 
-pub(crate) use solver::solve_marginals;
+pub(crate) use solver::{log_sum_exp, solve_log_marginals};
 
 use crate::error::OtprefError;
 

@@ -24,7 +24,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 
 use super::config::UnbalancedConfig;
 use super::problem::{prepare, Dims, Problem};
-use super::transport::Transport;
+use super::transport::{Convergence, Transport};
 use crate::checks::to_host;
 use crate::error::OtprefError;
 
@@ -63,37 +63,53 @@ pub(crate) fn solve<B: Backend>(
     })
 }
 
-/// The plan's marginals `(P1, Pᵀ1)` without forming the plan when the shifted kernel allows
-/// (two matrix-vector products). For callers that only need the marginals, such as OTPO.
+/// The logarithms of the plan's marginals `(log P1, log Pᵀ1)` and the solver's report,
+/// without forming the plan when the shifted kernel allows (two matrix-vector products). For
+/// callers that only need the marginals, such as OTPO; in the log domain because a plan whose
+/// mass underflows the dtype still has well-defined marginal ratios. Padded entries hold
+/// arbitrary finite values: mask them.
 ///
 /// `cost_range`: known bounds `(low, high)` on the cost, with `low <= 0 <= high` when there is
 /// padding (padded entries become 0), or `None`.
-pub(crate) fn solve_marginals<B: Backend>(
+pub(crate) fn solve_log_marginals<B: Backend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
     cost_range: Option<(f64, f64)>,
-) -> Result<(Tensor<B, 2>, Tensor<B, 2>), OtprefError> {
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>, Convergence), OtprefError> {
     let solution = run(cost, a, b, config, cost_range)?;
-    Ok(match solution.scalings() {
-        Some((u, v, kernel)) => {
-            let rows = kernel
-                .clone()
-                .matmul(v.clone().unsqueeze_dim(2))
-                .squeeze_dim(2)
-                * u.clone();
-            let cols = u.unsqueeze_dim::<3>(1).matmul(kernel).squeeze_dim(1) * v;
-            (rows, cols)
-        }
-        None => {
-            let plan = solution.full_plan();
+    let (rows, cols) = solution.log_scalings();
+    let (log_rows, log_cols) = match &solution.kernel {
+        // P = diag(u) E diag(v) with u = exp(rows + shift), v = exp(cols): each side's sum is
+        // taken with the other side's scaling divided by its max, so that the dominant term
+        // of every valid row and column is at least exp(-max_spread) and cannot underflow.
+        Kernel::Shifted { kernel, shift } => {
+            let row_top = rows.clone().detach().max_dim(1);
+            let col_top = cols.clone().detach().max_dim(1);
+            let u = (rows.clone() - row_top.clone()).exp();
+            let v = (cols.clone() - col_top.clone()).exp();
+            let row_sums = kernel.clone().matmul(v.unsqueeze_dim(2)).squeeze_dim(2);
+            let col_sums = u
+                .unsqueeze_dim::<3>(1)
+                .matmul(kernel.clone())
+                .squeeze_dim(1);
+            let pad_a = solution.problem.pad_a.clone();
+            let pad_b = solution.problem.pad_b.clone();
             (
-                plan.clone().sum_dim(2).squeeze_dim(2),
-                plan.sum_dim(1).squeeze_dim(1),
+                rows + row_sums.mask_fill(pad_a, 1.0).log() + col_top.add_scalar(*shift),
+                cols + col_sums.mask_fill(pad_b, 1.0).log() + row_top.add_scalar(*shift),
             )
         }
-    })
+        Kernel::Log => {
+            let scores = solution.log_plan();
+            (
+                log_sum_exp(scores.clone(), 2).squeeze_dim(2),
+                log_sum_exp(scores, 1).squeeze_dim(1),
+            )
+        }
+    };
+    Ok((log_rows, log_cols, solution.stats.into_convergence()))
 }
 
 /// A solved batch, before the plan is formed.
@@ -151,10 +167,14 @@ impl<B: Backend> Solution<B> {
 
     /// `P_ij = exp(rows_i + cols_j - C_ij/ε)` over the full matrix.
     fn full_plan(&self) -> Tensor<B, 3> {
+        self.log_plan().exp()
+    }
+
+    /// `log P_ij = rows_i + cols_j - C_ij/ε`.
+    fn log_plan(&self) -> Tensor<B, 3> {
         let (rows, cols) = self.log_scalings();
         let [_, n, m] = self.problem.log_kernel.dims();
-        (spread_over_columns(rows, m) + spread_over_rows(cols, n) + self.problem.log_kernel.clone())
-            .exp()
+        spread_over_columns(rows, m) + spread_over_rows(cols, n) + self.problem.log_kernel.clone()
     }
 }
 
@@ -165,6 +185,16 @@ struct Stats {
     /// Smallest error seen so far, and how many checks in a row have not beaten it.
     best_error: Vec<f64>,
     stale_checks: Vec<usize>,
+}
+
+impl Stats {
+    fn into_convergence(self) -> Convergence {
+        Convergence {
+            iterations: self.iterations,
+            converged: self.converged,
+            marginal_error: self.error,
+        }
+    }
 }
 
 /// Checks in a row without a new best error, below the rounding floor, after which a problem

@@ -35,3 +35,34 @@ impl<B: Backend> Transport<B> {
         self.converged.iter().all(|c| *c)
     }
 }
+
+/// How a batch of solves ended, for results that are not a [`Transport`] (such as
+/// [`TokenWeights`](crate::TokenWeights) from OTPO): the same report, field by field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Convergence {
+    /// Sinkhorn iterations each problem ran.
+    pub iterations: Vec<usize>,
+    /// Whether each problem met its tolerance within the iteration limit (see
+    /// [`Transport::converged`]).
+    pub converged: Vec<bool>,
+    /// Each problem's error at its last convergence check (see
+    /// [`Transport::marginal_error`]).
+    pub marginal_error: Vec<f64>,
+}
+
+impl Convergence {
+    /// True when every problem of the batch converged.
+    pub fn all_converged(&self) -> bool {
+        self.converged.iter().all(|c| *c)
+    }
+}
+
+impl<B: Backend> From<&Transport<B>> for Convergence {
+    fn from(transport: &Transport<B>) -> Self {
+        Convergence {
+            iterations: transport.iterations.clone(),
+            converged: transport.converged.clone(),
+            marginal_error: transport.marginal_error.clone(),
+        }
+    }
+}

@@ -19,6 +19,8 @@ mod schemes;
 use burn::config::Config;
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::sinkhorn::Convergence;
+
 pub use otpo::{otpo_token_weights, CostNormalization, OtpoConfig};
 pub use schemes::token_weights;
 
@@ -29,6 +31,22 @@ pub struct TokenWeights<B: Backend> {
     pub chosen: Tensor<B, 2>,
     /// Weights of the rejected responses' tokens `[batch, len_r]`.
     pub rejected: Tensor<B, 2>,
+    /// How the OT solves ended, for the schemes that solve one (`Otpo`); `None` otherwise.
+    /// Check [`Convergence::all_converged`] to see whether `max_iters` was enough.
+    pub convergence: Option<Convergence>,
+}
+
+impl<B: Backend> TokenWeights<B> {
+    /// Plain DPO's weights: every response token weighs 1, prompt and padding 0, i.e. the
+    /// masks themselves (`[batch, len_c]`, `[batch, len_r]`). The same as
+    /// [`token_weights`] with [`TokenWeighting::Dpo`], without building a [`ResponseTokens`].
+    pub fn from_masks(chosen_mask: Tensor<B, 2>, rejected_mask: Tensor<B, 2>) -> Self {
+        TokenWeights {
+            chosen: chosen_mask,
+            rejected: rejected_mask,
+            convergence: None,
+        }
+    }
 }
 
 /// The total weight τ given to each response (OTPO's budget; paper Table 3 ablations).

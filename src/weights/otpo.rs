@@ -7,7 +7,8 @@ use super::{TokenWeights, WeightBudget};
 use crate::checks;
 use crate::error::OtprefError;
 use crate::sinkhorn::{
-    solve_marginals, unbalanced_sinkhorn, GradientMode, OtBackend, UnbalancedConfig,
+    log_sum_exp, solve_log_marginals, unbalanced_sinkhorn, Convergence, GradientMode, OtBackend,
+    Transport, UnbalancedConfig,
 };
 
 /// How the OTPO cost is scaled before the OT (distances above 1 are divided by the max).
@@ -143,33 +144,85 @@ pub fn otpo_token_weights<B: OtBackend>(
     .with_gradient(config.gradient)
     .with_max_iters(config.max_iters)
     .with_tolerance(config.tolerance);
-    let marginals = match config.gradient {
+    let (log_rows, log_cols, convergence) = match config.gradient {
         // Only the marginals are needed: skip forming the plan when there is no graph.
         GradientMode::Detach => {
             // Normalised distances lie in [0, 1] (padding becomes 0): no need to search.
             let range = (config.normalization != CostNormalization::None).then_some((0.0, 1.0));
-            solve_marginals(cost, chosen_mask, rejected_mask, &solver, range)
+            solve_log_marginals(
+                cost,
+                chosen_mask.clone(),
+                rejected_mask.clone(),
+                &solver,
+                range,
+            )?
         }
-        _ => unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, &solver).map(|t| {
+        _ => {
+            let transport = unbalanced_sinkhorn(
+                cost.clone(),
+                chosen_mask.clone(),
+                rejected_mask.clone(),
+                &solver,
+            )?;
+            let log_plan = log_plan(
+                &transport,
+                cost,
+                config.epsilon,
+                &chosen_mask,
+                &rejected_mask,
+            );
             (
-                t.plan.clone().sum_dim(2).squeeze_dim::<2>(2),
-                t.plan.sum_dim(1).squeeze_dim::<2>(1),
+                log_sum_exp(log_plan.clone(), 2).squeeze_dim(2),
+                log_sum_exp(log_plan, 1).squeeze_dim(1),
+                Convergence::from(&transport),
             )
-        }),
+        }
     };
-    let (rows, cols) = marginals?;
+    let pad_c = chosen_mask.lower_elem(0.5);
+    let pad_r = rejected_mask.lower_elem(0.5);
+    let convergence = Some(convergence);
     let Some(totals) = budgets(config.budget, &lens_c, &lens_r) else {
         return Ok(TokenWeights {
-            chosen: rows,
-            rejected: cols,
+            chosen: log_rows.exp().mask_fill(pad_c, 0.0),
+            rejected: log_cols.exp().mask_fill(pad_r, 0.0),
+            convergence,
         });
     };
-    let mass = rows.clone().sum_dim(1);
-    let (tau_c, tau_r) = budget_tensors::<B>(&totals, &rows);
+    // ω = τ Γ1 / ΣΓ as exp(log Γ1 - log ΣΓ): well defined even when the plan's mass
+    // underflows the dtype (large distances, small ε1 or ε2).
+    let log_rows = log_rows.mask_fill(pad_c.clone(), LOG_ZERO);
+    let log_mass = log_sum_exp(log_rows.clone().unsqueeze_dim::<3>(1), 2).squeeze_dim::<2>(2);
+    let (tau_c, tau_r) = budget_tensors::<B>(&totals, &log_rows);
     Ok(TokenWeights {
-        chosen: rows * (tau_c / mass.clone()),
-        rejected: cols * (tau_r / mass),
+        chosen: ((log_rows - log_mass.clone()).exp() * tau_c).mask_fill(pad_c, 0.0),
+        rejected: ((log_cols - log_mass).exp() * tau_r).mask_fill(pad_r, 0.0),
+        convergence,
     })
+}
+
+/// Stands in for `log 0` at padded rows: finite, so that no `inf - inf` arises.
+const LOG_ZERO: f64 = -1e30;
+
+/// `log Γ_ij = (f_i + g_j - C_ij)/ε` on valid pairs, [`LOG_ZERO`] elsewhere: the plan in the
+/// log domain, where its marginals cannot underflow.
+fn log_plan<B: Backend>(
+    transport: &Transport<B>,
+    cost: Tensor<B, 3>,
+    epsilon: f64,
+    chosen_mask: &Tensor<B, 2>,
+    rejected_mask: &Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [_, n, m] = cost.dims();
+    let invalid = chosen_mask
+        .clone()
+        .unsqueeze_dim::<3>(2)
+        .matmul(rejected_mask.clone().unsqueeze_dim::<3>(1))
+        .lower_elem(0.5);
+    let potentials = transport.f.clone().unsqueeze_dim::<3>(2).repeat_dim(2, m)
+        + transport.g.clone().unsqueeze_dim::<3>(1).repeat_dim(1, n);
+    (potentials - cost)
+        .div_scalar(epsilon)
+        .mask_fill(invalid, LOG_ZERO)
 }
 
 /// Per-pair budgets `(τ_c, τ_r)`, `None` without rescaling.

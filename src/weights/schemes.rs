@@ -52,6 +52,7 @@ pub fn token_weights<B: OtBackend>(
     let masks = || TokenWeights {
         chosen: tokens.chosen_mask.clone(),
         rejected: tokens.rejected_mask.clone(),
+        convergence: None,
     };
     match method {
         TokenWeighting::Dpo => Ok(masks()),
@@ -83,6 +84,7 @@ pub fn token_weights<B: OtBackend>(
             Ok(TokenWeights {
                 chosen: pick(&tokens.chosen_mask, len_c, &lens_c, &lens_r, 0),
                 rejected: pick(&tokens.rejected_mask, len_r, &lens_r, &lens_c, 0x5A5A),
+                convergence: None,
             })
         }
         TokenWeighting::LdDpo { alpha } => {
@@ -119,6 +121,7 @@ pub fn token_weights<B: OtBackend>(
             Ok(TokenWeights {
                 chosen: decay(&tokens.chosen_mask, len_c, &lens_c, &lens_r),
                 rejected: decay(&tokens.rejected_mask, len_r, &lens_r, &lens_c),
+                convergence: None,
             })
         }
         TokenWeighting::Otpo(config) => {
@@ -150,6 +153,7 @@ pub fn token_weights<B: OtBackend>(
                     chosen,
                     &tokens.chosen_mask,
                 ),
+                convergence: None,
             };
             Ok(scaled(
                 probabilities,
@@ -181,6 +185,7 @@ fn scaled<B: Backend>(
     TokenWeights {
         chosen: weights.chosen * tau_c,
         rejected: weights.rejected * tau_r,
+        convergence: weights.convergence,
     }
 }
 

@@ -4,9 +4,13 @@
 use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-/// The backend the tests run on: the pure-Rust CPU backend, or CUDA with `gpu-tests`.
-#[cfg(not(feature = "gpu-tests"))]
+/// The backend the tests run on: the pure-Rust CPU backend, CUDA with `gpu-tests`, or ndarray
+/// with `ndarray-tests`.
+#[cfg(not(any(feature = "gpu-tests", feature = "ndarray-tests")))]
 pub type TestBackend = burn::backend::Flex;
+/// The backend the tests run on: ndarray with `ndarray-tests`.
+#[cfg(all(feature = "ndarray-tests", not(feature = "gpu-tests")))]
+pub type TestBackend = burn::backend::NdArray;
 /// The backend the tests run on: the pure-Rust CPU backend, or CUDA with `gpu-tests`.
 #[cfg(feature = "gpu-tests")]
 pub type TestBackend = burn::backend::Cuda;

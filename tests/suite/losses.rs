@@ -5,7 +5,7 @@ use crate::common::{tensor, values, TestAutodiff, TestBackend};
 use burn::tensor::{DType, Tensor};
 use otpref::{
     bt_margin_loss, weighted_dpo_loss, BtLossConfig, DpoInputs, DpoLossConfig, DpoLossType,
-    OtprefError, TokenWeights,
+    OtprefError, ReferenceLogps, TokenWeights,
 };
 
 fn softplus(x: f64) -> f64 {
@@ -156,12 +156,12 @@ fn dpo<B: burn::tensor::backend::Backend>(
     let inputs = DpoInputs {
         policy_chosen,
         policy_rejected: t2(&p.pr, [2, 2]),
-        reference: with_reference.then(|| (t2(&p.rc, [2, 3]), t2(&p.rr, [2, 2]))),
+        reference: with_reference.then(|| ReferenceLogps {
+            chosen: t2(&p.rc, [2, 3]),
+            rejected: t2(&p.rr, [2, 2]),
+        }),
     };
-    let weights = TokenWeights {
-        chosen: t2(&p.wc, [2, 3]),
-        rejected: t2(&p.wr, [2, 2]),
-    };
+    let weights = TokenWeights::from_masks(t2(&p.wc, [2, 3]), t2(&p.wr, [2, 2]));
     weighted_dpo_loss(&inputs, &weights, config).unwrap()
 }
 
@@ -291,15 +291,13 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
         policy_chosen: Tensor::<TestAutodiff, 2>::full([1, len], -1.0, &Default::default())
             .require_grad(),
         policy_rejected: Tensor::full([1, len], -50.0, &Default::default()),
-        reference: Some((
-            Tensor::full([1, len], -50.0, &Default::default()),
-            Tensor::full([1, len], -1.0, &Default::default()),
-        )),
+        reference: Some(ReferenceLogps {
+            chosen: Tensor::full([1, len], -50.0, &Default::default()),
+            rejected: Tensor::full([1, len], -1.0, &Default::default()),
+        }),
     };
-    let weights = TokenWeights {
-        chosen: Tensor::ones([1, len], &Default::default()),
-        rejected: Tensor::ones([1, len], &Default::default()),
-    };
+    let ones = || Tensor::ones([1, len], &Default::default());
+    let weights = TokenWeights::from_masks(ones(), ones());
     for sign in [1.0, -1.0] {
         let config = DpoLossConfig::new().with_beta(sign);
         if sign < 0.0 {
@@ -313,11 +311,14 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
         assert!(grad.iter().all(|g| g.is_finite()));
     }
     // The reverse: a hopeless pair has a huge but finite loss and a bounded gradient.
-    let (ref_chosen, ref_rejected) = inputs.reference.clone().unwrap();
+    let reference = inputs.reference.clone().unwrap();
     let flipped = DpoInputs {
-        policy_chosen: ref_chosen.clone().require_grad(),
-        policy_rejected: ref_rejected.clone(),
-        reference: Some((ref_rejected, ref_chosen)),
+        policy_chosen: reference.chosen.clone().require_grad(),
+        policy_rejected: reference.rejected.clone(),
+        reference: Some(ReferenceLogps {
+            chosen: reference.rejected,
+            rejected: reference.chosen,
+        }),
     };
     let out = weighted_dpo_loss(&flipped, &weights, &DpoLossConfig::new()).unwrap();
     let loss = values(out.loss.clone())[0];
@@ -333,26 +334,25 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
 
 #[test]
 fn dpo_rejects_bad_input() {
-    let weights = TokenWeights::<TestBackend> {
-        chosen: t2(&PAIRS.wc, [2, 3]),
-        rejected: t2(&PAIRS.wr[..2], [1, 2]),
-    };
+    let weights =
+        TokenWeights::<TestBackend>::from_masks(t2(&PAIRS.wc, [2, 3]), t2(&PAIRS.wr[..2], [1, 2]));
     let inputs = DpoInputs {
         policy_chosen: t2(&PAIRS.pc, [2, 3]),
         policy_rejected: t2(&PAIRS.pr, [2, 2]),
         reference: None,
     };
     let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
-    assert!(err.to_string().contains("rejected weights"), "{err}");
-    let weights = TokenWeights::<TestBackend> {
-        chosen: t2(&PAIRS.wc, [2, 3]),
-        rejected: t2(&PAIRS.wr, [2, 2]),
-    };
+    assert!(err.to_string().contains("weights.rejected"), "{err}");
+    let weights =
+        TokenWeights::<TestBackend>::from_masks(t2(&PAIRS.wc, [2, 3]), t2(&PAIRS.wr, [2, 2]));
     let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
     assert!(err.to_string().contains("reference"), "{err}");
     let config = DpoLossConfig::new().with_label_smoothing(0.5);
     let with_ref = DpoInputs {
-        reference: Some((t2(&PAIRS.rc, [2, 3]), t2(&PAIRS.rr, [2, 2]))),
+        reference: Some(ReferenceLogps {
+            chosen: t2(&PAIRS.rc, [2, 3]),
+            rejected: t2(&PAIRS.rr, [2, 2]),
+        }),
         ..inputs
     };
     let err = weighted_dpo_loss(&with_ref, &weights, &config).unwrap_err();

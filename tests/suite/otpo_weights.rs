@@ -339,3 +339,161 @@ fn weights_are_differentiable_when_asked() {
         .iter()
         .all(|g| *g == 1.0));
 }
+
+/// OTPO weights of one batch in the given dtype, as host vectors (chosen, rejected).
+fn weights_in(batch: &Batch, config: &OtpoConfig, dtype: DType) -> (Vec<f64>, Vec<f64>) {
+    let (b, lc, lr, h) = batch.shape;
+    let w = otpo_token_weights(
+        tensor::<TestBackend, 3>(batch.chosen.clone(), [b, lc, h], dtype),
+        tensor::<TestBackend, 3>(batch.rejected.clone(), [b, lr, h], dtype),
+        tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], dtype),
+        tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], dtype),
+        config,
+    )
+    .unwrap();
+    (values(w.chosen), values(w.rejected))
+}
+
+#[test]
+fn weights_stay_exact_when_the_plans_mass_underflows() {
+    // Equal distances between every chosen and every rejected token: by symmetry each token
+    // of a response gets the same share, τ/|y| (τ = min(3, 4) = 3). The plan's entries,
+    // about exp(-C/(ε1 + 2ε2)), underflow f32 in both settings: distances of 400 without
+    // normalisation, and normalised distances of 1 with ε1 = ε2 = 1e-3. The log-marginals
+    // are about -300 there, known to 300·f32::EPSILON ≈ 2e-5 in f32: hence the tolerance.
+    let (lc, lr, h) = (3, 4, 2);
+    let batch = Batch {
+        chosen: vec![0.0; lc * h],
+        rejected: [400.0, 0.0].repeat(lr),
+        mask_c: vec![1.0; lc],
+        mask_r: vec![1.0; lr],
+        shape: (1, lc, lr, h),
+    };
+    for config in [
+        OtpoConfig::new().with_normalization(CostNormalization::None),
+        OtpoConfig::new()
+            .with_epsilon(1e-3)
+            .with_marginal_penalty(1e-3),
+    ] {
+        let (chosen, rejected) = weights(&batch, &config);
+        for (got, want) in chosen
+            .iter()
+            .map(|w| (w, 1.0))
+            .chain(rejected.iter().map(|w| (w, 0.75)))
+        {
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{config:?}: {chosen:?} {rejected:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_weights_match_f64_where_the_f32_plan_underflows() {
+    // Hidden states of size ~100 without normalisation: distances of a few hundred, so the
+    // plan's mass (~exp(-300/1.4)) underflows f32 but not f64, while the weights, ratios of
+    // marginals, are ordinary numbers in both.
+    let mut batch = batch(4);
+    for x in batch.chosen.iter_mut().chain(batch.rejected.iter_mut()) {
+        *x *= 100.0;
+    }
+    let config = OtpoConfig::new()
+        .with_normalization(CostNormalization::None)
+        .with_tolerance(1e-9)
+        .with_max_iters(20_000);
+    let (c32, r32) = weights_in(&batch, &config, DType::F32);
+    let (c64, r64) = weights_in(&batch, &config, DType::F64);
+    for (got, want) in c32.iter().zip(&c64).chain(r32.iter().zip(&r64)) {
+        assert!(got.is_finite(), "{c32:?}");
+        assert!(
+            (got - want).abs() < 1e-3 * want.abs().max(1.0),
+            "f32 {got} vs f64 {want}"
+        );
+    }
+    // And the budgets hold: each pair's weights sum to τ = min(|y_c|, |y_r|).
+    let (b, lc, _, _) = batch.shape;
+    for k in 0..b {
+        let len_c: f64 = batch.mask_c[k * lc..(k + 1) * lc].iter().sum();
+        let len_r: f64 = batch.mask_r[k * 6..(k + 1) * 6].iter().sum();
+        let total: f64 = c32[k * lc..(k + 1) * lc].iter().sum();
+        assert!((total - len_c.min(len_r)).abs() < 1e-4, "pair {k}: {total}");
+    }
+}
+
+#[test]
+fn gradients_stay_finite_when_the_plans_mass_underflows() {
+    use crate::common::TestAutodiff;
+    use otpref::GradientMode;
+    let mut batch = batch(5);
+    for x in batch.chosen.iter_mut().chain(batch.rejected.iter_mut()) {
+        *x *= 100.0;
+    }
+    let (b, lc, lr, h) = batch.shape;
+    for mode in [GradientMode::Unrolled, GradientMode::Implicit] {
+        let config = OtpoConfig::new()
+            .with_normalization(CostNormalization::None)
+            .with_gradient(mode);
+        let chosen =
+            tensor::<TestAutodiff, 3>(batch.chosen.clone(), [b, lc, h], DType::F32).require_grad();
+        let w = otpo_token_weights(
+            chosen.clone(),
+            tensor(batch.rejected.clone(), [b, lr, h], DType::F32),
+            tensor(batch.mask_c.clone(), [b, lc], DType::F32),
+            tensor(batch.mask_r.clone(), [b, lr], DType::F32),
+            &config,
+        )
+        .unwrap();
+        let weights = values(w.chosen.clone());
+        assert!(
+            weights.iter().all(|w| w.is_finite()),
+            "{mode:?}: {weights:?}"
+        );
+        let probe = tensor::<TestAutodiff, 2>(Rng(6).vec(b * lc, -1.0, 1.0), [b, lc], DType::F32);
+        let grads = (w.chosen * probe).sum().backward();
+        let grad = values(chosen.grad(&grads).unwrap());
+        assert!(grad.iter().all(|g| g.is_finite()), "{mode:?}: {grad:?}");
+    }
+}
+
+#[test]
+fn weights_report_how_the_solves_ended() {
+    let batch = batch(2);
+    let (b, lc, lr, h) = batch.shape;
+    let run = |config: &OtpoConfig| {
+        otpo_token_weights(
+            tensor::<TestBackend, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
+            tensor::<TestBackend, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
+            tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+            tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+            config,
+        )
+        .unwrap()
+        .convergence
+        .expect("OTPO reports its solves")
+    };
+    let enough = run(&OtpoConfig::new());
+    assert!(enough.all_converged(), "{enough:?}");
+    assert!(
+        enough.iterations.iter().all(|i| *i > 2 && *i < 1000),
+        "{enough:?}"
+    );
+    assert!(
+        enough.marginal_error.iter().all(|e| *e <= 1e-6),
+        "{enough:?}"
+    );
+    let cut_short = run(&OtpoConfig::new().with_max_iters(2));
+    assert!(!cut_short.all_converged(), "{cut_short:?}");
+    assert_eq!(cut_short.iterations, vec![2; b]);
+    // Schemes without a solve report none.
+    let tokens = ResponseTokens {
+        chosen_mask: tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        rejected_mask: tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+        chosen_hidden: None,
+        rejected_hidden: None,
+    };
+    assert!(token_weights(&TokenWeighting::Dpo, &tokens)
+        .unwrap()
+        .convergence
+        .is_none());
+}

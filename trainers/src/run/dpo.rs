@@ -706,7 +706,10 @@ fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
     let inputs = DpoInputs {
         policy_chosen: logps.clone().narrow(0, 0, b),
         policy_rejected: logps.narrow(0, b, b),
-        reference: reference_logps.map(|r| (r.clone().narrow(0, 0, b), r.narrow(0, b, b))),
+        reference: reference_logps.map(|r| otpref::ReferenceLogps {
+            chosen: r.clone().narrow(0, 0, b),
+            rejected: r.narrow(0, b, b),
+        }),
     };
     let loss_config = DpoLossConfig::new()
         .with_beta(config.beta)
