@@ -15,6 +15,7 @@ pub mod aplot;
 mod checks;
 mod error;
 pub mod losses;
+mod penalty_serde;
 pub mod sinkhorn;
 pub mod weights;
 

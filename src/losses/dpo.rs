@@ -23,7 +23,9 @@ pub enum DpoLossType {
     Hinge,
     /// `(−(1−s) log σ(βΔ) + s log σ(−βΔ)) / (1 − 2s)`: robust DPO for noisy labels.
     Robust,
-    /// SimPO, reference-free: `−log σ(βΔ − γ)` with Δ from the policy alone.
+    /// SimPO: `−log σ(βΔ − γ)` with Δ from the policy alone. Reference-free: passing
+    /// [`DpoInputs::reference`] with it is an error. SimPO proper pairs it with the
+    /// length-normalised weights of [`TokenWeighting::SimPo`](crate::TokenWeighting::SimPo).
     SimPo {
         /// Target reward margin γ (SimPO's `gamma`, not divided by β).
         gamma: f64,
@@ -206,6 +208,13 @@ fn validate<B: Backend>(
     checks::finite("weights.chosen", &weights.chosen)?;
     checks::finite("weights.rejected", &weights.rejected)?;
     match (&inputs.reference, config.loss_type) {
+        (Some(_), DpoLossType::SimPo { .. }) => {
+            return Err(OtprefError::InvalidParameter(
+                "DpoLossType::SimPo is reference-free, but DpoInputs::reference was given; pass \
+                 reference: None, or use DpoLossType::Sigmoid for a loss against the reference"
+                    .into(),
+            ))
+        }
         (Some(reference), _) => {
             checks::shape("reference.chosen", &reference.chosen, [batch, len_c])?;
             checks::shape("reference.rejected", &reference.rejected, [batch, len_r])?;

@@ -1,6 +1,9 @@
 //! Configurations of the balanced and unbalanced solvers.
 
+use std::fmt;
+
 use burn::config::Config;
+use burn::serde::{Deserialize, Serialize};
 
 use crate::error::OtprefError;
 
@@ -62,38 +65,103 @@ pub struct SinkhornConfig {
 ///
 /// This is POT's `sinkhorn_unbalanced(..., reg_type="entropy")` with `reg = ε` and
 /// `reg_m = (ρ_a, ρ_b)`. `ρ = f64::INFINITY` makes that side an exact constraint.
-#[derive(Config, Debug)]
+///
+/// A burn [`Config`] like the others (`new`, `with_*`, `save`, `load`), written out by hand so
+/// that an infinite ρ survives a JSON round trip (it is saved as `"inf"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(crate = "burn::serde")]
 pub struct UnbalancedConfig {
     /// Entropic regularisation ε, in cost units. Must be > 0.
     pub epsilon: f64,
     /// Strength ρ_a of the KL penalty on the row marginal (`f64::INFINITY`: exact).
+    #[serde(with = "crate::penalty_serde")]
     pub rho_a: f64,
     /// Strength ρ_b of the KL penalty on the column marginal (`f64::INFINITY`: exact).
+    #[serde(with = "crate::penalty_serde")]
     pub rho_b: f64,
-    /// Iteration limit per problem.
-    #[config(default = 1000)]
+    /// Iteration limit per problem (default 1000).
     pub max_iters: usize,
     /// Stop a problem once no log-potential moves more than this in one iteration
-    /// (when both sides are exact, the balanced L1 marginal error is used instead).
-    #[config(default = 1e-6)]
+    /// (when both sides are exact, the balanced L1 marginal error is used instead; default
+    /// 1e-6).
     pub tolerance: f64,
-    /// Check convergence every this many iterations (each check synchronises the device).
-    #[config(default = 10)]
+    /// Check convergence every this many iterations (each check synchronises the device;
+    /// default 10).
     pub check_every: usize,
-    /// How gradients flow to `cost`, `a` and `b`.
-    #[config(default = "GradientMode::Implicit")]
+    /// How gradients flow to `cost`, `a` and `b` (default `Implicit`).
     pub gradient: GradientMode,
     /// Evaluate each update as a batched matrix product with a shifted kernel when that is
     /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
-    /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
-    #[config(default = true)]
+    /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result;
+    /// default `true`).
     pub matmul_updates: bool,
-    /// Iteration limit of the conjugate-gradient solve in the implicit backward.
-    #[config(default = 1000)]
+    /// Iteration limit of the conjugate-gradient solve in the implicit backward (default 1000).
     pub implicit_max_iters: usize,
-    /// Relative residual at which the implicit backward's conjugate gradients stop.
-    #[config(default = 1e-6)]
+    /// Relative residual at which the implicit backward's conjugate gradients stop (default
+    /// 1e-6).
     pub implicit_tolerance: f64,
+}
+
+impl Config for UnbalancedConfig {}
+
+impl fmt::Display for UnbalancedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&burn::config::config_to_json(self))
+    }
+}
+
+impl UnbalancedConfig {
+    /// ε, ρ_a and ρ_b, every other field at its default (as `SinkhornConfig::new` does).
+    pub fn new(epsilon: f64, rho_a: f64, rho_b: f64) -> Self {
+        let defaults = SinkhornConfig::new(epsilon);
+        Self {
+            rho_a,
+            rho_b,
+            ..Self::from(&defaults)
+        }
+    }
+
+    /// Sets [`max_iters`](Self::max_iters).
+    pub fn with_max_iters(mut self, max_iters: usize) -> Self {
+        self.max_iters = max_iters;
+        self
+    }
+
+    /// Sets [`tolerance`](Self::tolerance).
+    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// Sets [`check_every`](Self::check_every).
+    pub fn with_check_every(mut self, check_every: usize) -> Self {
+        self.check_every = check_every;
+        self
+    }
+
+    /// Sets [`gradient`](Self::gradient).
+    pub fn with_gradient(mut self, gradient: GradientMode) -> Self {
+        self.gradient = gradient;
+        self
+    }
+
+    /// Sets [`matmul_updates`](Self::matmul_updates).
+    pub fn with_matmul_updates(mut self, matmul_updates: bool) -> Self {
+        self.matmul_updates = matmul_updates;
+        self
+    }
+
+    /// Sets [`implicit_max_iters`](Self::implicit_max_iters).
+    pub fn with_implicit_max_iters(mut self, implicit_max_iters: usize) -> Self {
+        self.implicit_max_iters = implicit_max_iters;
+        self
+    }
+
+    /// Sets [`implicit_tolerance`](Self::implicit_tolerance).
+    pub fn with_implicit_tolerance(mut self, implicit_tolerance: f64) -> Self {
+        self.implicit_tolerance = implicit_tolerance;
+        self
+    }
 }
 
 impl UnbalancedConfig {

@@ -84,7 +84,9 @@ impl WeightBudget {
 pub enum TokenWeighting {
     /// Every response token weighs 1 (standard DPO).
     Dpo,
-    /// Length-normalised: 1/|y| (SimPO's average log-probability).
+    /// Length-normalised: 1/|y| (SimPO's average log-probability). These are only the
+    /// weights: SimPO itself also uses [`DpoLossType::SimPo`](crate::DpoLossType::SimPo) and
+    /// no reference; with a reference and another loss they give a length-normalised DPO.
     SimPo,
     /// A uniformly random subset of m = min(|y_c|, |y_r|) tokens of each response weighs 1,
     /// the rest 0. Pair `k` of a batch draws from `seed + k`: vary the seed per step.

@@ -1,6 +1,9 @@
 //! OTPO token weights: unbalanced OT between the tokens of the chosen and rejected responses.
 
+use std::fmt;
+
 use burn::config::Config;
+use burn::serde::{Deserialize, Serialize};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use super::{TokenWeights, WeightBudget};
@@ -11,44 +14,124 @@ use crate::sinkhorn::{
     Transport, UnbalancedConfig,
 };
 
-/// How the OTPO cost is scaled before the OT (distances above 1 are divided by the max).
+/// How the OTPO cost is scaled before the OT.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum CostNormalization {
-    /// Divide by the largest distance between valid token pairs, when it exceeds 1.
+    /// Divide by the largest distance between valid token pairs, when it exceeds 1 (the paper).
     ValidPairs,
+    /// Divide by the largest distance between valid token pairs, always: costs in [0, 1]
+    /// whatever the hidden states' scale, so ε1 means the same for every model.
+    ValidPairsAlways,
     /// The released OTPO code: its padded matrix holds zero vectors at masked positions, so
-    /// the max also covers the norms `‖h‖ + 1e-6` of the valid hidden states. Use this to
-    /// reproduce the released numbers.
+    /// the max also covers the norms `‖h‖ + 1e-6` of the valid hidden states (divided only when
+    /// above 1). Use this to reproduce the released numbers.
     Released,
     /// Use the distances as they are.
     None,
 }
 
 /// Configuration of [`otpo_token_weights`] (defaults: the paper and its released code).
-#[derive(Config, Debug)]
+///
+/// A burn [`Config`] like the others (`new`, `with_*`, `save`, `load`), written out by hand so
+/// that an infinite `marginal_penalty` survives a JSON round trip (it is saved as `"inf"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(crate = "burn::serde")]
 pub struct OtpoConfig {
-    /// ε1, the entropic regularisation (`ot_reg`: 1.0 for 8B models, 0.1 for 3B models).
-    #[config(default = 1.0)]
+    /// ε1, the entropic regularisation (`ot_reg`: 1.0 for 8B models, 0.1 for 3B models;
+    /// default 1.0).
     pub epsilon: f64,
-    /// ε2, the KL penalty on both marginals (`ot_reg_m`, 0.2).
-    #[config(default = 0.2)]
+    /// ε2, the KL penalty on both marginals (`ot_reg_m`; default 0.2). `f64::INFINITY` makes
+    /// both marginals exact (then every pair's responses must have equal lengths).
+    #[serde(with = "crate::penalty_serde")]
     pub marginal_penalty: f64,
-    /// Total weight τ per response.
-    #[config(default = "WeightBudget::Min")]
+    /// Total weight τ per response (default `Min`).
     pub budget: WeightBudget,
-    /// Cost scaling.
-    #[config(default = "CostNormalization::ValidPairs")]
+    /// Cost scaling (default `ValidPairs`).
     pub normalization: CostNormalization,
-    /// `Detach` (the paper: weights are constants), or `Unrolled`/`Implicit` for gradients to
-    /// the hidden states (the normalisation constant `max M` is treated as a constant).
-    #[config(default = "GradientMode::Detach")]
+    /// `Detach` (the paper: weights are constants; the default), or `Unrolled`/`Implicit` for
+    /// gradients to the hidden states (the normalisation constant `max M` is treated as a
+    /// constant).
     pub gradient: GradientMode,
-    /// Sinkhorn iteration limit (POT's default 1000).
-    #[config(default = 1000)]
+    /// Sinkhorn iteration limit per pair (POT's default 1000). Whether it was enough is in
+    /// [`TokenWeights::convergence`].
     pub max_iters: usize,
-    /// Sinkhorn tolerance (POT's default 1e-6).
-    #[config(default = 1e-6)]
+    /// A pair's solve stops once no log-potential (`f/ε1`, `g/ε1`) moves more than this in one
+    /// iteration (default 1e-6). POT's `sinkhorn_unbalanced` bounds a different quantity, the
+    /// relative change of its scalings `u = exp(f/ε1)` and `v`, with the same default; ours is
+    /// the stricter one where the scalings are small.
     pub tolerance: f64,
+}
+
+impl Config for OtpoConfig {}
+
+impl fmt::Display for OtpoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&burn::config::config_to_json(self))
+    }
+}
+
+impl OtpoConfig {
+    /// The paper's settings: ε1 = 1, ε2 = 0.2, τ = min length, valid-pair normalisation,
+    /// detached weights, 1000 iterations, tolerance 1e-6.
+    pub fn new() -> Self {
+        Self {
+            epsilon: 1.0,
+            marginal_penalty: 0.2,
+            budget: WeightBudget::Min,
+            normalization: CostNormalization::ValidPairs,
+            gradient: GradientMode::Detach,
+            max_iters: 1000,
+            tolerance: 1e-6,
+        }
+    }
+
+    /// Sets [`epsilon`](Self::epsilon) (ε1).
+    pub fn with_epsilon(mut self, epsilon: f64) -> Self {
+        self.epsilon = epsilon;
+        self
+    }
+
+    /// Sets [`marginal_penalty`](Self::marginal_penalty) (ε2).
+    pub fn with_marginal_penalty(mut self, marginal_penalty: f64) -> Self {
+        self.marginal_penalty = marginal_penalty;
+        self
+    }
+
+    /// Sets [`budget`](Self::budget).
+    pub fn with_budget(mut self, budget: WeightBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Sets [`normalization`](Self::normalization).
+    pub fn with_normalization(mut self, normalization: CostNormalization) -> Self {
+        self.normalization = normalization;
+        self
+    }
+
+    /// Sets [`gradient`](Self::gradient).
+    pub fn with_gradient(mut self, gradient: GradientMode) -> Self {
+        self.gradient = gradient;
+        self
+    }
+
+    /// Sets [`max_iters`](Self::max_iters).
+    pub fn with_max_iters(mut self, max_iters: usize) -> Self {
+        self.max_iters = max_iters;
+        self
+    }
+
+    /// Sets [`tolerance`](Self::tolerance).
+    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+}
+
+impl Default for OtpoConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// OTPO's token weights for a whole batch (paper Eq. 9–12), in one call.
@@ -345,7 +428,9 @@ fn token_cost<B: Backend>(
     };
     let scale = match normalization {
         CostNormalization::None => return distance,
-        CostNormalization::ValidPairs => largest(valid_distance()),
+        CostNormalization::ValidPairs => largest(valid_distance()).clamp_min(1.0),
+        // Every distance is at least 1e-6, so the max is never 0.
+        CostNormalization::ValidPairsAlways => largest(valid_distance()),
         CostNormalization::Released => {
             let pairs = largest(valid_distance());
             let norm_c = largest(
@@ -356,11 +441,11 @@ fn token_cost<B: Backend>(
                 (norms_r.detach().sqrt() * rejected_mask.clone().unsqueeze_dim::<3>(1))
                     .add_scalar(1e-6),
             );
-            pairs.max_pair(norm_c).max_pair(norm_r)
+            pairs.max_pair(norm_c).max_pair(norm_r).clamp_min(1.0)
         }
     };
     // Per-problem scaling as a batched [1 x 1] x [1 x n·m] product: one pass, no broadcast.
-    let inverse = scale.clamp_min(1.0).recip().unsqueeze_dim::<3>(2);
+    let inverse = scale.recip().unsqueeze_dim::<3>(2);
     inverse
         .matmul(distance.reshape([batch, 1, len_c * len_r]))
         .reshape([batch, len_c, len_r])

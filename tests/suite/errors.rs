@@ -366,7 +366,10 @@ fn epsilon_too_small_for_the_dtype() {
 /// Masses normalised in bf16 or f16 have totals that differ by their rounding (here about
 /// 1e-3 in bf16), which the balanced check accepts; a real mismatch is still refused.
 #[test]
-#[cfg_attr(feature = "ndarray-tests", ignore = "ndarray has no bf16 or f16 tensors")]
+#[cfg_attr(
+    feature = "ndarray-tests",
+    ignore = "ndarray has no bf16 or f16 tensors"
+)]
 fn balanced_totals_in_half_precision() {
     for dtype in [DType::BF16, DType::F16] {
         let solve = |a: Vec<f64>, b: Vec<f64>| {

@@ -358,3 +358,27 @@ fn dpo_rejects_bad_input() {
     let err = weighted_dpo_loss(&with_ref, &weights, &config).unwrap_err();
     assert!(err.to_string().contains("label_smoothing"), "{err}");
 }
+
+#[test]
+fn simpo_refuses_a_reference() {
+    let inputs = DpoInputs::<TestBackend> {
+        policy_chosen: t2(&PAIRS.pc, [2, 3]),
+        policy_rejected: t2(&PAIRS.pr, [2, 2]),
+        reference: Some(ReferenceLogps {
+            chosen: t2(&PAIRS.rc, [2, 3]),
+            rejected: t2(&PAIRS.rr, [2, 2]),
+        }),
+    };
+    let weights = TokenWeights::from_masks(t2(&PAIRS.wc, [2, 3]), t2(&PAIRS.wr, [2, 2]));
+    let config = DpoLossConfig::new().with_loss_type(DpoLossType::SimPo { gamma: 0.5 });
+    let err = weighted_dpo_loss(&inputs, &weights, &config).unwrap_err();
+    assert!(
+        matches!(&err, OtprefError::InvalidParameter(m) if m.contains("reference")),
+        "{err}"
+    );
+    let reference_free = DpoInputs {
+        reference: None,
+        ..inputs
+    };
+    assert!(weighted_dpo_loss(&reference_free, &weights, &config).is_ok());
+}

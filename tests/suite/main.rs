@@ -8,6 +8,7 @@
 mod common;
 
 mod aplot;
+mod configs;
 #[cfg(feature = "gpu-tests")]
 mod cuda_matches_cpu;
 mod errors;

@@ -497,3 +497,41 @@ fn weights_report_how_the_solves_ended() {
         .convergence
         .is_none());
 }
+
+#[test]
+fn always_normalised_weights_ignore_the_hidden_states_scale() {
+    // With every distance divided by the largest, scaling all hidden states by s changes
+    // nothing (up to the 1e-6 offset); `ValidPairs` divides only when the largest distance
+    // exceeds 1, so small states (distances < 1) keep their scale and their weights differ.
+    let batch = batch(7);
+    let scaled = |s: f64| Batch {
+        chosen: batch.chosen.iter().map(|x| x * s).collect(),
+        rejected: batch.rejected.iter().map(|x| x * s).collect(),
+        mask_c: batch.mask_c.clone(),
+        mask_r: batch.mask_r.clone(),
+        shape: batch.shape,
+    };
+    let always = OtpoConfig::new()
+        .with_epsilon(0.1)
+        .with_normalization(CostNormalization::ValidPairsAlways);
+    let (large, _) = weights(&scaled(1.0), &always);
+    let (small, _) = weights(&scaled(0.01), &always);
+    for (l, s) in large.iter().zip(&small) {
+        assert!((l - s).abs() < 1e-3, "{large:?} vs {small:?}");
+    }
+    let above_one = OtpoConfig::new()
+        .with_epsilon(0.1)
+        .with_normalization(CostNormalization::ValidPairs);
+    // Distances above 1: both rules divide by the same max.
+    let (paper, _) = weights(&scaled(1.0), &above_one);
+    for (l, p) in large.iter().zip(&paper) {
+        assert!((l - p).abs() < 1e-5, "{large:?} vs {paper:?}");
+    }
+    let (paper_small, _) = weights(&scaled(0.01), &above_one);
+    let gap = small
+        .iter()
+        .zip(&paper_small)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(gap > 0.05, "small states: {small:?} vs {paper_small:?}");
+}
