@@ -1,8 +1,9 @@
 //! APLOT's adaptive per-pair margins for reward models: balanced OT over the batch.
 //!
-//! The paper's code is not public; this follows the project's reconstruction
-//! (`REFERENCE.md` §4): rows are the chosen responses of the batch, columns the rejected ones,
-//! and hard pairs (similar representations, close rewards) get larger margins.
+//! The paper (Li et al., EMNLP 2025) has no public code; this is otpref's reconstruction from
+//! its description, written out in `docs/aplot.md`: rows are the chosen responses of the
+//! batch, columns the rejected ones, and hard pairs (similar representations, close rewards)
+//! get larger margins.
 
 use burn::config::Config;
 use burn::tensor::{activation::sigmoid, backend::Backend, Tensor};

@@ -10,6 +10,8 @@
 //! Every public function is generic over the burn backend; gradients need an autodiff backend
 //! (`Autodiff<B>`). See `docs/` in the repository for the mathematics and conventions.
 #![deny(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`) labels each backend impl with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aplot;
 mod checks;

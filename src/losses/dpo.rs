@@ -94,7 +94,9 @@ pub struct DpoLoss<B: Backend> {
 /// loss = mean over pairs of ℓ(Δ)   (ℓ from DpoLossType, e.g. −log σ(βΔ))
 /// ```
 ///
-/// Metrics are detached. Weights are used as given (detach them if they come from the policy);
+/// Tensors (and the structs that hold them) are taken by value, as burn's own ops take them;
+/// clone one first (a cheap handle copy) to keep it, e.g. to read its gradient. Metrics are
+/// detached. Weights are used as given (detach them if they come from the policy);
 /// zero weights mask prompt and padding tokens.
 ///
 /// # Errors
@@ -119,16 +121,17 @@ pub struct DpoLoss<B: Backend> {
 /// // Plain DPO: every response token weighs 1 (the masks are the weights).
 /// let mask = Tensor::<Flex, 2>::ones([1, 2], &device);
 /// let weights = TokenWeights::from_masks(mask.clone(), mask);
-/// let out = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new())?;
+/// let out = weighted_dpo_loss(inputs, weights, &DpoLossConfig::new())?;
 /// // Δ = 0.5 − (−1) = 1.5, loss = −log σ(0.15)
 /// assert!((out.loss.into_scalar() - 0.6209571).abs() < 1e-6);
 /// # Ok::<(), otpref::OtprefError>(())
 /// ```
 pub fn weighted_dpo_loss<B: Backend>(
-    inputs: &DpoInputs<B>,
-    weights: &TokenWeights<B>,
+    inputs: DpoInputs<B>,
+    weights: TokenWeights<B>,
     config: &DpoLossConfig,
 ) -> Result<DpoLoss<B>, OtprefError> {
+    let (inputs, weights) = (&inputs, &weights);
     validate(inputs, weights, config)?;
     let beta = config.beta;
     let weighted = |logps: Tensor<B, 2>, w: &Tensor<B, 2>| -> Tensor<B, 1> {

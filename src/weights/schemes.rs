@@ -28,14 +28,15 @@ use crate::sinkhorn::OtBackend;
 ///     chosen_hidden: None,
 ///     rejected_hidden: None,
 /// };
-/// let w = token_weights(&TokenWeighting::LdDpo { alpha: 0.5 }, &tokens)?;
+/// let w = token_weights(&TokenWeighting::LdDpo { alpha: 0.5 }, tokens)?;
 /// assert_eq!(w.chosen.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0, 0.5, 0.5]);
 /// # Ok::<(), otpref::OtprefError>(())
 /// ```
 pub fn token_weights<B: OtBackend>(
     method: &TokenWeighting,
-    tokens: &ResponseTokens<B>,
+    tokens: ResponseTokens<B>,
 ) -> Result<TokenWeights<B>, OtprefError> {
+    let tokens = &tokens;
     let [batch, len_c] = tokens.chosen_mask.dims();
     let [batch_r, _] = tokens.rejected_mask.dims();
     if batch != batch_r {

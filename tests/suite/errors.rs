@@ -183,7 +183,7 @@ fn zero_length_masks() {
         chosen_hidden: None,
         rejected_hidden: None,
     };
-    let err = token_weights(&TokenWeighting::Dpo, &tokens).unwrap_err();
+    let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(
         err.to_string().contains("rejected_mask has shape [2, 0]"),
         "{err}"
@@ -196,7 +196,7 @@ fn zero_length_masks() {
         chosen_hidden: None,
         rejected_hidden: None,
     };
-    let err = token_weights(&TokenWeighting::Dpo, &tokens).unwrap_err();
+    let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(err.to_string().contains("the batch is empty"), "{err}");
 }
 
@@ -258,7 +258,8 @@ fn mixed_float_dtypes() {
     };
     let weights =
         TokenWeights::from_masks(f64_2(vec![1.0; 6], [2, 3]), f64_2(vec![1.0; 6], [2, 3]));
-    let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
+    let err =
+        weighted_dpo_loss(inputs.clone(), weights.clone(), &DpoLossConfig::new()).unwrap_err();
     check(err, "reference.rejected", "policy_chosen");
 
     let rewards = |dtype| tensor::<TestBackend, 1>(vec![0.5, -0.5], [2], dtype);
@@ -463,7 +464,7 @@ fn a_mask_that_is_not_zero_or_one() {
         chosen_hidden: None,
         rejected_hidden: None,
     };
-    let err = token_weights(&TokenWeighting::Dpo, &tokens).unwrap_err();
+    let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(matches!(err, OtprefError::InvalidMask(_)), "{err}");
     assert!(err.to_string().contains("chosen_mask[0, 1] = 0.5"), "{err}");
 }

@@ -162,7 +162,7 @@ fn dpo<B: burn::tensor::backend::Backend>(
         }),
     };
     let weights = TokenWeights::from_masks(t2(&p.wc, [2, 3]), t2(&p.wr, [2, 2]));
-    weighted_dpo_loss(&inputs, &weights, config).unwrap()
+    weighted_dpo_loss(inputs.clone(), weights.clone(), config).unwrap()
 }
 
 #[test]
@@ -301,10 +301,10 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
     for sign in [1.0, -1.0] {
         let config = DpoLossConfig::new().with_beta(sign);
         if sign < 0.0 {
-            assert!(weighted_dpo_loss(&inputs, &weights, &config).is_err());
+            assert!(weighted_dpo_loss(inputs.clone(), weights.clone(), &config).is_err());
             continue;
         }
-        let out = weighted_dpo_loss(&inputs, &weights, &config).unwrap();
+        let out = weighted_dpo_loss(inputs.clone(), weights.clone(), &config).unwrap();
         let loss = values(out.loss.clone())[0];
         assert!(loss.is_finite() && loss >= 0.0);
         let grad = values(inputs.policy_chosen.grad(&out.loss.backward()).unwrap());
@@ -320,7 +320,7 @@ fn dpo_survives_long_sequences_and_large_log_probabilities() {
             rejected: reference.chosen,
         }),
     };
-    let out = weighted_dpo_loss(&flipped, &weights, &DpoLossConfig::new()).unwrap();
+    let out = weighted_dpo_loss(flipped.clone(), weights.clone(), &DpoLossConfig::new()).unwrap();
     let loss = values(out.loss.clone())[0];
     assert!(loss.is_finite() && loss > 1e4, "{loss}");
     let grad = values(flipped.policy_chosen.grad(&out.loss.backward()).unwrap());
@@ -341,11 +341,13 @@ fn dpo_rejects_bad_input() {
         policy_rejected: t2(&PAIRS.pr, [2, 2]),
         reference: None,
     };
-    let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
+    let err =
+        weighted_dpo_loss(inputs.clone(), weights.clone(), &DpoLossConfig::new()).unwrap_err();
     assert!(err.to_string().contains("weights.rejected"), "{err}");
     let weights =
         TokenWeights::<TestBackend>::from_masks(t2(&PAIRS.wc, [2, 3]), t2(&PAIRS.wr, [2, 2]));
-    let err = weighted_dpo_loss(&inputs, &weights, &DpoLossConfig::new()).unwrap_err();
+    let err =
+        weighted_dpo_loss(inputs.clone(), weights.clone(), &DpoLossConfig::new()).unwrap_err();
     assert!(err.to_string().contains("reference"), "{err}");
     let config = DpoLossConfig::new().with_label_smoothing(0.5);
     let with_ref = DpoInputs {
@@ -355,7 +357,7 @@ fn dpo_rejects_bad_input() {
         }),
         ..inputs
     };
-    let err = weighted_dpo_loss(&with_ref, &weights, &config).unwrap_err();
+    let err = weighted_dpo_loss(with_ref.clone(), weights.clone(), &config).unwrap_err();
     assert!(err.to_string().contains("label_smoothing"), "{err}");
 }
 
@@ -371,7 +373,7 @@ fn simpo_refuses_a_reference() {
     };
     let weights = TokenWeights::from_masks(t2(&PAIRS.wc, [2, 3]), t2(&PAIRS.wr, [2, 2]));
     let config = DpoLossConfig::new().with_loss_type(DpoLossType::SimPo { gamma: 0.5 });
-    let err = weighted_dpo_loss(&inputs, &weights, &config).unwrap_err();
+    let err = weighted_dpo_loss(inputs.clone(), weights.clone(), &config).unwrap_err();
     assert!(
         matches!(&err, OtprefError::InvalidParameter(m) if m.contains("reference")),
         "{err}"
@@ -380,5 +382,5 @@ fn simpo_refuses_a_reference() {
         reference: None,
         ..inputs
     };
-    assert!(weighted_dpo_loss(&reference_free, &weights, &config).is_ok());
+    assert!(weighted_dpo_loss(reference_free.clone(), weights.clone(), &config).is_ok());
 }

@@ -197,7 +197,7 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
     let lens_c = [5.0, 7.0, 2.0];
     let lens_r = [3.0, 6.0, 3.0];
     let sums = |method: &TokenWeighting| -> Vec<(f64, f64)> {
-        let w = token_weights(method, &tokens).unwrap();
+        let w = token_weights(method, tokens.clone()).unwrap();
         let (wc, wr) = (values(w.chosen), values(w.rejected));
         for (w, m) in wc
             .iter()
@@ -255,7 +255,8 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
         rejected_hidden: None,
         ..tokens.clone()
     };
-    let err = token_weights(&TokenWeighting::Otpo(OtpoConfig::new()), &no_hidden).unwrap_err();
+    let err =
+        token_weights(&TokenWeighting::Otpo(OtpoConfig::new()), no_hidden.clone()).unwrap_err();
     assert!(err.to_string().contains("hidden states"), "{err}");
 }
 
@@ -291,7 +292,7 @@ fn weights_are_differentiable_when_asked() {
                 chosen_hidden: Some(chosen),
                 rejected_hidden: Some(rejected),
             };
-            otpref::token_weights(&otpref::TokenWeighting::Otpo(config), &tokens)
+            otpref::token_weights(&otpref::TokenWeighting::Otpo(config), tokens.clone())
         } else {
             otpo_token_weights(chosen, rejected, chosen_mask, rejected_mask, &config)
         }
@@ -492,7 +493,7 @@ fn weights_report_how_the_solves_ended() {
         chosen_hidden: None,
         rejected_hidden: None,
     };
-    assert!(token_weights(&TokenWeighting::Dpo, &tokens)
+    assert!(token_weights(&TokenWeighting::Dpo, tokens.clone())
         .unwrap()
         .convergence
         .is_none());

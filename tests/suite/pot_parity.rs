@@ -141,7 +141,7 @@ fn unbalanced_plans_match_pot_sinkhorn_unbalanced_entropy() {
 
 #[test]
 fn reference_examples_from_pot_docs() {
-    // REFERENCE.md §2: a = b = [.5, .5], C = [[0, 1], [1, 0]], entropy regulariser.
+    // The example of POT's `ot.sinkhorn` docs: a = b = [.5, .5], C = [[0, 1], [1, 0]].
     let problem = Problem {
         n: 2,
         m: 2,

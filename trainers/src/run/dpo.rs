@@ -679,7 +679,7 @@ fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
     let b = mask.dims()[0] / 2;
     Ok(token_weights(
         &config.method.weighting(settings, config.common.seed, step),
-        &ResponseTokens {
+        ResponseTokens {
             chosen_mask: mask.clone().narrow(0, 0, b),
             rejected_mask: mask.narrow(0, b, b),
             chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
@@ -715,7 +715,7 @@ fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
         .with_beta(config.beta)
         .with_loss_type(config.method.loss_type(config.loss, settings))
         .with_label_smoothing(config.label_smoothing);
-    let out = weighted_dpo_loss(&inputs, &weights, &loss_config)?;
+    let out = weighted_dpo_loss(inputs, weights.clone(), &loss_config)?;
     Ok((out, weights, weight_time))
 }
 
