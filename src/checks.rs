@@ -60,6 +60,16 @@ pub(crate) fn solver_settings(
     Ok(())
 }
 
+/// The largest finite value of a float dtype (f32's for the others: bf16 and flex32 share its
+/// range).
+pub(crate) fn dtype_max(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::MAX,
+        DType::F16 => 65504.0,
+        _ => f64::from(f32::MAX),
+    }
+}
+
 /// True when no entry of `tensor` is NaN or infinite.
 ///
 /// Fast path: NaN and infinities propagate through a sum, so a finite sum proves every entry

@@ -96,6 +96,14 @@ pub fn bt_margin_loss<B: Backend>(
     if c > 0.0 {
         loss = loss + (chosen + rejected).square().mean().mul_scalar(c);
     }
+    // Finite rewards can still overflow in their difference or square.
+    if !checks::all_finite(&loss) {
+        return Err(OtprefError::NonFinite(format!(
+            "the loss overflows {:?}: the rewards (or their margins) are too large; check the \
+             reward head's outputs",
+            loss.dtype()
+        )));
+    }
     let reward_margins = reward_margins.detach();
     let accuracy = reward_margins.clone().greater_elem(0.0).float().mean();
     Ok(BtLoss {

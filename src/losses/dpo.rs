@@ -169,8 +169,17 @@ pub fn weighted_dpo_loss<B: Backend>(
     let rejected_rewards = rejected_ratio.detach().mul_scalar(beta);
     let reward_margins = chosen_rewards.clone() - rejected_rewards.clone();
     let accuracy = reward_margins.clone().greater_elem(0.0).float().mean();
+    let loss = losses.mean();
+    // Finite inputs can still overflow in Σ ω log π (huge weights or log-probabilities).
+    if !checks::all_finite(&loss) {
+        return Err(OtprefError::NonFinite(format!(
+            "the loss overflows {:?}: the weighted log-probability sums are too large; scale the \
+             weights down or compute the log-probabilities in f64",
+            loss.dtype()
+        )));
+    }
     Ok(DpoLoss {
-        loss: losses.mean(),
+        loss,
         chosen_rewards,
         rejected_rewards,
         reward_margins,
@@ -235,6 +244,13 @@ fn validate<B: Backend>(
     if !(config.beta.is_finite() && config.beta > 0.0) {
         return Err(OtprefError::InvalidParameter(format!(
             "beta must be finite and > 0, got {}",
+            config.beta
+        )));
+    }
+    let dtype = inputs.policy_chosen.dtype();
+    if config.beta > checks::dtype_max(dtype) {
+        return Err(OtprefError::InvalidParameter(format!(
+            "beta = {:e} is not representable in {dtype:?}; DPO's beta is usually 0.01 to 1",
             config.beta
         )));
     }

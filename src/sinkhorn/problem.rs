@@ -9,6 +9,16 @@ use crate::error::OtprefError;
 /// yet so negative that `exp` of it is exactly 0 in f32 and f64.
 pub(crate) const LOG_ZERO: f64 = -1e30;
 
+/// Largest `|C/ε|` accepted in a padded batch. Potentials grow to a few times it, and padded
+/// rows and columns are kept out of every log-sum-exp only while [`LOG_ZERO`] stays far below
+/// them.
+const MAX_COST_OVER_EPSILON: f64 = 1e27;
+
+/// `max |t|` over a tensor known to be finite (one device synchronisation).
+fn largest_magnitude<B: Backend>(tensor: &Tensor<B, 3>) -> f64 {
+    checks::to_host(tensor.clone().detach().abs().max().unsqueeze::<1>())[0]
+}
+
 /// A validated batch of problems in the form the iterations use.
 #[derive(Debug, Clone)]
 pub(crate) struct Problem<B: Backend> {
@@ -70,10 +80,30 @@ pub(crate) fn prepare<B: Backend>(
     } else {
         (cost, None)
     };
+    // Potentials are f = ε (x + log a) with |x + log a| up to a few hundred (logs of masses down
+    // to the smallest normal number): keep 1000 ε representable.
+    if epsilon * 1e3 > checks::dtype_max(cost.dtype()) {
+        return Err(OtprefError::InvalidParameter(format!(
+            "epsilon = {epsilon:e} is too large for a cost in {:?}: the potentials \
+             (epsilon times logs of the masses, up to about 1000 epsilon) may overflow; costs scaled to [0, 1] usually \
+             want epsilon between 1e-3 and 1",
+            cost.dtype()
+        )));
+    }
     // Checked on -C/ε rather than on C: one pass catches both a non-finite cost and an ε so
     // small that C/ε overflows the dtype (which would otherwise turn into NaN plans).
     let log_kernel = cost.clone().mul_scalar(-1.0 / epsilon);
-    if !checks::all_finite(&log_kernel) {
+    let finite = checks::all_finite(&log_kernel);
+    if has_padding && finite && largest_magnitude(&log_kernel) > MAX_COST_OVER_EPSILON {
+        return Err(OtprefError::InvalidParameter(format!(
+            "cost / epsilon reaches {:e} in magnitude (epsilon = {epsilon:e}), beyond the {:e} \
+             the log-domain solver supports in a padded batch (padding would no longer be told \
+             apart); raise epsilon or divide the cost by its largest entry",
+            largest_magnitude(&log_kernel),
+            MAX_COST_OVER_EPSILON
+        )));
+    }
+    if !finite {
         if !checks::all_finite(&cost) {
             return Err(OtprefError::NonFinite(
                 "the cost holds NaN or infinite values at valid (non-padded) positions; remove \

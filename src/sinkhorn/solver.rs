@@ -25,7 +25,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 use super::config::UnbalancedConfig;
 use super::problem::{prepare, Dims, Problem};
 use super::transport::{Convergence, Transport};
-use crate::checks::to_host;
+use crate::checks::{self, to_host};
 use crate::error::OtprefError;
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
@@ -49,14 +49,28 @@ pub(crate) fn solve<B: Backend>(
         ..
     } = solution;
     let epsilon = config.epsilon;
+    let f = (x + problem.log_a_or_zero)
+        .mul_scalar(epsilon)
+        .mask_fill(problem.pad_a, 0.0);
+    let g = (y + problem.log_b_or_zero)
+        .mul_scalar(epsilon)
+        .mask_fill(problem.pad_b, 0.0);
+    // A balanced plan is bounded by its masses; a relaxed one's mass grows like exp(-C/(ε+ρ))
+    // and can overflow the dtype when costs are large and negative.
+    let representable =
+        || checks::all_finite(&plan) && checks::all_finite(&f) && checks::all_finite(&g);
+    if !config.is_balanced() && !representable() {
+        return Err(OtprefError::NonFinite(format!(
+            "the unbalanced transport plan overflows {:?}: with relaxed marginals its mass grows \
+             exponentially as costs become negative; use costs >= 0 (e.g. subtract the smallest \
+             entry) or compute in f64",
+            plan.dtype()
+        )));
+    }
     Ok(Transport {
         plan,
-        f: (x + problem.log_a_or_zero)
-            .mul_scalar(epsilon)
-            .mask_fill(problem.pad_a, 0.0),
-        g: (y + problem.log_b_or_zero)
-            .mul_scalar(epsilon)
-            .mask_fill(problem.pad_b, 0.0),
+        f,
+        g,
         iterations: stats.iterations,
         converged: stats.converged,
         marginal_error: stats.error,

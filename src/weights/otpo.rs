@@ -4,7 +4,7 @@ use std::fmt;
 
 use burn::config::Config;
 use burn::serde::{Deserialize, Serialize};
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::{TokenWeights, WeightBudget};
 use crate::checks;
@@ -205,6 +205,10 @@ pub fn otpo_token_weights<B: OtBackend>(
         GradientMode::Detach => (chosen_hidden.detach(), rejected_hidden.detach()),
         _ => (chosen_hidden, rejected_hidden),
     };
+    // Padded positions may hold anything (NaN included): zero them before any arithmetic, so
+    // that they reach no distance, no normalisation max and no gradient.
+    let chosen_hidden = zero_padding(chosen_hidden, &chosen_mask);
+    let rejected_hidden = zero_padding(rejected_hidden, &rejected_mask);
 
     let padded = lens_c.iter().any(|l| *l < len_c) || lens_r.iter().any(|l| *l < len_r);
     let norms_c = squared_norms(chosen_hidden.clone());
@@ -359,11 +363,7 @@ fn check_norms<B: Backend>(
             .reshape([batch, len])
             .mask_fill(padded, 0.0),
     );
-    let limit = match norms.dtype() {
-        DType::F64 => f64::MAX,
-        DType::F16 => 65504.0,
-        _ => f64::from(f32::MAX),
-    } / 64.0;
+    let limit = checks::dtype_max(norms.dtype()) / 64.0;
     match values.iter().position(|v| !(v.is_finite() && *v <= limit)) {
         Some(bad) if !values[bad].is_finite() => Err(OtprefError::NonFinite(format!(
             "{name}[{}, {}] holds NaN or infinite values at a response token, or values whose \
@@ -449,6 +449,17 @@ fn token_cost<B: Backend>(
     inverse
         .matmul(distance.reshape([batch, 1, len_c * len_r]))
         .reshape([batch, len_c, len_r])
+}
+
+/// `hidden` `[batch, len, size]` with the positions where `mask` is 0 set to 0.
+fn zero_padding<B: Backend>(hidden: Tensor<B, 3>, mask: &Tensor<B, 2>) -> Tensor<B, 3> {
+    let [_, _, size] = hidden.dims();
+    let padded = mask
+        .clone()
+        .lower_elem(0.5)
+        .unsqueeze_dim::<3>(2)
+        .repeat_dim(2, size);
+    hidden.mask_fill(padded, 0.0)
 }
 
 /// `‖h_t‖²` per token, `[batch, len, 1]`, as a matrix-vector product (faster than a

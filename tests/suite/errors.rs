@@ -468,3 +468,61 @@ fn a_mask_that_is_not_zero_or_one() {
     assert!(matches!(err, OtprefError::InvalidMask(_)), "{err}");
     assert!(err.to_string().contains("chosen_mask[0, 1] = 0.5"), "{err}");
 }
+
+/// An ε so large that the potentials `f = ε log u` overflow the dtype (and 1/ε is subnormal)
+/// is an error naming epsilon, not infinite potentials; in f64 the same ε gives the closed form of ε → ∞, the
+/// independent coupling `P = a bᵀ`, with finite potentials.
+#[test]
+fn epsilon_too_large_for_the_dtype() {
+    let err = balanced(COST.to_vec(), vec![0.5; 2], vec![0.5; 2], 1e39).unwrap_err();
+    assert!(matches!(err, OtprefError::InvalidParameter(_)), "{err}");
+    assert!(
+        err.to_string().contains("epsilon = 1e39 is too large"),
+        "{err}"
+    );
+    let a = [0.3, 0.7];
+    let b = [0.6, 0.4];
+    let transport = sinkhorn(
+        tensor::<TestBackend, 3>(COST.to_vec(), [1, 2, 2], DType::F64),
+        tensor::<TestBackend, 2>(a.to_vec(), [1, 2], DType::F64),
+        tensor::<TestBackend, 2>(b.to_vec(), [1, 2], DType::F64),
+        &SinkhornConfig::new(1e37),
+    )
+    .unwrap();
+    let plan = crate::common::values(transport.plan);
+    for (k, p) in plan.iter().enumerate() {
+        assert!((p - a[k / 2] * b[k % 2]).abs() < 1e-12, "{plan:?}");
+    }
+    let potentials = crate::common::values(transport.f);
+    assert!(potentials.iter().all(|f| f.is_finite()), "{potentials:?}");
+}
+
+/// |C/ε| so large (here 1e32) that padding could no longer be told apart from the cost is an
+/// error naming epsilon, not a plan with mass on padded rows.
+#[test]
+fn cost_over_epsilon_beyond_the_solver_range() {
+    let err = sinkhorn(
+        t3(vec![-1e30, 0.0, 0.0, 0.0], [1, 2, 2]),
+        tensor::<TestBackend, 2>(vec![1.0, 0.0], [1, 2], DType::F32),
+        tensor::<TestBackend, 2>(vec![0.5, 0.5], [1, 2], DType::F32),
+        &SinkhornConfig::new(0.01),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OtprefError::InvalidParameter(_)), "{err}");
+    assert!(err.to_string().contains("epsilon"), "{err}");
+}
+
+/// A relaxed plan whose mass overflows (costs of -1e30: mass ~ exp(1e30/(ε+ρ))) is an error,
+/// not an infinite plan.
+#[test]
+fn unbalanced_plan_overflow() {
+    let err = unbalanced_sinkhorn(
+        t3(vec![-1e20], [1, 1, 1]),
+        tensor::<TestBackend, 2>(vec![0.05], [1, 1], DType::F32),
+        tensor::<TestBackend, 2>(vec![0.05], [1, 1], DType::F32),
+        &UnbalancedConfig::new(1.0, 3.0, 1.0),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OtprefError::NonFinite(_)), "{err}");
+    assert!(err.to_string().contains("overflows"), "{err}");
+}

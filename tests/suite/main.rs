@@ -13,6 +13,7 @@ mod configs;
 mod cuda_matches_cpu;
 mod errors;
 mod gradients;
+mod hostile;
 mod losses;
 mod otpo_fixture_plans;
 mod otpo_weights;

@@ -536,3 +536,57 @@ fn always_normalised_weights_ignore_the_hidden_states_scale() {
         .fold(0.0, f64::max);
     assert!(gap > 0.05, "small states: {small:?} vs {paper_small:?}");
 }
+
+#[test]
+fn padded_hidden_states_may_hold_anything() {
+    // NaN and infinities at padded positions change nothing: not the weights (against the
+    // same batch with zeros there), not the gradients (finite), in every gradient mode.
+    use crate::common::TestAutodiff;
+    use otpref::GradientMode;
+    let clean = batch(3);
+    let (b, lc, lr, h) = clean.shape;
+    let mut dirty = Batch {
+        chosen: clean.chosen.clone(),
+        rejected: clean.rejected.clone(),
+        mask_c: clean.mask_c.clone(),
+        mask_r: clean.mask_r.clone(),
+        shape: clean.shape,
+    };
+    for (t, valid) in dirty.mask_c.iter().enumerate() {
+        if *valid == 0.0 {
+            dirty.chosen[t * h..(t + 1) * h].fill(f64::NAN);
+        }
+    }
+    for (t, valid) in dirty.mask_r.iter().enumerate() {
+        if *valid == 0.0 {
+            dirty.rejected[t * h..(t + 1) * h].fill(f64::INFINITY);
+        }
+    }
+    for normalization in [CostNormalization::ValidPairs, CostNormalization::Released] {
+        let config = OtpoConfig::new().with_normalization(normalization);
+        let (want_c, want_r) = weights(&clean, &config);
+        let (got_c, got_r) = weights(&dirty, &config);
+        for (g, w) in got_c.iter().zip(&want_c).chain(got_r.iter().zip(&want_r)) {
+            assert!(
+                (g - w).abs() < 1e-6,
+                "{normalization:?}: {got_c:?} vs {want_c:?}"
+            );
+        }
+    }
+    for mode in [GradientMode::Unrolled, GradientMode::Implicit] {
+        let chosen =
+            tensor::<TestAutodiff, 3>(dirty.chosen.clone(), [b, lc, h], DType::F32).require_grad();
+        let w = otpo_token_weights(
+            chosen.clone(),
+            tensor(dirty.rejected.clone(), [b, lr, h], DType::F32),
+            tensor(dirty.mask_c.clone(), [b, lc], DType::F32),
+            tensor(dirty.mask_r.clone(), [b, lr], DType::F32),
+            &OtpoConfig::new().with_gradient(mode),
+        )
+        .unwrap();
+        let probe = tensor::<TestAutodiff, 2>(Rng(8).vec(b * lc, -1.0, 1.0), [b, lc], DType::F32);
+        let grads = (w.chosen * probe).sum().backward();
+        let grad = values(chosen.grad(&grads).unwrap());
+        assert!(grad.iter().all(|g| g.is_finite()), "{mode:?}: {grad:?}");
+    }
+}
