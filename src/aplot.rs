@@ -96,6 +96,12 @@ pub fn aplot_margins<B: OtBackend>(
         ("chosen_rewards", chosen_rewards.dtype()),
         ("rejected_rewards", rejected_rewards.dtype()),
     ])?;
+    // f16/bf16 inputs are computed in f32; the margins come back in their dtype.
+    let dtype = chosen_repr.dtype();
+    let chosen_repr = checks::widened(chosen_repr);
+    let rejected_repr = checks::widened(rejected_repr);
+    let chosen_rewards = checks::widened(chosen_rewards);
+    let rejected_rewards = checks::widened(rejected_rewards);
     for (name, t) in [
         ("chosen_repr", &chosen_repr),
         ("rejected_repr", &rejected_repr),
@@ -138,14 +144,19 @@ pub fn aplot_margins<B: OtBackend>(
     );
 
     let cost = cost.unsqueeze_dim::<3>(0);
-    let uniform = Tensor::<B, 2>::ones([1, batch], &cost.device()).div_scalar(batch as f64);
+    let uniform =
+        Tensor::<B, 2>::ones([1, batch], (&cost.device(), cost.dtype())).div_scalar(batch as f64);
     let solver = SinkhornConfig::new(config.epsilon)
         .with_max_iters(config.max_iters)
         .with_tolerance(config.tolerance)
         .with_gradient(config.gradient);
     let plan = sinkhorn(cost.clone(), uniform.clone(), uniform, &solver)?.plan;
     let expected_cost = (plan * cost).sum_dim(2).squeeze_dims::<1>(&[0, 2]);
-    Ok(expected_cost.mul_scalar(config.scale * batch as f64))
+    let margins = expected_cost.mul_scalar(config.scale * batch as f64);
+    Ok(match margins.dtype() == dtype {
+        true => margins,
+        false => margins.cast(dtype),
+    })
 }
 
 /// `C_ij = γ (1 + cos)/2 + (1 − γ)(1 − σ(|r_c,i − r_r,j|))`, `[batch, batch]`.

@@ -70,6 +70,15 @@ pub(crate) fn dtype_max(dtype: DType) -> f64 {
     }
 }
 
+/// `tensor` in f32 when it is f16 or bf16, unchanged otherwise: distances, OT and losses are
+/// computed with f32 accumulation (and range) whatever the inputs' precision.
+pub(crate) fn widened<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
+    match tensor.dtype() {
+        DType::F16 | DType::BF16 => tensor.cast(DType::F32),
+        _ => tensor,
+    }
+}
+
 /// True when no entry of `tensor` is NaN or infinite.
 ///
 /// Fast path: NaN and infinities propagate through a sum, so a finite sum proves every entry

@@ -32,4 +32,7 @@ pub enum OtprefError {
     /// Float inputs of one call in different dtypes (an f64 cost with f32 masses, ...).
     #[error("dtype mismatch: {0}")]
     DTypeMismatch(String),
+    /// A dtype the function cannot compute in faithfully (f16 costs for the OT solvers).
+    #[error("unsupported dtype: {0}")]
+    UnsupportedDType(String),
 }

@@ -87,6 +87,9 @@ pub fn bt_margin_loss<B: Backend>(
         )));
     }
 
+    // The loss is computed in f32 or wider: f16/bf16 rewards are upcast.
+    let (chosen, rejected) = (checks::widened(chosen), checks::widened(rejected));
+    let margin = margin.map(checks::widened);
     let reward_margins = chosen.clone() - rejected.clone();
     let logits = match margin {
         Some(margin) => reward_margins.clone() - margin,

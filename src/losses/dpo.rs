@@ -94,6 +94,7 @@ pub struct DpoLoss<B: Backend> {
 /// loss = mean over pairs of ℓ(Δ)   (ℓ from DpoLossType, e.g. −log σ(βΔ))
 /// ```
 ///
+/// Computed in f32 or wider: f16/bf16 inputs are upcast, and the loss comes out in f32.
 /// Tensors (and the structs that hold them) are taken by value, as burn's own ops take them;
 /// clone one first (a cheap handle copy) to keep it, e.g. to read its gradient. Metrics are
 /// detached. Weights are used as given (detach them if they come from the policy);
@@ -134,8 +135,12 @@ pub fn weighted_dpo_loss<B: Backend>(
     let (inputs, weights) = (&inputs, &weights);
     validate(inputs, weights, config)?;
     let beta = config.beta;
+    // Sums of many log-probabilities need f32 at least: f16/bf16 inputs are upcast, and the
+    // loss and metrics come out in f32.
     let weighted = |logps: Tensor<B, 2>, w: &Tensor<B, 2>| -> Tensor<B, 1> {
-        (logps * w.clone()).sum_dim(1).squeeze_dim(1)
+        (checks::widened(logps) * checks::widened(w.clone()))
+            .sum_dim(1)
+            .squeeze_dim(1)
     };
     let chosen_logps = weighted(inputs.policy_chosen.clone(), &weights.chosen);
     let rejected_logps = weighted(inputs.policy_rejected.clone(), &weights.rejected);

@@ -47,6 +47,18 @@ impl<B: Backend> TokenWeights<B> {
             convergence: None,
         }
     }
+
+    /// The weights cast to `dtype` (after an f32 computation for half-precision inputs).
+    pub(crate) fn in_dtype(self, dtype: burn::tensor::DType) -> Self {
+        if self.chosen.dtype() == dtype {
+            return self;
+        }
+        TokenWeights {
+            chosen: self.chosen.cast(dtype),
+            rejected: self.rejected.cast(dtype),
+            convergence: self.convergence,
+        }
+    }
 }
 
 /// The total weight τ given to each response (OTPO's budget; paper Table 3 ablations).

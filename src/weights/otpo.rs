@@ -186,6 +186,12 @@ pub fn otpo_token_weights<B: OtBackend>(
         ("chosen_mask", chosen_mask.dtype()),
         ("rejected_mask", rejected_mask.dtype()),
     ])?;
+    // f16/bf16 states are compared and transported in f32; the weights come back in their dtype.
+    let dtype = chosen_hidden.dtype();
+    let chosen_hidden = checks::widened(chosen_hidden);
+    let rejected_hidden = checks::widened(rejected_hidden);
+    let chosen_mask = checks::widened(chosen_mask);
+    let rejected_mask = checks::widened(rejected_mask);
     let lens_c = checks::lengths("chosen_mask", &chosen_mask)?;
     let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
     checks::solver_settings(
@@ -273,7 +279,8 @@ pub fn otpo_token_weights<B: OtBackend>(
             chosen: log_rows.exp().mask_fill(pad_c, 0.0),
             rejected: log_cols.exp().mask_fill(pad_r, 0.0),
             convergence,
-        });
+        }
+        .in_dtype(dtype));
     };
     // ω = τ Γ1 / ΣΓ as exp(log Γ1 - log ΣΓ): well defined even when the plan's mass
     // underflows the dtype (large distances, small ε1 or ε2).
@@ -284,7 +291,8 @@ pub fn otpo_token_weights<B: OtBackend>(
         chosen: ((log_rows - log_mass.clone()).exp() * tau_c).mask_fill(pad_c, 0.0),
         rejected: ((log_cols - log_mass).exp() * tau_r).mask_fill(pad_r, 0.0),
         convergence,
-    })
+    }
+    .in_dtype(dtype))
 }
 
 /// Stands in for `log 0` at padded rows: finite, so that no `inf - inf` arises.

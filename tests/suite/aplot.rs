@@ -13,16 +13,41 @@ fn margins(
     rr: &[f64],
     config: &AplotConfig,
 ) -> Result<Vec<f64>, OtprefError> {
+    margins_in(hc, hr, rc, rr, config, DType::F32)
+}
+
+fn margins_in(
+    hc: &[f64],
+    hr: &[f64],
+    rc: &[f64],
+    rr: &[f64],
+    config: &AplotConfig,
+    dtype: DType,
+) -> Result<Vec<f64>, OtprefError> {
     let batch = rc.len();
     let hidden = hc.len() / batch;
-    aplot_margins(
-        tensor::<TestBackend, 2>(hc.to_vec(), [batch, hidden], DType::F32),
-        tensor::<TestBackend, 2>(hr.to_vec(), [batch, hidden], DType::F32),
-        tensor::<TestBackend, 1>(rc.to_vec(), [batch], DType::F32),
-        tensor::<TestBackend, 1>(rr.to_vec(), [batch], DType::F32),
+    let margins = aplot_margins(
+        tensor::<TestBackend, 2>(hc.to_vec(), [batch, hidden], dtype),
+        tensor::<TestBackend, 2>(hr.to_vec(), [batch, hidden], dtype),
+        tensor::<TestBackend, 1>(rc.to_vec(), [batch], dtype),
+        tensor::<TestBackend, 1>(rr.to_vec(), [batch], dtype),
         config,
-    )
-    .map(values)
+    )?;
+    assert_eq!(
+        margins.dtype(),
+        dtype,
+        "margins come back in the inputs' dtype"
+    );
+    Ok(values(margins))
+}
+
+/// `values` rounded to `dtype` and read back.
+fn rounded(values: &[f64], dtype: DType) -> Vec<f64> {
+    crate::common::values(tensor::<TestBackend, 1>(
+        values.to_vec(),
+        [values.len()],
+        dtype,
+    ))
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -177,5 +202,34 @@ fn an_all_zero_representation_has_a_finite_gradient() {
             gradient.iter().all(|g| g.is_finite()),
             "{mode:?}: {gradient:?}"
         );
+    }
+}
+
+/// f64 inputs are solved in f64 (the uniform masses follow the inputs' dtype), and f16/bf16
+/// inputs in f32: each equals the f32 margins of the same (rounded) values, to its precision.
+#[test]
+fn every_float_dtype_gives_the_f32_margins() {
+    let mut rng = crate::common::Rng(12);
+    let (hc, hr) = (rng.vec(4 * 3, -1.0, 1.0), rng.vec(4 * 3, -1.0, 1.0));
+    let (rc, rr) = (rng.vec(4, -2.0, 2.0), rng.vec(4, -2.0, 2.0));
+    let config = AplotConfig::new();
+    let dtypes: &[(DType, f64)] = if cfg!(feature = "ndarray-tests") {
+        &[(DType::F64, 1e-5)]
+    } else {
+        &[(DType::F64, 1e-5), (DType::BF16, 2e-2), (DType::F16, 2e-3)]
+    };
+    for &(dtype, tolerance) in dtypes {
+        let inputs: Vec<Vec<f64>> = [&hc, &hr, &rc, &rr]
+            .iter()
+            .map(|v| rounded(v, dtype))
+            .collect();
+        let want = margins(&inputs[0], &inputs[1], &inputs[2], &inputs[3], &config).unwrap();
+        let got = margins_in(&hc, &hr, &rc, &rr, &config, dtype).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= tolerance * w.abs().max(1.0),
+                "{dtype:?}: {got:?} vs {want:?}"
+            );
+        }
     }
 }

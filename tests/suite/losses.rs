@@ -384,3 +384,55 @@ fn simpo_refuses_a_reference() {
     };
     assert!(weighted_dpo_loss(reference_free.clone(), weights.clone(), &config).is_ok());
 }
+
+/// DPO in bf16 is computed in f32: the loss (an f32 tensor) equals the f32 loss of the same
+/// rounded inputs.
+#[test]
+#[cfg_attr(
+    feature = "ndarray-tests",
+    ignore = "ndarray has no bf16 or f16 tensors"
+)]
+fn half_precision_dpo_is_computed_in_f32() {
+    let inputs = |dtype| DpoInputs::<TestBackend> {
+        policy_chosen: tensor(PAIRS.pc.to_vec(), [2, 3], dtype),
+        policy_rejected: tensor(PAIRS.pr.to_vec(), [2, 2], dtype),
+        reference: Some(ReferenceLogps {
+            chosen: tensor(PAIRS.rc.to_vec(), [2, 3], dtype),
+            rejected: tensor(PAIRS.rr.to_vec(), [2, 2], dtype),
+        }),
+    };
+    let weights = |dtype| {
+        TokenWeights::from_masks(
+            tensor(PAIRS.wc.to_vec(), [2, 3], dtype),
+            tensor(PAIRS.wr.to_vec(), [2, 2], dtype),
+        )
+    };
+    let half = inputs(DType::BF16);
+    let round = |t: Tensor<TestBackend, 2>| {
+        let dims = t.dims();
+        tensor::<TestBackend, 2>(values(t), dims, DType::F32)
+    };
+    let rounded = DpoInputs {
+        policy_chosen: round(half.policy_chosen.clone()),
+        policy_rejected: round(half.policy_rejected.clone()),
+        reference: half.reference.clone().map(|r| ReferenceLogps {
+            chosen: round(r.chosen),
+            rejected: round(r.rejected),
+        }),
+    };
+    let rounded_weights = weights(DType::BF16);
+    let rounded_weights = TokenWeights::from_masks(
+        round(rounded_weights.chosen),
+        round(rounded_weights.rejected),
+    );
+    let config = DpoLossConfig::new();
+    let got = weighted_dpo_loss(half, weights(DType::BF16), &config)
+        .unwrap()
+        .loss;
+    assert_eq!(got.dtype(), DType::F32);
+    let want = weighted_dpo_loss(rounded, rounded_weights, &config)
+        .unwrap()
+        .loss;
+    let (got, want) = (values(got)[0], values(want)[0]);
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}

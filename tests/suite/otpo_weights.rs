@@ -590,3 +590,42 @@ fn padded_hidden_states_may_hold_anything() {
         assert!(grad.iter().all(|g| g.is_finite()), "{mode:?}: {grad:?}");
     }
 }
+
+/// Half-precision hidden states are compared and transported in f32: the weights equal the
+/// f32 weights of the same (rounded) states, to the half type's precision, in its dtype.
+#[test]
+#[cfg_attr(
+    feature = "ndarray-tests",
+    ignore = "ndarray has no bf16 or f16 tensors"
+)]
+fn half_precision_states_give_the_f32_weights() {
+    let batch = batch(13);
+    let (b, lc, lr, h) = batch.shape;
+    for (dtype, tolerance) in [(DType::F16, 3e-3), (DType::BF16, 2e-2)] {
+        let round = |v: &[f64]| values(tensor::<TestBackend, 1>(v.to_vec(), [v.len()], dtype));
+        let reference = Batch {
+            chosen: round(&batch.chosen),
+            rejected: round(&batch.rejected),
+            mask_c: batch.mask_c.clone(),
+            mask_r: batch.mask_r.clone(),
+            shape: batch.shape,
+        };
+        let (want_c, want_r) = weights_in(&reference, &OtpoConfig::new(), DType::F32);
+        let w = otpo_token_weights(
+            tensor::<TestBackend, 3>(batch.chosen.clone(), [b, lc, h], dtype),
+            tensor::<TestBackend, 3>(batch.rejected.clone(), [b, lr, h], dtype),
+            tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], dtype),
+            tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], dtype),
+            &OtpoConfig::new(),
+        )
+        .unwrap();
+        assert_eq!(w.chosen.dtype(), dtype);
+        let (got_c, got_r) = (values(w.chosen), values(w.rejected));
+        for (g, e) in got_c.iter().zip(&want_c).chain(got_r.iter().zip(&want_r)) {
+            assert!(
+                (g - e).abs() <= tolerance * e.abs().max(1.0),
+                "{dtype:?}: {g} vs {e}"
+            );
+        }
+    }
+}
