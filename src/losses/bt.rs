@@ -32,13 +32,14 @@ pub struct BtLoss<B: Backend> {
 /// loss = −mean_i log σ(r_c,i − r_r,i − μ_i) + c · mean_i (r_c,i + r_r,i)^2
 /// ```
 ///
-/// `chosen` and `rejected` are the reward model's scores `[batch]`; `margin` is `[batch]` or
-/// `None` (plain BT). Margins are used as given (detach them first if they come from the
-/// model, as APLOT does). Uses `log_sigmoid`, exact and finite for extreme rewards.
+/// `chosen_rewards` and `rejected_rewards` are the reward model's scores `[batch]`; `margin`
+/// is `[batch]` or `None` (plain BT). Margins are used as given (detach them first if they
+/// come from the model, as APLOT does). Uses `log_sigmoid`, exact and finite for extreme
+/// rewards. f16/bf16 rewards are computed in f32.
 ///
 /// # Errors
-/// A margin or rejected tensor whose shape differs from `chosen` (never broadcast), an empty
-/// batch, or NaN/Inf in any input.
+/// A `margin` or `rejected_rewards` whose shape differs from `chosen_rewards` (never
+/// broadcast), an empty batch, or NaN/Inf in any input.
 ///
 /// # Example
 /// ```
@@ -56,26 +57,27 @@ pub struct BtLoss<B: Backend> {
 /// # Ok::<(), otpref::OtprefError>(())
 /// ```
 pub fn bt_margin_loss<B: Backend>(
-    chosen: Tensor<B, 1>,
-    rejected: Tensor<B, 1>,
+    chosen_rewards: Tensor<B, 1>,
+    rejected_rewards: Tensor<B, 1>,
     margin: Option<Tensor<B, 1>>,
     config: &BtLossConfig,
 ) -> Result<BtLoss<B>, OtprefError> {
+    let (chosen, rejected) = (chosen_rewards, rejected_rewards);
     let [batch] = chosen.dims();
     if batch == 0 {
         return Err(OtprefError::Shape("the batch is empty".into()));
     }
-    checks::shape("rejected rewards", &rejected, [batch])?;
+    checks::shape("rejected_rewards", &rejected, [batch])?;
     let mut dtypes = vec![
-        ("chosen rewards", chosen.dtype()),
-        ("rejected rewards", rejected.dtype()),
+        ("chosen_rewards", chosen.dtype()),
+        ("rejected_rewards", rejected.dtype()),
     ];
     if let Some(margin) = &margin {
         dtypes.push(("margin", margin.dtype()));
     }
     checks::same_dtype(&dtypes)?;
-    checks::finite("chosen rewards", &chosen)?;
-    checks::finite("rejected rewards", &rejected)?;
+    checks::finite("chosen_rewards", &chosen)?;
+    checks::finite("rejected_rewards", &rejected)?;
     if let Some(margin) = &margin {
         checks::shape("margin", margin, [batch])?;
         checks::finite("margin", margin)?;

@@ -111,7 +111,7 @@ fn mixed_float_dtypes() {
         &BtLossConfig::new(),
     )
     .unwrap_err();
-    check(err, "rejected rewards", "chosen rewards");
+    check(err, "rejected_rewards", "chosen_rewards");
 
     let repr = || f64_2(vec![1.0, 0.0, 0.0, 1.0], [2, 2]);
     let err = aplot_margins(
