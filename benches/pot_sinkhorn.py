@@ -1,11 +1,13 @@
 """POT baselines for docs/benchmarks.md, measured on the same machine as the Rust benches.
 
-    pip install POT==0.9.7.post1 numpy
+    pip install POT==0.9.7.post1 numpy torch
     python3 benches/pot_sinkhorn.py
 
 Workload of benches/sinkhorn.rs: batch 16, n = m = 256, eps = 0.05, tol 1e-6, costs uniform in
 [0, 1], uniform masses; balanced through ot.batch.solve_batch (numpy), and the unbalanced
-problem (rho = 1) through ot.unbalanced.sinkhorn_unbalanced looped over the batch.
+problem (rho = 1) through ot.unbalanced.sinkhorn_unbalanced looped over the batch. The
+balanced problem also runs on torch CPU tensors (POT's torch backend, one thread per core),
+the faster of POT's two CPU paths.
 """
 import time
 
@@ -38,7 +40,27 @@ def unbalanced():
                                               stopThr=1e-6) for k in range(B)]
 
 
-print("POT", ot.__version__, "numpy", np.__version__)
+def balanced_torch():
+    import torch
+    return ot.batch.solve_batch(M_torch, EPS, a_torch, a_torch, max_iter=1000, tol=1e-6,
+                                grad="detach")
+
+
+try:
+    import os
+
+    import torch
+    torch.set_num_threads(os.cpu_count())
+    # float32, as otpref runs (torch is faster in f32 than in numpy's float64).
+    M_torch, a_torch = torch.from_numpy(M).float(), torch.from_numpy(a).float()
+except ImportError:
+    torch = None
+
+print("POT", ot.__version__, "numpy", np.__version__,
+      "torch", torch.__version__ if torch else "(not installed)")
+if torch:
+    print("balanced   ot.batch.solve_batch, torch CPU f32: %.1f ms (%d threads)"
+          % (median_ms(balanced_torch), torch.get_num_threads()))
 print("balanced   ot.batch.solve_batch:              %.1f ms (%d iterations)"
       % (median_ms(balanced), balanced().log["n_iter"]))
 print("unbalanced sinkhorn_unbalanced, loop of 16:   %.1f ms" % median_ms(unbalanced))
