@@ -1,5 +1,6 @@
 //! [`OtBackend`] for every backend burn 0.21 ships, each behind the cargo feature of the same
-//! name. The trait's default method fits any backend without autodiff, so each impl is empty;
+//! name (burn's `cpu` backend, whose build downloads LLVM, has no feature of its own: it is a
+//! CubeCL backend, covered with the `cubecl` feature). The trait's default method fits any backend without autodiff, so each impl is empty;
 //! they are generic over the backend's element types (`NdArray<f64>`, `Cuda<half::f16>`), and
 //! the `Autodiff<B>` impl in `implicit.rs` covers each of them with autodiff.
 //!

@@ -207,6 +207,16 @@ pub fn otpo_token_weights<B: OtBackend>(
             config.marginal_penalty
         )));
     }
+    if config.marginal_penalty.is_infinite() {
+        if let Some(k) = (0..lens_c.len()).find(|k| lens_c[*k] != lens_r[*k]) {
+            return Err(OtprefError::UnequalTotals(format!(
+                "OtpoConfig::marginal_penalty is infinite (exact marginals), which needs equally \
+                 long responses, but pair {k} has {} chosen and {} rejected tokens \
+                 (chosen_mask, rejected_mask); use a finite marginal_penalty such as 0.2",
+                lens_c[k], lens_r[k]
+            )));
+        }
+    }
     let (chosen_hidden, rejected_hidden) = match config.gradient {
         GradientMode::Detach => (chosen_hidden.detach(), rejected_hidden.detach()),
         _ => (chosen_hidden, rejected_hidden),

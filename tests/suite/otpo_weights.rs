@@ -629,3 +629,26 @@ fn half_precision_states_give_the_f32_weights() {
         }
     }
 }
+
+#[test]
+fn exact_marginals_need_equally_long_responses() {
+    // An infinite ε2 makes both marginals exact: responses of different lengths cannot be
+    // matched, and the error says so in OTPO's own terms.
+    let batch = batch(1);
+    let (b, lc, lr, h) = batch.shape;
+    let err = otpo_token_weights(
+        tensor::<TestBackend, 3>(batch.chosen.clone(), [b, lc, h], DType::F32),
+        tensor::<TestBackend, 3>(batch.rejected.clone(), [b, lr, h], DType::F32),
+        tensor::<TestBackend, 2>(batch.mask_c.clone(), [b, lc], DType::F32),
+        tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
+        &OtpoConfig::new().with_marginal_penalty(f64::INFINITY),
+    )
+    .unwrap_err();
+    assert!(matches!(err, OtprefError::UnequalTotals(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("marginal_penalty") && message.contains("pair 0"),
+        "{message}"
+    );
+    assert!(!message.contains("rho"), "{message}");
+}
