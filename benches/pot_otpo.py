@@ -8,11 +8,11 @@ reg = 0.1, reg_m = 0.2. Dev-time baseline for docs/benchmarks.md.
 Also times the recipe as the OTPO authors' trainer runs it, on torch CPU tensors
 (`torch.cdist` + the same POT call, POT's torch backend), when torch is installed.
 """
-import time
-
 import numpy as np
 import ot
 from scipy.spatial.distance import cdist
+
+from timing import median_ms
 
 rng = np.random.default_rng(0)
 B, T, H = 8, 256, 512
@@ -57,18 +57,9 @@ def weights_torch():
     return out
 
 
-def median_ms(fn, repeats=5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
 
 print("POT", ot.__version__, "released OTPO recipe, batch 8 x 256 x 256, hidden 512: %.1f ms"
-      % median_ms(weights))
+      % median_ms(weights, 5))
 try:
     import os
 
@@ -76,6 +67,6 @@ try:
     torch.set_num_threads(os.cpu_count())
     chosen_t, rejected_t, mask_t = (torch.from_numpy(x) for x in (chosen, rejected, mask))
     print("  the same on torch CPU tensors (torch %s, %d threads): %.1f ms"
-          % (torch.__version__, torch.get_num_threads(), median_ms(weights_torch)))
+          % (torch.__version__, torch.get_num_threads(), median_ms(weights_torch, 5)))
 except ImportError:
     pass

@@ -9,25 +9,16 @@ problem (rho = 1) through ot.unbalanced.sinkhorn_unbalanced looped over the batc
 balanced problem also runs on torch CPU tensors (POT's torch backend, one thread per core),
 the faster of POT's two CPU paths.
 """
-import time
-
 import numpy as np
 import ot
+
+from timing import median_ms
 
 rng = np.random.default_rng(0)
 B, N, EPS = 16, 256, 0.05
 M = rng.random((B, N, N))
 a = np.full((B, N), 1.0 / N)
 
-
-def median_ms(fn, repeats=7):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def balanced():
@@ -41,7 +32,6 @@ def unbalanced():
 
 
 def balanced_torch():
-    import torch
     return ot.batch.solve_batch(M_torch, EPS, a_torch, a_torch, max_iter=1000, tol=1e-6,
                                 grad="detach")
 
@@ -60,7 +50,7 @@ print("POT", ot.__version__, "numpy", np.__version__,
       "torch", torch.__version__ if torch else "(not installed)")
 if torch:
     print("balanced   ot.batch.solve_batch, torch CPU f32: %.1f ms (%d threads)"
-          % (median_ms(balanced_torch), torch.get_num_threads()))
+          % (median_ms(balanced_torch, 7), torch.get_num_threads()))
 print("balanced   ot.batch.solve_batch:              %.1f ms (%d iterations)"
-      % (median_ms(balanced), balanced().log["n_iter"]))
-print("unbalanced sinkhorn_unbalanced, loop of 16:   %.1f ms" % median_ms(unbalanced))
+      % (median_ms(balanced, 7), balanced().log["n_iter"]))
+print("unbalanced sinkhorn_unbalanced, loop of 16:   %.1f ms" % median_ms(unbalanced, 7))

@@ -153,10 +153,7 @@ pub fn aplot_margins<B: OtBackend>(
     let plan = sinkhorn(cost.clone(), uniform.clone(), uniform, &solver)?.plan;
     let expected_cost = (plan * cost).sum_dim(2).squeeze_dims::<1>(&[0, 2]);
     let margins = expected_cost.mul_scalar(config.scale * batch as f64);
-    Ok(match margins.dtype() == dtype {
-        true => margins,
-        false => margins.cast(dtype),
-    })
+    Ok(checks::narrowed(margins, dtype))
 }
 
 /// `C_ij = γ (1 + cos)/2 + (1 − γ)(1 − σ(|r_c,i − r_r,j|))`, `[batch, batch]`.

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::tensor::{
     activation::{log_sigmoid, relu},
     backend::Backend,
-    DType, Tensor,
+    Tensor,
 };
 
 use crate::checks;
@@ -253,10 +253,7 @@ fn validate<B: Backend>(
         )));
     }
     // The loss is computed in the widened dtype (f32 for f16/bf16 inputs).
-    let dtype = match inputs.policy_chosen.dtype() {
-        DType::F16 | DType::BF16 => DType::F32,
-        other => other,
-    };
+    let dtype = checks::widened_dtype(inputs.policy_chosen.dtype());
     if config.beta > checks::dtype_max(dtype) {
         return Err(OtprefError::InvalidParameter(format!(
             "beta = {:e} is not representable in {dtype:?}; DPO's beta is usually 0.01 to 1",

@@ -14,9 +14,16 @@ pub(crate) const LOG_ZERO: f64 = -1e30;
 /// them.
 const MAX_COST_OVER_EPSILON: f64 = 1e27;
 
-/// `max |t|` over a tensor known to be finite (one device synchronisation).
-fn largest_magnitude<B: Backend>(tensor: &Tensor<B, 3>) -> f64 {
-    checks::to_host(tensor.clone().detach().abs().max().unsqueeze::<1>())[0]
+/// Whether every entry is finite, and `max |t|` when it is, in one device synchronisation (the
+/// sum carries NaN and infinities; only a non-finite sum pays for the exact scan).
+fn finite_and_largest<B: Backend>(tensor: &Tensor<B, 3>) -> (bool, f64) {
+    let tensor = tensor.clone().detach();
+    let both = checks::to_host(Tensor::cat(
+        vec![tensor.clone().sum(), tensor.clone().abs().max()],
+        0,
+    ));
+    let finite = both[0].is_finite() || checks::all_finite(&tensor);
+    (finite, both[1])
 }
 
 /// A validated batch of problems in the form the iterations use.
@@ -93,14 +100,15 @@ pub(crate) fn prepare<B: Backend>(
     // Checked on -C/ε rather than on C: one pass catches both a non-finite cost and an ε so
     // small that C/ε overflows the dtype (which would otherwise turn into NaN plans).
     let log_kernel = cost.clone().mul_scalar(-1.0 / epsilon);
-    let finite = checks::all_finite(&log_kernel);
-    if has_padding && finite && largest_magnitude(&log_kernel) > MAX_COST_OVER_EPSILON {
+    let (finite, largest) = match has_padding {
+        true => finite_and_largest(&log_kernel),
+        false => (checks::all_finite(&log_kernel), 0.0),
+    };
+    if finite && largest > MAX_COST_OVER_EPSILON {
         return Err(OtprefError::InvalidParameter(format!(
-            "cost / epsilon reaches {:e} in magnitude (epsilon = {epsilon:e}), beyond the {:e} \
-             the log-domain solver supports in a padded batch (padding would no longer be told \
-             apart); raise epsilon or divide the cost by its largest entry",
-            largest_magnitude(&log_kernel),
-            MAX_COST_OVER_EPSILON
+            "cost / epsilon reaches {largest:e} in magnitude (epsilon = {epsilon:e}), beyond the \
+             {MAX_COST_OVER_EPSILON:e} the log-domain solver supports in a padded batch (padding \
+             would no longer be told apart); raise epsilon or divide the cost by its largest entry"
         )));
     }
     if !finite {

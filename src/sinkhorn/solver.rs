@@ -25,7 +25,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 use super::config::UnbalancedConfig;
 use super::problem::{prepare, Dims, Problem};
 use super::transport::{Convergence, Transport};
-use crate::checks::{self, to_host};
+use crate::checks::to_host;
 use crate::error::OtprefError;
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
@@ -57,8 +57,15 @@ pub(crate) fn solve<B: Backend>(
         .mask_fill(problem.pad_b, 0.0);
     // A balanced plan is bounded by its masses; a relaxed one's mass grows like exp(-C/(ε+ρ))
     // and can overflow the dtype when costs are large and negative.
-    let representable =
-        || checks::all_finite(&plan) && checks::all_finite(&f) && checks::all_finite(&g);
+    // One read: a NaN or an infinity anywhere makes its tensor's sum non-finite.
+    let representable = || {
+        let sums = vec![
+            plan.clone().detach().sum(),
+            f.clone().detach().sum(),
+            g.clone().detach().sum(),
+        ];
+        to_host(Tensor::cat(sums, 0)).iter().all(|s| s.is_finite())
+    };
     if !config.is_balanced() && !representable() {
         return Err(OtprefError::NonFinite(format!(
             "the unbalanced transport plan overflows {:?}: with relaxed marginals its mass grows \

@@ -50,12 +50,9 @@ impl<B: Backend> TokenWeights<B> {
 
     /// The weights cast to `dtype` (after an f32 computation for half-precision inputs).
     pub(crate) fn in_dtype(self, dtype: burn::tensor::DType) -> Self {
-        if self.chosen.dtype() == dtype {
-            return self;
-        }
         TokenWeights {
-            chosen: self.chosen.cast(dtype),
-            rejected: self.rejected.cast(dtype),
+            chosen: crate::checks::narrowed(self.chosen, dtype),
+            rejected: crate::checks::narrowed(self.rejected, dtype),
             convergence: self.convergence,
         }
     }

@@ -229,8 +229,8 @@ pub fn otpo_token_weights<B: OtBackend>(
     let padded = lens_c.iter().any(|l| *l < len_c) || lens_r.iter().any(|l| *l < len_r);
     let norms_c = squared_norms(chosen_hidden.clone());
     let norms_r = squared_norms(rejected_hidden.clone());
-    check_norms("chosen_hidden", &norms_c, &chosen_mask)?;
-    check_norms("rejected_hidden", &norms_r, &rejected_mask)?;
+    check_norms("chosen_hidden", &norms_c)?;
+    check_norms("rejected_hidden", &norms_r)?;
     let cost = token_cost(
         (chosen_hidden, norms_c),
         (rejected_hidden, norms_r),
@@ -367,20 +367,10 @@ pub(crate) fn budget_tensors<B: Backend>(
 /// squared norms, stay representable in the dtype. One host read of `batch · len` values: a
 /// NaN or infinity in a hidden state makes its token's norm non-finite, and a later clamp
 /// would hide it.
-fn check_norms<B: Backend>(
-    name: &str,
-    norms: &Tensor<B, 3>,
-    mask: &Tensor<B, 2>,
-) -> Result<(), OtprefError> {
+fn check_norms<B: Backend>(name: &str, norms: &Tensor<B, 3>) -> Result<(), OtprefError> {
     let [batch, len, _] = norms.dims();
-    let padded = mask.clone().lower_elem(0.5);
-    let values = checks::to_host(
-        norms
-            .clone()
-            .detach()
-            .reshape([batch, len])
-            .mask_fill(padded, 0.0),
-    );
+    // Padded positions were zeroed, so their norms are 0: only response tokens can fail.
+    let values = checks::to_host(norms.clone().detach().reshape([batch, len]));
     let limit = checks::dtype_max(norms.dtype()) / 64.0;
     match values.iter().position(|v| !(v.is_finite() && *v <= limit)) {
         Some(bad) if !values[bad].is_finite() => Err(OtprefError::NonFinite(format!(
@@ -451,14 +441,9 @@ fn token_cost<B: Backend>(
         CostNormalization::ValidPairsAlways => largest(valid_distance()),
         CostNormalization::Released => {
             let pairs = largest(valid_distance());
-            let norm_c = largest(
-                (norms_c.detach().sqrt() * chosen_mask.clone().unsqueeze_dim::<3>(2))
-                    .add_scalar(1e-6),
-            );
-            let norm_r = largest(
-                (norms_r.detach().sqrt() * rejected_mask.clone().unsqueeze_dim::<3>(1))
-                    .add_scalar(1e-6),
-            );
+            // Padded states were zeroed, as the released code's padded matrix holds them.
+            let norm_c = largest(norms_c.detach().sqrt().add_scalar(1e-6));
+            let norm_r = largest(norms_r.detach().sqrt().add_scalar(1e-6));
             pairs.max_pair(norm_c).max_pair(norm_r).clamp_min(1.0)
         }
     };
