@@ -10,7 +10,9 @@
 use super::implicit::OtBackend;
 
 #[cfg(feature = "flex")]
-impl OtBackend for burn::backend::Flex {}
+impl OtBackend for burn::backend::Flex {
+    const HOST_MEMORY: bool = true;
+}
 
 #[cfg(feature = "ndarray")]
 impl<E, I, Q> OtBackend for burn::backend::NdArray<E, I, Q>
@@ -21,6 +23,7 @@ where
     burn::backend::ndarray::NdArrayTensor:
         From<burn::backend::ndarray::SharedArray<E>> + From<burn::backend::ndarray::SharedArray<I>>,
 {
+    const HOST_MEMORY: bool = true;
 }
 
 #[cfg(feature = "candle")]

@@ -48,6 +48,15 @@ pub struct SinkhornConfig {
     /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
     #[config(default = true)]
     pub matmul_updates: bool,
+    /// Run the fused CPU solver on backends whose tensors live in host memory (`Flex`,
+    /// `NdArray`): the same iterations and stopping rule as the composed tensor-op solver, in
+    /// one pass over the kernel per half-iteration, with problems (and the rows of large
+    /// problems) spread over threads and SIMD loops. `false` runs the composed solver, the
+    /// reference implementation, which GPU backends, f64 inputs and
+    /// [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree to
+    /// f32 rounding.
+    #[config(default = true)]
+    pub fused_cpu: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward.
     #[config(default = 1000)]
     pub implicit_max_iters: usize,
@@ -95,6 +104,15 @@ pub struct UnbalancedConfig {
     /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result;
     /// default `true`).
     pub matmul_updates: bool,
+    /// Run the fused CPU solver on backends whose tensors live in host memory (`Flex`,
+    /// `NdArray`): the same iterations and stopping rule as the composed tensor-op solver, in
+    /// one pass over the kernel per half-iteration, with problems (and the rows of large
+    /// problems) spread over threads and SIMD loops. `false` runs the composed solver, the
+    /// reference implementation, which GPU backends, f64 inputs and
+    /// [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree to
+    /// f32 rounding (default `true`).
+    #[serde(default = "fused_cpu_default")]
+    pub fused_cpu: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward (default 1000).
     pub implicit_max_iters: usize,
     /// Relative residual at which the implicit backward's conjugate gradients stop (default
@@ -103,6 +121,11 @@ pub struct UnbalancedConfig {
 }
 
 impl Config for UnbalancedConfig {}
+
+/// Configs saved before `fused_cpu` existed load with it on.
+fn fused_cpu_default() -> bool {
+    true
+}
 
 impl fmt::Display for UnbalancedConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,6 +171,12 @@ impl UnbalancedConfig {
     /// Sets [`matmul_updates`](Self::matmul_updates).
     pub fn with_matmul_updates(mut self, matmul_updates: bool) -> Self {
         self.matmul_updates = matmul_updates;
+        self
+    }
+
+    /// Sets [`fused_cpu`](Self::fused_cpu).
+    pub fn with_fused_cpu(mut self, fused_cpu: bool) -> Self {
+        self.fused_cpu = fused_cpu;
         self
     }
 
@@ -241,6 +270,7 @@ impl From<&SinkhornConfig> for UnbalancedConfig {
             check_every: c.check_every,
             gradient: c.gradient,
             matmul_updates: c.matmul_updates,
+            fused_cpu: c.fused_cpu,
             implicit_max_iters: c.implicit_max_iters,
             implicit_tolerance: c.implicit_tolerance,
         }

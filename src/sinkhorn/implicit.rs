@@ -44,6 +44,11 @@ use crate::error::OtprefError;
 /// `impl OtBackend for burn::backend::Wgpu {}` behind its cargo feature: the default method
 /// works on any backend, and the `Autodiff` impl picks it up.
 pub trait OtBackend: Backend {
+    /// Whether this backend's tensors live in host memory, so that the fused CPU solver
+    /// ([`UnbalancedConfig::fused_cpu`]) serves it: `true` for `Flex` and `NdArray`;
+    /// `Autodiff<B>` inherits it from `B`.
+    const HOST_MEMORY: bool = false;
+
     /// Solves the batch and, on an autodiff backend, attaches the implicit backward.
     ///
     /// Called by [`sinkhorn`](crate::sinkhorn()) and
@@ -59,6 +64,8 @@ pub trait OtBackend: Backend {
 }
 
 impl<B: OtBackend, C: CheckpointStrategy> OtBackend for Autodiff<B, C> {
+    const HOST_MEMORY: bool = B::HOST_MEMORY;
+
     fn solve_implicit(
         cost: Tensor<Self, 3>,
         a: Tensor<Self, 2>,

@@ -9,6 +9,8 @@
 
 mod backends;
 mod config;
+#[cfg(feature = "fused-cpu")]
+mod fused;
 mod implicit;
 mod problem;
 mod solver;

@@ -55,25 +55,63 @@ pub(crate) struct Dims {
     pub m: usize,
 }
 
-/// Checks shapes, masses and the cost, and builds the log-domain problem.
+/// What the checks of shapes, masses and ε found, before the cost is read.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    pub dims: Dims,
+    /// The masses on the host, `[batch * n]` and `[batch * m]`.
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+    /// Whether any mass is 0 (a padded row or column) anywhere in the batch.
+    pub has_padding: bool,
+}
+
+/// Checks shapes, dtypes, masses, totals and ε: everything but the cost's values, which each
+/// solver checks as it reads the cost ([`build`] here, the fused CPU solver on the host).
+pub(crate) fn check_inputs<B: Backend>(
+    cost: &Tensor<B, 3>,
+    a: &Tensor<B, 2>,
+    b: &Tensor<B, 2>,
+    epsilon: f64,
+    balanced: bool,
+) -> Result<Checked, OtprefError> {
+    let dims = check_shapes(cost, a, b)?;
+    let a_host = masses_to_host("a", a)?;
+    let b_host = masses_to_host("b", b)?;
+    check_totals(&a_host, &b_host, dims, balanced, a.dtype())?;
+    // Potentials are f = ε (x + log a) with |x + log a| up to a few hundred (logs of masses down
+    // to the smallest normal number): keep 1000 ε representable.
+    if epsilon * 1e3 > checks::dtype_max(cost.dtype()) {
+        return Err(OtprefError::InvalidParameter(format!(
+            "epsilon = {epsilon:e} is too large for a cost in {:?}: the potentials \
+             (epsilon times logs of the masses, up to about 1000 epsilon) may overflow; costs scaled to [0, 1] usually \
+             want epsilon between 1e-3 and 1",
+            cost.dtype()
+        )));
+    }
+    let has_padding = a_host.iter().chain(&b_host).any(|mass| *mass == 0.0);
+    Ok(Checked {
+        dims,
+        a: a_host,
+        b: b_host,
+        has_padding,
+    })
+}
+
+/// Builds the log-domain problem the composed solver iterates on, checking the cost.
 ///
 /// Padded positions (zero mass) may hold anything in `cost`, NaN included: they are replaced
 /// before any arithmetic, so they never reach a value or a gradient.
-pub(crate) fn prepare<B: Backend>(
+pub(crate) fn build<B: Backend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
+    checked: &Checked,
     epsilon: f64,
-    balanced: bool,
-) -> Result<(Problem<B>, Dims), OtprefError> {
-    let dims = check_shapes(&cost, &a, &b)?;
-    let a_host = masses_to_host("a", &a)?;
-    let b_host = masses_to_host("b", &b)?;
-    check_totals(&a_host, &b_host, dims, balanced, a.dtype())?;
-
+) -> Result<Problem<B>, OtprefError> {
     let pad_a = a.clone().lower_equal_elem(0.0);
     let pad_b = b.clone().lower_equal_elem(0.0);
-    let has_padding = a_host.iter().chain(&b_host).any(|mass| *mass == 0.0);
+    let has_padding = checked.has_padding;
     let (cost, valid_pair) = if has_padding {
         // Masses are >= 0, so sign() is the 0/1 validity mask, and the outer product of the
         // two masks (a matrix product, the fastest broadcast) marks the valid pairs.
@@ -87,16 +125,6 @@ pub(crate) fn prepare<B: Backend>(
     } else {
         (cost, None)
     };
-    // Potentials are f = ε (x + log a) with |x + log a| up to a few hundred (logs of masses down
-    // to the smallest normal number): keep 1000 ε representable.
-    if epsilon * 1e3 > checks::dtype_max(cost.dtype()) {
-        return Err(OtprefError::InvalidParameter(format!(
-            "epsilon = {epsilon:e} is too large for a cost in {:?}: the potentials \
-             (epsilon times logs of the masses, up to about 1000 epsilon) may overflow; costs scaled to [0, 1] usually \
-             want epsilon between 1e-3 and 1",
-            cost.dtype()
-        )));
-    }
     // Checked on -C/ε rather than on C: one pass catches both a non-finite cost and an ε so
     // small that C/ε overflows the dtype (which would otherwise turn into NaN plans).
     let log_kernel = cost.clone().mul_scalar(-1.0 / epsilon);
@@ -104,33 +132,15 @@ pub(crate) fn prepare<B: Backend>(
         true => finite_and_largest(&log_kernel),
         false => (checks::all_finite(&log_kernel), 0.0),
     };
-    if finite && largest > MAX_COST_OVER_EPSILON {
-        return Err(OtprefError::InvalidParameter(format!(
-            "cost / epsilon reaches {largest:e} in magnitude (epsilon = {epsilon:e}), beyond the \
-             {MAX_COST_OVER_EPSILON:e} the log-domain solver supports in a padded batch (padding \
-             would no longer be told apart); raise epsilon or divide the cost by its largest entry"
-        )));
-    }
     if !finite {
-        if !checks::all_finite(&cost) {
-            return Err(OtprefError::NonFinite(
-                "the cost holds NaN or infinite values at valid (non-padded) positions; remove \
-                 them where they come from (padded rows and columns, where the mass is 0, may \
-                 hold anything)"
-                    .into(),
-            ));
-        }
-        return Err(OtprefError::InvalidParameter(format!(
-            "epsilon = {epsilon:e} is too small for this cost in {:?}: cost / epsilon \
-             overflows; raise epsilon or divide the cost by its largest entry",
-            cost.dtype()
-        )));
+        return Err(cost_error(checks::all_finite(&cost), epsilon, cost.dtype()));
     }
+    check_padded_range(has_padding, largest, epsilon)?;
 
     // log of masses with padding guarded *before* the log, so no 1/0 reaches a gradient.
     let log_a_or_zero = a.clone().mask_fill(pad_a.clone(), 1.0).log();
     let log_b_or_zero = b.clone().mask_fill(pad_b.clone(), 1.0).log();
-    let problem = Problem {
+    Ok(Problem {
         log_kernel,
         log_a: log_a_or_zero.clone().mask_fill(pad_a.clone(), LOG_ZERO),
         log_b: log_b_or_zero.clone().mask_fill(pad_b.clone(), LOG_ZERO),
@@ -139,8 +149,42 @@ pub(crate) fn prepare<B: Backend>(
         pad_a,
         pad_b,
         valid_pair,
-    };
-    Ok((problem, dims))
+    })
+}
+
+/// The error for a valid cost entry whose `-C/ε` is not finite: the cost itself is not
+/// (`cost_finite` false), or ε is so small that `C/ε` overflows `dtype`.
+pub(crate) fn cost_error(cost_finite: bool, epsilon: f64, dtype: DType) -> OtprefError {
+    if !cost_finite {
+        return OtprefError::NonFinite(
+            "the cost holds NaN or infinite values at valid (non-padded) positions; remove \
+             them where they come from (padded rows and columns, where the mass is 0, may \
+             hold anything)"
+                .into(),
+        );
+    }
+    OtprefError::InvalidParameter(format!(
+        "epsilon = {epsilon:e} is too small for this cost in {dtype:?}: cost / epsilon \
+         overflows; raise epsilon or divide the cost by its largest entry"
+    ))
+}
+
+/// Errors when a padded batch has `|C/ε|` up to `largest`, beyond
+/// [`MAX_COST_OVER_EPSILON`]. Both solvers check it, so that a batch is accepted or refused
+/// whichever solver runs it.
+pub(crate) fn check_padded_range(
+    has_padding: bool,
+    largest: f64,
+    epsilon: f64,
+) -> Result<(), OtprefError> {
+    if has_padding && largest > MAX_COST_OVER_EPSILON {
+        return Err(OtprefError::InvalidParameter(format!(
+            "cost / epsilon reaches {largest:e} in magnitude (epsilon = {epsilon:e}), beyond the \
+             {MAX_COST_OVER_EPSILON:e} the log-domain solver supports in a padded batch (padding \
+             would no longer be told apart); raise epsilon or divide the cost by its largest entry"
+        )));
+    }
+    Ok(())
 }
 
 fn check_shapes<B: Backend>(

@@ -23,20 +23,33 @@
 use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 
 use super::config::UnbalancedConfig;
-use super::problem::{prepare, Dims, Problem};
+#[cfg(feature = "fused-cpu")]
+use super::fused;
+use super::implicit::OtBackend;
+use super::problem::{build, check_inputs, Checked, Problem};
 use super::transport::{Convergence, Transport};
 use crate::checks::to_host;
 use crate::error::OtprefError;
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
 /// the inputs are tracked (the unrolled mode); detach them first for no graph.
-pub(crate) fn solve<B: Backend>(
+///
+/// On backends whose tensors live in host memory the fused CPU solver runs instead of the
+/// composed tensor ops (see [`UnbalancedConfig::fused_cpu`]), except in the unrolled mode,
+/// whose graph needs the ops.
+pub(crate) fn solve<B: OtBackend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
 ) -> Result<Transport<B>, OtprefError> {
-    let solution = run(cost, a, b, config, None)?;
+    config.validate()?;
+    let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
+    #[cfg(feature = "fused-cpu")]
+    if fused::serves::<B>(config, cost.dtype()) {
+        return fused::solve(cost, &checked, config);
+    }
+    let solution = run(cost, a, b, &checked, config, None)?;
     let plan = match solution.scalings() {
         Some((u, v, kernel)) => u.unsqueeze_dim::<3>(2).matmul(v.unsqueeze_dim::<3>(1)) * kernel,
         None => solution.full_plan(),
@@ -48,6 +61,7 @@ pub(crate) fn solve<B: Backend>(
         stats,
         ..
     } = solution;
+    let convergence = convergence(&stats);
     let epsilon = config.epsilon;
     let f = (x + problem.log_a_or_zero)
         .mul_scalar(epsilon)
@@ -67,21 +81,25 @@ pub(crate) fn solve<B: Backend>(
         to_host(Tensor::cat(sums, 0)).iter().all(|s| s.is_finite())
     };
     if !config.is_balanced() && !representable() {
-        return Err(OtprefError::NonFinite(format!(
-            "the unbalanced transport plan overflows {:?}: with relaxed marginals its mass grows \
-             exponentially as costs become negative; use costs >= 0 (e.g. subtract the smallest \
-             entry) or compute in f64",
-            plan.dtype()
-        )));
+        return Err(plan_overflow_error(plan.dtype()));
     }
     Ok(Transport {
         plan,
         f,
         g,
-        iterations: stats.iterations,
-        converged: stats.converged,
-        marginal_error: stats.error,
+        iterations: convergence.iterations,
+        converged: convergence.converged,
+        marginal_error: convergence.marginal_error,
     })
+}
+
+/// The error for an unbalanced plan (or its potentials) that overflows `dtype`.
+pub(super) fn plan_overflow_error(dtype: DType) -> OtprefError {
+    OtprefError::NonFinite(format!(
+        "the unbalanced transport plan overflows {dtype:?}: with relaxed marginals its mass grows \
+         exponentially as costs become negative; use costs >= 0 (e.g. subtract the smallest \
+         entry) or compute in f64"
+    ))
 }
 
 /// The logarithms of the plan's marginals `(log P1, log Pᵀ1)` and the solver's report,
@@ -92,14 +110,20 @@ pub(crate) fn solve<B: Backend>(
 ///
 /// `cost_range`: known bounds `(low, high)` on the cost, with `low <= 0 <= high` when there is
 /// padding (padded entries become 0), or `None`.
-pub(crate) fn solve_log_marginals<B: Backend>(
+pub(crate) fn solve_log_marginals<B: OtBackend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
     config: &UnbalancedConfig,
     cost_range: Option<(f64, f64)>,
 ) -> Result<(Tensor<B, 2>, Tensor<B, 2>, Convergence), OtprefError> {
-    let solution = run(cost, a, b, config, cost_range)?;
+    config.validate()?;
+    let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
+    #[cfg(feature = "fused-cpu")]
+    if fused::serves::<B>(config, cost.dtype()) {
+        return fused::solve_log_marginals(cost, &checked, config);
+    }
+    let solution = run(cost, a, b, &checked, config, cost_range)?;
     let (rows, cols) = solution.log_scalings();
     let (log_rows, log_cols) = match &solution.kernel {
         // P = diag(u) E diag(v) with u = exp(rows + shift), v = exp(cols): each side's sum is
@@ -130,7 +154,7 @@ pub(crate) fn solve_log_marginals<B: Backend>(
             )
         }
     };
-    Ok((log_rows, log_cols, solution.stats.into_convergence()))
+    Ok((log_rows, log_cols, convergence(&solution.stats)))
 }
 
 /// A solved batch, before the plan is formed.
@@ -139,20 +163,21 @@ struct Solution<B: Backend> {
     kernel: Kernel<B>,
     x: Tensor<B, 2>,
     y: Tensor<B, 2>,
-    stats: Stats,
+    stats: Vec<ProblemStats>,
 }
 
+/// The composed solver on checked inputs.
 fn run<B: Backend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
+    checked: &Checked,
     config: &UnbalancedConfig,
     cost_range: Option<(f64, f64)>,
 ) -> Result<Solution<B>, OtprefError> {
-    config.validate()?;
-    let (problem, dims) = prepare(cost, a, b, config.epsilon, config.is_balanced())?;
+    let problem = build(cost, a, b, checked, config.epsilon)?;
     let kernel = Kernel::choose(&problem, config.matmul_updates, config.epsilon, cost_range);
-    let (x, y, stats) = iterate(&problem, &kernel, dims, config);
+    let (x, y, stats) = iterate(&problem, &kernel, checked.dims.batch, config);
     Ok(Solution {
         problem,
         kernel,
@@ -199,22 +224,68 @@ impl<B: Backend> Solution<B> {
     }
 }
 
-struct Stats {
-    iterations: Vec<usize>,
-    converged: Vec<bool>,
-    error: Vec<f64>,
+/// One problem's progress through its convergence checks (shared with the fused solver, so
+/// that both stop by the same rule).
+#[derive(Debug, Clone)]
+pub(super) struct ProblemStats {
+    /// Iterations run when it converged (`max_iters` until then).
+    pub iterations: usize,
+    pub converged: bool,
+    /// Error at the last check.
+    pub error: f64,
     /// Smallest error seen so far, and how many checks in a row have not beaten it.
-    best_error: Vec<f64>,
-    stale_checks: Vec<usize>,
+    best_error: f64,
+    stale_checks: usize,
 }
 
-impl Stats {
-    fn into_convergence(self) -> Convergence {
-        Convergence {
-            iterations: self.iterations,
-            converged: self.converged,
-            marginal_error: self.error,
+impl ProblemStats {
+    pub(super) fn new(max_iters: usize) -> Self {
+        Self {
+            iterations: max_iters,
+            converged: false,
+            error: f64::INFINITY,
+            best_error: f64::INFINITY,
+            stale_checks: 0,
         }
+    }
+
+    /// Records the check made after `iteration` iterations (`floor`: the error rounding alone
+    /// produces); true when the problem has converged.
+    pub(super) fn record(
+        &mut self,
+        error: f64,
+        floor: f64,
+        iteration: usize,
+        tolerance: f64,
+    ) -> bool {
+        if self.converged {
+            return true;
+        }
+        self.error = error;
+        if error < self.best_error {
+            self.best_error = error;
+            self.stale_checks = 0;
+        } else {
+            self.stale_checks += 1;
+        }
+        // Below the rounding floor, an error that has stopped improving is as good as the
+        // floating-point type allows (f32 with large C/ε): stop instead of spinning.
+        let stalled = error <= floor && self.stale_checks >= STALE_CHECKS;
+        // A NaN error never counts as converged (NaN <= tol is false).
+        if error <= tolerance || stalled {
+            self.converged = true;
+            self.iterations = iteration;
+        }
+        self.converged
+    }
+}
+
+/// The batch's report.
+pub(super) fn convergence(stats: &[ProblemStats]) -> Convergence {
+    Convergence {
+        iterations: stats.iter().map(|s| s.iterations).collect(),
+        converged: stats.iter().map(|s| s.converged).collect(),
+        marginal_error: stats.iter().map(|s| s.error).collect(),
     }
 }
 
@@ -229,20 +300,15 @@ const STALE_CHECKS: usize = 20;
 fn iterate<B: Backend>(
     problem: &Problem<B>,
     kernel: &Kernel<B>,
-    dims: Dims,
+    batch: usize,
     config: &UnbalancedConfig,
-) -> (Tensor<B, 2>, Tensor<B, 2>, Stats) {
+) -> (Tensor<B, 2>, Tensor<B, 2>, Vec<ProblemStats>) {
     let balanced = config.is_balanced();
     let (lambda_a, lambda_b) = (config.lambda_a(), config.lambda_b());
+    let [_, n, m] = problem.log_kernel.dims();
     let mut x = problem.log_a.zeros_like();
     let mut y = problem.log_b.zeros_like();
-    let mut stats = Stats {
-        iterations: vec![config.max_iters; dims.batch],
-        converged: vec![false; dims.batch],
-        error: vec![f64::INFINITY; dims.batch],
-        best_error: vec![f64::INFINITY; dims.batch],
-        stale_checks: vec![0; dims.batch],
-    };
+    let mut stats = vec![ProblemStats::new(config.max_iters); batch];
     // `done` is None until some problem has converged: no masking cost before that.
     let mut done: Option<Tensor<B, 2, Bool>> = None;
     let device = problem.log_a.device();
@@ -257,23 +323,23 @@ fn iterate<B: Backend>(
             let errors = row_marginal_error(problem, &x, &x_new, &y);
             done = record_convergence(&mut stats, &errors, iteration - 1, config, &device);
         }
-        let x_next = freeze(x_new, &x, done.as_ref(), dims.n);
+        let x_next = freeze(x_new, &x, done.as_ref(), n);
 
         let y_new = update_y(problem, kernel, &x_next, lambda_b);
-        let y_next = freeze(y_new, &y, done.as_ref(), dims.m);
+        let y_next = freeze(y_new, &y, done.as_ref(), m);
         if check && !balanced {
             let errors = potential_change(problem, &x, &x_next, &y, &y_next);
             done = record_convergence(&mut stats, &errors, iteration, config, &device);
         }
         x = x_next;
         y = y_next;
-        if stats.converged.iter().all(|c| *c) {
+        if stats.iter().all(|s| s.converged) {
             break;
         }
     }
     // A single balanced iteration never measured the row marginal (the check needs one more
     // x-update): measure the final state, so that the report is its error, not infinity.
-    if balanced && stats.error.iter().any(|e| e.is_infinite()) {
+    if balanced && stats.iter().any(|s| s.error.is_infinite()) {
         let x_new = update_x(problem, kernel, &y, lambda_a);
         let errors = row_marginal_error(problem, &x, &x_new, &y);
         record_convergence::<B>(&mut stats, &errors, config.max_iters, config, &device);
@@ -502,35 +568,19 @@ fn with_floor<B: Backend>(errors: Tensor<B, 2>, magnitude: Tensor<B, 2>) -> Vec<
 
 /// Marks problems that meet the tolerance; returns the mask of problems that are done.
 fn record_convergence<B: Backend>(
-    stats: &mut Stats,
+    stats: &mut [ProblemStats],
     errors: &[(f64, f64)],
     iteration: usize,
     config: &UnbalancedConfig,
     device: &B::Device,
 ) -> Option<Tensor<B, 2, Bool>> {
-    for (problem, (error, floor)) in errors.iter().enumerate() {
-        if stats.converged[problem] {
-            continue;
-        }
-        stats.error[problem] = *error;
-        if *error < stats.best_error[problem] {
-            stats.best_error[problem] = *error;
-            stats.stale_checks[problem] = 0;
-        } else {
-            stats.stale_checks[problem] += 1;
-        }
-        // Below the rounding floor, an error that has stopped improving is as good as the
-        // floating-point type allows (f32 with large C/ε): stop instead of spinning.
-        let stalled = *error <= *floor && stats.stale_checks[problem] >= STALE_CHECKS;
-        // A NaN error never counts as converged (NaN <= tol is false).
-        if *error <= config.tolerance || stalled {
-            stats.converged[problem] = true;
-            stats.iterations[problem] = iteration;
-        }
+    for (problem, (error, floor)) in stats.iter_mut().zip(errors) {
+        problem.record(*error, *floor, iteration, config.tolerance);
     }
-    if !stats.converged.iter().any(|c| *c) {
+    if !stats.iter().any(|s| s.converged) {
         return None;
     }
-    let data = TensorData::new(stats.converged.clone(), [stats.converged.len(), 1]);
+    let converged: Vec<bool> = stats.iter().map(|s| s.converged).collect();
+    let data = TensorData::new(converged, [stats.len(), 1]);
     Some(Tensor::from_data(data, device))
 }

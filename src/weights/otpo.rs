@@ -60,6 +60,15 @@ pub struct OtpoConfig {
     /// relative change of its scalings `u = exp(f/ε1)` and `v`, with the same default; ours is
     /// the stricter one where the scalings are small.
     pub tolerance: f64,
+    /// Solve with the fused CPU solver on backends whose tensors live in host memory (see
+    /// [`UnbalancedConfig::fused_cpu`]; default `true`).
+    #[serde(default = "fused_cpu_default")]
+    pub fused_cpu: bool,
+}
+
+/// Configs saved before `fused_cpu` existed load with it on.
+fn fused_cpu_default() -> bool {
+    true
 }
 
 impl Config for OtpoConfig {}
@@ -82,6 +91,7 @@ impl OtpoConfig {
             gradient: GradientMode::Detach,
             max_iters: 1000,
             tolerance: 1e-6,
+            fused_cpu: true,
         }
     }
 
@@ -124,6 +134,12 @@ impl OtpoConfig {
     /// Sets [`tolerance`](Self::tolerance).
     pub fn with_tolerance(mut self, tolerance: f64) -> Self {
         self.tolerance = tolerance;
+        self
+    }
+
+    /// Sets [`fused_cpu`](Self::fused_cpu).
+    pub fn with_fused_cpu(mut self, fused_cpu: bool) -> Self {
+        self.fused_cpu = fused_cpu;
         self
     }
 }
@@ -246,7 +262,8 @@ pub fn otpo_token_weights<B: OtBackend>(
     )
     .with_gradient(config.gradient)
     .with_max_iters(config.max_iters)
-    .with_tolerance(config.tolerance);
+    .with_tolerance(config.tolerance)
+    .with_fused_cpu(config.fused_cpu);
     let (log_rows, log_cols, convergence) = match config.gradient {
         // Only the marginals are needed: skip forming the plan when there is no graph.
         GradientMode::Detach => {

@@ -12,6 +12,7 @@ mod configs;
 #[cfg(feature = "gpu-tests")]
 mod cuda_matches_cpu;
 mod errors;
+mod fused;
 mod gradients;
 mod hostile;
 mod losses;

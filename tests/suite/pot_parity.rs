@@ -1,5 +1,6 @@
 //! Parity with POT on padded batches of mixed sizes (fixtures from
-//! `tests/fixtures/generate_pot_fixtures.py`): plans agree to 1e-5 absolute in f32.
+//! `tests/fixtures/generate_pot_fixtures.py`): plans agree to 1e-5 absolute in f32, with the
+//! fused CPU solver and with the composed one.
 
 use crate::common::floats;
 use crate::common::{pad_batch, values, Problem, TestBackend};
@@ -16,15 +17,15 @@ fn parse_rho(v: &Value) -> f64 {
     }
 }
 
-struct Case {
-    kind: String,
-    epsilon: f64,
-    rho: (f64, f64),
-    problems: Vec<Problem>,
-    plans: Vec<Vec<f64>>,
+pub struct Case {
+    pub kind: String,
+    pub epsilon: f64,
+    pub rho: (f64, f64),
+    pub problems: Vec<Problem>,
+    pub plans: Vec<Vec<f64>>,
 }
 
-fn cases() -> Vec<Case> {
+pub fn cases() -> Vec<Case> {
     let json: Value = serde_json::from_str(FIXTURE).unwrap();
     json["cases"]
         .as_array()
@@ -95,18 +96,21 @@ fn assert_plans_match(case: &Case, plan: &[f64], n: usize, m: usize) {
 
 #[test]
 fn balanced_plans_match_pot_sinkhorn_log() {
-    // Both ways of evaluating the updates (matrix products and full log-sum-exp) must agree.
-    for (case, matmul) in cases()
+    // Both ways of evaluating the updates (matrix products and full log-sum-exp) and both
+    // solvers must agree.
+    for (case, matmul, fused) in cases()
         .iter()
         .filter(|c| c.kind == "balanced")
         .flat_map(|c| [(c, true), (c, false)])
+        .flat_map(|(c, matmul)| [(c, matmul, true), (c, matmul, false)])
     {
         // NaN in padded cost entries must never leak into the result.
         let (cost, a, b) = pad_batch::<TestBackend>(&case.problems, f64::NAN, DType::F32);
         let [_, n, m] = cost.dims();
         let config = SinkhornConfig::new(case.epsilon)
             .with_max_iters(20_000)
-            .with_matmul_updates(matmul);
+            .with_matmul_updates(matmul)
+            .with_fused_cpu(fused);
         let transport = sinkhorn(cost, a, b, &config).unwrap();
         assert!(
             transport.all_converged(),
@@ -119,16 +123,18 @@ fn balanced_plans_match_pot_sinkhorn_log() {
 
 #[test]
 fn unbalanced_plans_match_pot_sinkhorn_unbalanced_entropy() {
-    for (case, matmul) in cases()
+    for (case, matmul, fused) in cases()
         .iter()
         .filter(|c| c.kind == "unbalanced")
         .flat_map(|c| [(c, true), (c, false)])
+        .flat_map(|(c, matmul)| [(c, matmul, true), (c, matmul, false)])
     {
         let (cost, a, b) = pad_batch::<TestBackend>(&case.problems, 1e9, DType::F32);
         let [_, n, m] = cost.dims();
         let config = UnbalancedConfig::new(case.epsilon, case.rho.0, case.rho.1)
             .with_max_iters(20_000)
-            .with_matmul_updates(matmul);
+            .with_matmul_updates(matmul)
+            .with_fused_cpu(fused);
         let transport = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
         assert!(
             transport.all_converged(),

@@ -1,0 +1,295 @@
+//! The fused CPU solver against the composed solver, the reference implementation
+//! (`fused_cpu = false`): the same iterations and reports, and plans, potentials, OTPO
+//! weights and implicit gradients equal to f32 rounding. On a backend without the fused solver
+//! (CUDA, with `gpu-tests`) both runs take the composed path.
+
+use crate::common::{pad_batch, proptest_config, random_problem, values, Problem, Rng};
+use crate::common::{TestAutodiff, TestBackend};
+use crate::pot_parity::cases;
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use otpref::{otpo_token_weights, unbalanced_sinkhorn, GradientMode, OtpoConfig, UnbalancedConfig};
+use proptest::prelude::*;
+
+/// What a solve returned: plan, f, g (as f64) and the report.
+#[derive(Debug)]
+struct Solved {
+    plan: Vec<f64>,
+    f: Vec<f64>,
+    g: Vec<f64>,
+    iterations: Vec<usize>,
+    converged: Vec<bool>,
+}
+
+fn solve(problems: &[Problem], pad_cost: f64, dtype: DType, config: &UnbalancedConfig) -> Solved {
+    let (cost, a, b) = pad_batch::<TestBackend>(problems, pad_cost, dtype);
+    let t = unbalanced_sinkhorn(cost, a, b, config).unwrap();
+    Solved {
+        plan: values(t.plan),
+        f: values(t.f),
+        g: values(t.g),
+        iterations: t.iterations,
+        converged: t.converged,
+    }
+}
+
+/// Largest `|fused - reference| / (1 + |reference|)`.
+fn worst(fused: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(fused.len(), reference.len());
+    fused
+        .iter()
+        .zip(reference)
+        .map(|(f, r)| (f - r).abs() / (1.0 + r.abs()))
+        .fold(0.0, f64::max)
+}
+
+/// Solves with both solvers and checks that they agree: plans to `plan_tol` (absolute:
+/// entries are at most the total mass), padded entries exactly 0 in both.
+///
+/// `Steps::Exactly` runs both for a fixed number of iterations (one check, at the end): the
+/// same arithmetic up to summation order, so the potentials must agree too (to
+/// `potential_tol`, relative to `1 + |f|`). Run to a tolerance, a problem whose error is
+/// within rounding of it can stop one check earlier in one solver than in the other: then
+/// each plan is within the tolerance of the solution, and balanced potentials may differ
+/// by the constant shift they are defined up to, so only plans and convergence are compared.
+fn assert_solvers_agree(
+    problems: &[Problem],
+    config: &UnbalancedConfig,
+    steps: Steps,
+    (plan_tol, potential_tol): (f64, f64),
+) {
+    let config = match steps {
+        Steps::Exactly(count) => config
+            .clone()
+            .with_max_iters(count)
+            .with_check_every(count)
+            .with_tolerance(0.0),
+        Steps::ToConvergence => config.clone(),
+    };
+    let fused = solve(
+        problems,
+        f64::NAN,
+        DType::F32,
+        &config.clone().with_fused_cpu(true),
+    );
+    let reference = solve(
+        problems,
+        f64::NAN,
+        DType::F32,
+        &config.clone().with_fused_cpu(false),
+    );
+    let context = format!(
+        "rho=({}, {}) eps={}",
+        config.rho_a, config.rho_b, config.epsilon
+    );
+    let plan = worst(&fused.plan, &reference.plan);
+    assert!(plan <= plan_tol, "{context}: plans differ by {plan:e}");
+    match steps {
+        Steps::Exactly(_) => {
+            assert_eq!(fused.iterations, reference.iterations, "{context}");
+            let f = worst(&fused.f, &reference.f);
+            let g = worst(&fused.g, &reference.g);
+            assert!(
+                f <= potential_tol && g <= potential_tol,
+                "{context}: potentials differ by {f:e}, {g:e}"
+            );
+        }
+        Steps::ToConvergence => assert_eq!(fused.converged, reference.converged, "{context}"),
+    }
+    for (k, (x, y)) in fused.plan.iter().zip(&reference.plan).enumerate() {
+        assert!(
+            *x != 0.0 || *y == 0.0 || *y < 1e-30,
+            "zero at {k} only in the fused plan"
+        );
+        assert!(x.is_finite(), "plan entry {k} is {x}");
+    }
+}
+
+/// How long both solvers run.
+#[derive(Clone, Copy)]
+enum Steps {
+    Exactly(usize),
+    ToConvergence,
+}
+
+/// A batch of 1-4 problems of sizes 1..=20 with costs in [0, scale] and positive masses
+/// normalised to 1.
+fn batch() -> impl Strategy<Value = Vec<Problem>> {
+    let problem = (
+        1usize..=20,
+        1usize..=20,
+        prop::sample::select(vec![1.0, 30.0]),
+    )
+        .prop_flat_map(|(n, m, scale)| {
+            (
+                prop::collection::vec(0.0f64..1.0, n * m),
+                prop::collection::vec(0.05f64..1.0, n),
+                prop::collection::vec(0.05f64..1.0, m),
+            )
+                .prop_map(move |(cost, a, b)| {
+                    let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+                    Problem {
+                        n,
+                        m,
+                        cost: cost.iter().map(|c| c * scale).collect(),
+                        a: a.iter().map(|v| v / sa).collect(),
+                        b: b.iter().map(|v| v / sb).collect(),
+                    }
+                })
+        });
+    prop::collection::vec(problem, 1..=4)
+}
+
+/// ρ for one side: exact, or relaxed.
+fn rho() -> impl Strategy<Value = f64> {
+    prop::sample::select(vec![f64::INFINITY, 1.0, 0.1])
+}
+
+proptest! {
+    #![proptest_config(proptest_config(48))]
+
+    /// Balanced, unbalanced and semi-relaxed batches with padding (NaN in the padded cost),
+    /// both kernel forms (ε 0.01 on costs up to 30 needs the log form; `matmul_updates`
+    /// false forces it), step for step: 1 to 80 iterations.
+    #[test]
+    fn fused_solver_equals_the_reference(
+        problems in batch(),
+        epsilon in prop::sample::select(vec![0.01, 0.05, 0.5]),
+        rho_a in rho(),
+        rho_b in rho(),
+        matmul in any::<bool>(),
+        iterations in 1usize..=80,
+    ) {
+        let config = UnbalancedConfig::new(epsilon, rho_a, rho_b)
+            .with_matmul_updates(matmul)
+            .with_gradient(GradientMode::Detach);
+        assert_solvers_agree(&problems, &config, Steps::Exactly(iterations), (1e-6, 1e-5));
+    }
+
+    /// The same batches run to convergence (tolerance 1e-6).
+    #[test]
+    fn fused_solver_converges_where_the_reference_does(
+        problems in batch(),
+        epsilon in prop::sample::select(vec![0.01, 0.05, 0.5]),
+        rho_a in rho(),
+        rho_b in rho(),
+    ) {
+        let config = UnbalancedConfig::new(epsilon, rho_a, rho_b).with_max_iters(3000);
+        // Each plan's marginals are within the tolerance 1e-6 of the solution's.
+        assert_solvers_agree(&problems, &config, Steps::ToConvergence, (2e-6, f64::NAN));
+    }
+}
+
+/// The POT fixtures (mixed sizes, padded, balanced and unbalanced), both kernel forms.
+#[test]
+fn pot_fixtures_give_the_same_plans() {
+    for case in cases() {
+        for matmul in [true, false] {
+            let config = UnbalancedConfig::new(case.epsilon, case.rho.0, case.rho.1)
+                .with_max_iters(20_000)
+                .with_matmul_updates(matmul);
+            assert_solvers_agree(
+                &case.problems,
+                &config,
+                Steps::ToConvergence,
+                (2e-6, f64::NAN),
+            );
+        }
+    }
+}
+
+/// A problem large enough that its rows are split over threads (and one small one beside
+/// it), for a fixed number of iterations: the same arithmetic up to summation order.
+#[test]
+fn rows_split_over_threads() {
+    let mut rng = Rng(7);
+    let problems = vec![
+        random_problem(&mut rng, 420, 400, true),
+        random_problem(&mut rng, 30, 20, true),
+    ];
+    for (rho, epsilon) in [(f64::INFINITY, 0.05), (1.0, 0.05), (f64::INFINITY, 0.005)] {
+        let config = UnbalancedConfig::new(epsilon, rho, rho);
+        assert_solvers_agree(&problems, &config, Steps::Exactly(50), (1e-6, 1e-5));
+    }
+}
+
+/// bf16 costs are solved in f32 by the fused solver: the plan is within bf16's rounding of
+/// the plan of the same costs in f32.
+#[test]
+fn bf16_costs_are_solved_in_f32() {
+    let mut rng = Rng(5);
+    let problems: Vec<Problem> = (0..3)
+        .map(|_| random_problem(&mut rng, 9, 7, true))
+        .collect();
+    let config = UnbalancedConfig::new(0.1, 1.0, 1.0);
+    let exact = solve(&problems, 0.0, DType::F32, &config);
+    let fused = solve(&problems, 0.0, DType::BF16, &config);
+    // Costs and masses are rounded to bf16 (8 bits): the plan follows them to a few percent.
+    let relative = fused
+        .plan
+        .iter()
+        .zip(&exact.plan)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+        .fold(0.0, f64::max);
+    assert!(relative < 0.05, "bf16 plan off by {relative}");
+    assert!(fused.converged.iter().all(|c| *c));
+}
+
+/// Implicit gradients after a fused forward equal those after the reference forward (the
+/// backward only sees the plan and potentials).
+#[test]
+fn implicit_gradients_are_the_same() {
+    let mut rng = Rng(21);
+    let problems = vec![
+        random_problem(&mut rng, 8, 6, true),
+        random_problem(&mut rng, 5, 9, true),
+    ];
+    let grads = |fused: bool| {
+        let (cost, a, b) = pad_batch::<TestAutodiff>(&problems, 0.0, DType::F32);
+        let cost = cost.require_grad();
+        let config = UnbalancedConfig::new(0.1, 1.0, f64::INFINITY)
+            .with_gradient(GradientMode::Implicit)
+            .with_fused_cpu(fused);
+        let t = unbalanced_sinkhorn(cost.clone(), a, b, &config).unwrap();
+        let loss = (t.plan * cost.clone()).sum();
+        values(cost.grad(&loss.backward()).unwrap())
+    };
+    let difference = worst(&grads(true), &grads(false));
+    assert!(
+        difference < 1e-5,
+        "implicit gradients differ by {difference:e}"
+    );
+}
+
+/// OTPO weights, whose marginals-only path is fused, padded and unpadded.
+#[test]
+fn otpo_weights_are_the_same() {
+    let device = Default::default();
+    TestBackend::seed(&device, 3);
+    let chosen =
+        Tensor::<TestBackend, 3>::random([4, 24, 16], Distribution::Normal(0.0, 1.0), &device);
+    let rejected =
+        Tensor::<TestBackend, 3>::random([4, 20, 16], Distribution::Normal(0.0, 1.0), &device);
+    let lengths = |lens: [usize; 4], len: usize| {
+        let mask: Vec<f32> = lens
+            .iter()
+            .flat_map(|l| (0..len).map(move |t| if t < *l { 1.0 } else { 0.0 }))
+            .collect();
+        Tensor::<TestBackend, 2>::from_data(burn::tensor::TensorData::new(mask, [4, len]), &device)
+    };
+    for (lens_c, lens_r) in [([24; 4], [20; 4]), ([24, 10, 3, 17], [20, 20, 1, 8])] {
+        let weights = |fused: bool| {
+            let config = OtpoConfig::new().with_fused_cpu(fused);
+            let w = otpo_token_weights(
+                chosen.clone(),
+                rejected.clone(),
+                lengths(lens_c, 24),
+                lengths(lens_r, 20),
+                &config,
+            )
+            .unwrap();
+            [values(w.chosen), values(w.rejected)].concat()
+        };
+        let difference = worst(&weights(true), &weights(false));
+        assert!(difference < 1e-6, "OTPO weights differ by {difference:e}");
+    }
+}
