@@ -2,14 +2,16 @@
 //! tolerance 1e-6, costs uniform in [0, 1], uniform masses. Compare with POT's
 //! `ot.batch.solve_batch` via `benches/pot_sinkhorn.py` on the same machine.
 //!
+//! Every solve gets a clone of one cost tensor (so the fused CPU solver copies it once before
+//! building its kernel and the plan in the copy). `reference` rows run the composed solver
+//! (`fused_cpu = false`).
+//!
 //! `cargo bench --bench sinkhorn` (CPU) or `cargo bench --features cuda --bench sinkhorn` (adds
 //! the CUDA backend).
 
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use otpref::{
-    sinkhorn, unbalanced_sinkhorn, GradientMode, OtBackend, SinkhornConfig, UnbalancedConfig,
-};
+use otpref::{unbalanced_sinkhorn, GradientMode, OtBackend, SinkhornConfig, UnbalancedConfig};
 
 const BATCH: usize = 16;
 const SIZE: usize = 256;
@@ -24,27 +26,38 @@ fn inputs<B: Backend>(device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor
 
 fn bench_backend<B: OtBackend>(c: &mut Criterion, name: &str, device: &B::Device) {
     let (cost, a, b) = inputs::<B>(device);
-    let balanced = SinkhornConfig::new(EPSILON)
-        .with_tolerance(1e-6)
-        .with_gradient(GradientMode::Detach);
+    // `sinkhorn` is `unbalanced_sinkhorn` with both penalties infinite.
+    let balanced = UnbalancedConfig::from(
+        &SinkhornConfig::new(EPSILON)
+            .with_tolerance(1e-6)
+            .with_gradient(GradientMode::Detach),
+    );
     let unbalanced = UnbalancedConfig::new(EPSILON, 1.0, 1.0)
         .with_tolerance(1e-6)
         .with_gradient(GradientMode::Detach);
     let mut group = c.benchmark_group(format!("sinkhorn_{name}"));
     group.sample_size(20);
-    group.bench_function("balanced_b16_n256_eps0.05", |bench| {
-        bench.iter(|| {
-            let t = sinkhorn(cost.clone(), a.clone(), b.clone(), &balanced).unwrap();
-            // Reading the plan back makes the timing include all device work.
-            t.plan.sum().into_data()
-        })
-    });
-    group.bench_function("unbalanced_rho1_b16_n256_eps0.05", |bench| {
-        bench.iter(|| {
-            let t = unbalanced_sinkhorn(cost.clone(), a.clone(), b.clone(), &unbalanced).unwrap();
-            t.plan.sum().into_data()
-        })
-    });
+    let solvers = [
+        ("balanced", &balanced),
+        (
+            "balanced_reference",
+            &balanced.clone().with_fused_cpu(false),
+        ),
+        ("unbalanced_rho1", &unbalanced),
+        (
+            "unbalanced_rho1_reference",
+            &unbalanced.clone().with_fused_cpu(false),
+        ),
+    ];
+    for (label, config) in solvers {
+        group.bench_function(format!("{label}_b16_n256_eps0.05"), |bench| {
+            bench.iter(|| {
+                let t = unbalanced_sinkhorn(cost.clone(), a.clone(), b.clone(), config).unwrap();
+                // Reading the plan back makes the timing include all device work.
+                t.plan.sum().into_data()
+            })
+        });
+    }
     group.finish();
 }
 

@@ -14,6 +14,8 @@
 //! Padded and prompt positions (mask 0) always get weight exactly 0.
 
 mod otpo;
+#[cfg(feature = "fused-cpu")]
+mod otpo_host_cost;
 mod schemes;
 
 use burn::config::Config;

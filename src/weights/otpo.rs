@@ -239,22 +239,56 @@ pub fn otpo_token_weights<B: OtBackend>(
     };
     // Padded positions may hold anything (NaN included): zero them before any arithmetic, so
     // that they reach no distance, no normalisation max and no gradient.
-    let chosen_hidden = zero_padding(chosen_hidden, &chosen_mask);
-    let rejected_hidden = zero_padding(rejected_hidden, &rejected_mask);
+    let padded_c = lens_c.iter().any(|l| *l < len_c);
+    let padded_r = lens_r.iter().any(|l| *l < len_r);
+    let chosen_hidden = match padded_c {
+        true => zero_padding(chosen_hidden, &chosen_mask),
+        false => chosen_hidden,
+    };
+    let rejected_hidden = match padded_r {
+        true => zero_padding(rejected_hidden, &rejected_mask),
+        false => rejected_hidden,
+    };
 
-    let padded = lens_c.iter().any(|l| *l < len_c) || lens_r.iter().any(|l| *l < len_r);
+    let padded = padded_c || padded_r;
     let norms_c = squared_norms(chosen_hidden.clone());
     let norms_r = squared_norms(rejected_hidden.clone());
-    check_norms("chosen_hidden", &norms_c)?;
-    check_norms("rejected_hidden", &norms_r)?;
-    let cost = token_cost(
-        (chosen_hidden, norms_c),
-        (rejected_hidden, norms_r),
-        &chosen_mask,
-        &rejected_mask,
-        padded,
-        config.normalization,
-    );
+    let norms_c_host = check_norms("chosen_hidden", &norms_c)?;
+    let norms_r_host = check_norms("rejected_hidden", &norms_r)?;
+    // Without a graph, in f32 on a backend whose tensors live in host memory, only the
+    // products go through the backend; the rest of the cost is one pass per pair on the host.
+    #[cfg(feature = "fused-cpu")]
+    let on_host = B::HOST_MEMORY
+        && config.fused_cpu
+        && config.gradient == GradientMode::Detach
+        && chosen_hidden.dtype() == burn::tensor::DType::F32;
+    #[cfg(not(feature = "fused-cpu"))]
+    let on_host = false;
+    let cost = match on_host {
+        #[cfg(feature = "fused-cpu")]
+        true => {
+            let products = chosen_hidden.matmul(rejected_hidden.swap_dims(1, 2));
+            let (mask_c, mask_r) = (
+                checks::to_host(chosen_mask.clone()),
+                checks::to_host(rejected_mask.clone()),
+            );
+            let sides = super::otpo_host_cost::Sides {
+                norms_c: &norms_c_host,
+                norms_r: &norms_r_host,
+                mask_c: &mask_c,
+                mask_r: &mask_r,
+            };
+            super::otpo_host_cost::token_cost(products, &sides, config.normalization)
+        }
+        _ => token_cost(
+            (chosen_hidden, norms_c),
+            (rejected_hidden, norms_r),
+            &chosen_mask,
+            &rejected_mask,
+            padded,
+            config.normalization,
+        ),
+    };
     let solver = UnbalancedConfig::new(
         config.epsilon,
         config.marginal_penalty,
@@ -383,8 +417,8 @@ pub(crate) fn budget_tensors<B: Backend>(
 /// small enough (with a wide margin) that squared distances, at most twice the sum of two
 /// squared norms, stay representable in the dtype. One host read of `batch · len` values: a
 /// NaN or infinity in a hidden state makes its token's norm non-finite, and a later clamp
-/// would hide it.
-fn check_norms<B: Backend>(name: &str, norms: &Tensor<B, 3>) -> Result<(), OtprefError> {
+/// would hide it. Returns the norms read.
+fn check_norms<B: Backend>(name: &str, norms: &Tensor<B, 3>) -> Result<Vec<f64>, OtprefError> {
     let [batch, len, _] = norms.dims();
     // Padded positions were zeroed, so their norms are 0: only response tokens can fail.
     let values = checks::to_host(norms.clone().detach().reshape([batch, len]));
@@ -405,7 +439,7 @@ fn check_norms<B: Backend>(name: &str, norms: &Tensor<B, 3>) -> Result<(), Otpre
             values[bad],
             norms.dtype()
         ))),
-        None => Ok(()),
+        None => Ok(values),
     }
 }
 

@@ -7,7 +7,10 @@ use crate::common::{pad_batch, proptest_config, random_problem, values, Problem,
 use crate::common::{TestAutodiff, TestBackend};
 use crate::pot_parity::cases;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
-use otpref::{otpo_token_weights, unbalanced_sinkhorn, GradientMode, OtpoConfig, UnbalancedConfig};
+use otpref::{
+    otpo_token_weights, unbalanced_sinkhorn, CostNormalization, GradientMode, OtpoConfig,
+    UnbalancedConfig,
+};
 use proptest::prelude::*;
 
 /// What a solve returned: plan, f, g (as f64) and the report.
@@ -260,7 +263,8 @@ fn implicit_gradients_are_the_same() {
     );
 }
 
-/// OTPO weights, whose marginals-only path is fused, padded and unpadded.
+/// OTPO weights, whose cost (after the backend's product) and marginals-only solve run on the
+/// host, padded and unpadded, with every cost normalisation.
 #[test]
 fn otpo_weights_are_the_same() {
     let device = Default::default();
@@ -276,9 +280,21 @@ fn otpo_weights_are_the_same() {
             .collect();
         Tensor::<TestBackend, 2>::from_data(burn::tensor::TensorData::new(mask, [4, len]), &device)
     };
-    for (lens_c, lens_r) in [([24; 4], [20; 4]), ([24, 10, 3, 17], [20, 20, 1, 8])] {
+    let normalizations = [
+        CostNormalization::ValidPairs,
+        CostNormalization::ValidPairsAlways,
+        CostNormalization::Released,
+        CostNormalization::None,
+    ];
+    let lengths_cases = [([24; 4], [20; 4]), ([24, 10, 3, 17], [20, 20, 1, 8])];
+    for ((lens_c, lens_r), normalization) in lengths_cases
+        .into_iter()
+        .flat_map(|lens| normalizations.map(|n| (lens, n)))
+    {
         let weights = |fused: bool| {
-            let config = OtpoConfig::new().with_fused_cpu(fused);
+            let config = OtpoConfig::new()
+                .with_normalization(normalization)
+                .with_fused_cpu(fused);
             let w = otpo_token_weights(
                 chosen.clone(),
                 rejected.clone(),
@@ -290,6 +306,9 @@ fn otpo_weights_are_the_same() {
             [values(w.chosen), values(w.rejected)].concat()
         };
         let difference = worst(&weights(true), &weights(false));
-        assert!(difference < 1e-6, "OTPO weights differ by {difference:e}");
+        assert!(
+            difference < 1e-6,
+            "{normalization:?}: OTPO weights differ by {difference:e}"
+        );
     }
 }

@@ -185,12 +185,15 @@ struct HostBuffer {
 
 impl HostBuffer {
     fn new<B: Backend>(tensor: Tensor<B, 3>) -> Self {
-        let data = tensor.into_data();
-        let mut data = match data.dtype {
-            DType::F32 => data,
-            _ => data.convert::<f32>(),
+        // Through a tensor op first: its result is uniquely owned (computed in place when the
+        // input already is), and `into_data` hands a unique buffer over without copying,
+        // where reading a shared tensor copies it (twice, on Flex).
+        let tensor = match tensor.dtype() {
+            DType::F32 => tensor.mul_scalar(1.0),
+            _ => tensor.cast(DType::F32),
         };
-        // Bytes read from elsewhere may be too loosely aligned to view as f32: copy them then.
+        let mut data = tensor.into_data();
+        // Bytes from elsewhere may be too loosely aligned to view as f32: copy them then.
         if data.as_mut_slice::<f32>().is_err() {
             let values = data.iter::<f32>().collect::<Vec<_>>();
             data = TensorData::new(values, data.shape.clone());
