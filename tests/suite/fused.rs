@@ -87,8 +87,15 @@ fn assert_solvers_agree(
     let plan = worst(&fused.plan, &reference.plan);
     assert!(plan <= plan_tol, "{context}: plans differ by {plan:e}");
     match steps {
-        Steps::Exactly(_) => {
-            assert_eq!(fused.iterations, reference.iterations, "{context}");
+        Steps::Exactly(count) => {
+            // A balanced problem whose state is an exact f32 fixed point (marginal error 0
+            // <= tolerance 0) at the last check reports `count - 1`, in either solver.
+            for iterations in fused.iterations.iter().chain(&reference.iterations) {
+                assert!(
+                    *iterations == count || *iterations + 1 == count,
+                    "{context}: {iterations} iterations of {count}"
+                );
+            }
             let f = worst(&fused.f, &reference.f);
             let g = worst(&fused.g, &reference.g);
             assert!(
@@ -216,8 +223,9 @@ fn rows_split_over_threads() {
 }
 
 /// bf16 costs are solved in f32 by the fused solver: the plan is within bf16's rounding of
-/// the plan of the same costs in f32.
+/// the plan of the same costs in f32. (ndarray has no bf16.)
 #[test]
+#[cfg_attr(feature = "ndarray-tests", ignore)]
 fn bf16_costs_are_solved_in_f32() {
     let mut rng = Rng(5);
     let problems: Vec<Problem> = (0..3)
