@@ -22,6 +22,8 @@ pub use config::{GradientMode, SinkhornConfig, UnbalancedConfig};
 pub use implicit::OtBackend;
 pub use transport::{Convergence, Transport};
 
+#[cfg(feature = "fused-cpu")]
+pub(crate) use fused::HostBuffer;
 pub(crate) use solver::{log_sum_exp, solve_log_marginals};
 
 use crate::error::OtprefError;

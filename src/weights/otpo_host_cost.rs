@@ -6,10 +6,11 @@
 //! problem over that buffer, in place, on all cores. The tensor-op version (`token_cost` in
 //! `otpo.rs`) is the reference, and both must agree (`tests/suite/fused.rs`).
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use rayon::prelude::*;
 
 use super::CostNormalization;
+use crate::sinkhorn::HostBuffer;
 
 /// The two responses of each pair as the cost needs them, on the host: squared norms
 /// `[batch * len]` and 0/1 masks `[batch * len]` of each side.
@@ -29,13 +30,9 @@ pub(super) fn token_cost<B: Backend>(
 ) -> Tensor<B, 3> {
     let device = products.device();
     let [_, len_c, len_r] = products.dims();
-    let mut data = products.into_data();
-    if data.as_mut_slice::<f32>().is_err() {
-        let values = data.iter::<f32>().collect::<Vec<_>>();
-        data = TensorData::new(values, data.shape.clone());
-    }
-    let values = data.as_mut_slice::<f32>().expect("f32 data");
-    values
+    let mut buffer = HostBuffer::owned(products);
+    buffer
+        .values()
         .par_chunks_mut(len_c * len_r)
         .enumerate()
         .for_each(|(k, pairs)| {
@@ -48,7 +45,7 @@ pub(super) fn token_cost<B: Backend>(
                 normalization,
             );
         });
-    Tensor::from_data(data, (&device, DType::F32))
+    buffer.into_tensor(DType::F32, &device)
 }
 
 /// One pair's cost, in place over its products `[len_c, len_r]`, as `token_cost` in

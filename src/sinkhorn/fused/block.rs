@@ -214,14 +214,14 @@ impl<'a> Block<'a> {
         let pairs = rows.len() * width;
         let parallel = self.parallel;
         let plan = &mut self.values[..pairs];
+        let top = simd::max(&cols);
         match self.form {
             // P = diag(u) E diag(v) with v = exp(cols - max cols) <= 1, when u stays finite
             // (it does unless the iterations stopped far from convergence).
-            Form::Shifted { shift } if simd::max(&rows) + simd::max(&cols) + shift < MAX_SPREAD => {
-                let top = simd::max(&cols);
+            Form::Shifted { shift } if simd::max(&rows) + top + shift < MAX_SPREAD => {
                 let v: Vec<f32> = cols.iter().map(|c| simd::exp(c - top)).collect();
                 let u: Vec<f32> = rows.iter().map(|r| simd::exp(r + top + shift)).collect();
-                for_row_slices(plan, width, parallel, |first, block| {
+                for_row_chunks(plan, width, width, parallel, |first, block| {
                     kernels::scale_rows_and_columns(block, width, &u[first..], &v)
                 });
             }
@@ -229,7 +229,7 @@ impl<'a> Block<'a> {
                 if let Form::Shifted { shift } = form {
                     kernels::ln_plus_in_place(plan, shift);
                 }
-                for_row_slices(plan, width, parallel, |first, block| {
+                for_row_chunks(plan, width, width, parallel, |first, block| {
                     kernels::exp_of_sums(block, width, &rows[first..], &cols)
                 });
             }
@@ -270,12 +270,12 @@ impl<'a> Block<'a> {
             Form::Shifted { shift } => {
                 let mut scaled = vec![0.0; w.len()];
                 let top = kernels::exp_below_max(w, &mut scaled);
-                self.for_row_blocks(out, |first, out| {
+                for_row_chunks(out, 1, m, self.parallel, |first, out| {
                     let rows = rows_from(first, out.len());
                     kernels::log_dots(rows, m, &scaled, top + shift, out)
                 });
             }
-            Form::Log => self.for_row_blocks(out, |first, out| {
+            Form::Log => for_row_chunks(out, 1, m, self.parallel, |first, out| {
                 kernels::log_sum_exps(rows_from(first, out.len()), m, w, out)
             }),
         }
@@ -308,20 +308,6 @@ impl<'a> Block<'a> {
                     *out = sum.ln() + top;
                 }
             }
-        }
-    }
-
-    /// Runs `op(first_row, out_block)` over blocks of rows covering `out` (one value per
-    /// valid row): one block, or many in parallel for large problems.
-    fn for_row_blocks(&self, out: &mut [f32], op: impl Fn(usize, &mut [f32]) + Sync) {
-        let (_, m) = self.size();
-        if self.parallel {
-            let rows_per_task = (PAIRS_PER_TASK / m.max(1)).max(1);
-            out.par_chunks_mut(rows_per_task)
-                .enumerate()
-                .for_each(|(task, out)| op(task * rows_per_task, out));
-        } else {
-            op(0, out);
         }
     }
 
@@ -381,26 +367,27 @@ fn damped(lse: f32, log_mass: f32, lambda: f32) -> f32 {
     }
 }
 
-/// Runs `op(first_row, rows)` over blocks of whole rows of a `[_, width]` block: one block,
-/// or many in parallel when asked.
-fn for_row_slices(
-    block: &mut [f32],
-    width: usize,
+/// Runs `op(first_row, chunk)` over chunks of `values`, which holds `per_row` values for each
+/// row of a kernel `row_width` wide: one chunk, or, when `parallel`, chunks of about
+/// [`PAIRS_PER_TASK`] kernel entries in parallel.
+fn for_row_chunks(
+    values: &mut [f32],
+    per_row: usize,
+    row_width: usize,
     parallel: bool,
     op: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    if width == 0 {
+    if per_row == 0 {
         return;
     }
-    if parallel {
-        let rows_per_task = (PAIRS_PER_TASK / width).max(1);
-        block
-            .par_chunks_mut(rows_per_task * width)
-            .enumerate()
-            .for_each(|(task, rows)| op(task * rows_per_task, rows));
-    } else {
-        op(0, block);
+    if !parallel {
+        return op(0, values);
     }
+    let rows_per_task = (PAIRS_PER_TASK / row_width.max(1)).max(1);
+    values
+        .par_chunks_mut(rows_per_task * per_row)
+        .enumerate()
+        .for_each(|(task, chunk)| op(task * rows_per_task, chunk));
 }
 
 /// Moves the valid block back to its padded positions and zeroes padded rows and columns.

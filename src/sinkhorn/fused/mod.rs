@@ -176,22 +176,27 @@ fn gather<T>(
     (rows, cols, convergence(&stats))
 }
 
-/// A tensor's values as f32 in host memory, to be solved in place and returned as a tensor
-/// of the same shape (the plan). On `Flex` the only copy is the one that reading a shared
-/// tensor makes; writing back moves the buffer into the new tensor.
-struct HostBuffer {
+/// A tensor's values as f32 in host memory, to be worked on in place and returned as a
+/// tensor of the same shape. On `Flex` a shared tensor costs one copy; a uniquely owned one
+/// is handed over without copying, both ways.
+pub(crate) struct HostBuffer {
     data: TensorData,
 }
 
 impl HostBuffer {
-    fn new<B: Backend>(tensor: Tensor<B, 3>) -> Self {
-        // Through a tensor op first: its result is uniquely owned (computed in place when the
-        // input already is), and `into_data` hands a unique buffer over without copying,
-        // where reading a shared tensor copies it (twice, on Flex).
+    /// Any tensor. Through a tensor op first: its result is uniquely owned (computed in place
+    /// when the input already is), where reading a shared tensor directly copies it (twice,
+    /// on Flex, into fresh allocations).
+    pub(crate) fn new<B: Backend>(tensor: Tensor<B, 3>) -> Self {
         let tensor = match tensor.dtype() {
             DType::F32 => tensor.mul_scalar(1.0),
             _ => tensor.cast(DType::F32),
         };
+        Self::owned(tensor)
+    }
+
+    /// An f32 tensor nothing else holds (the fresh result of an op).
+    pub(crate) fn owned<B: Backend>(tensor: Tensor<B, 3>) -> Self {
         let mut data = tensor.into_data();
         // Bytes from elsewhere may be too loosely aligned to view as f32: copy them then.
         if data.as_mut_slice::<f32>().is_err() {
@@ -201,18 +206,14 @@ impl HostBuffer {
         Self { data }
     }
 
-    fn values(&mut self) -> &mut [f32] {
+    pub(crate) fn values(&mut self) -> &mut [f32] {
         self.data
             .as_mut_slice::<f32>()
-            .expect("checked in HostBuffer::new")
+            .expect("checked in HostBuffer::owned")
     }
 
-    fn into_tensor<B: Backend>(self, dtype: DType, device: &B::Device) -> Tensor<B, 3> {
-        let data = match dtype {
-            DType::F32 => self.data,
-            _ => self.data.convert_dtype(dtype),
-        };
-        Tensor::from_data(data, (device, dtype))
+    pub(crate) fn into_tensor<B: Backend>(self, dtype: DType, device: &B::Device) -> Tensor<B, 3> {
+        tensor_from(self.data, dtype, device)
     }
 }
 
@@ -223,7 +224,15 @@ fn to_device<B: Backend, const D: usize>(
     dtype: DType,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    let data = TensorData::new(values, shape);
+    tensor_from(TensorData::new(values, shape), dtype, device)
+}
+
+/// f32 host data as a tensor of `dtype` on `device`.
+fn tensor_from<B: Backend, const D: usize>(
+    data: TensorData,
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, D> {
     let data = match dtype {
         DType::F32 => data,
         _ => data.convert_dtype(dtype),
