@@ -102,14 +102,12 @@ impl<B: OtBackend, C: CheckpointStrategy> OtBackend for Autodiff<B, C> {
             OpsKind::Tracked(prep) => prep.finish(state, packed),
             OpsKind::UnTracked(prep) => prep.finish(packed),
         };
-        let packed = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(packed));
+        let packed = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(packed));
+        let (plan, f, g) = unpack(packed, [batch, n, m]);
         Ok(Transport {
-            plan: packed.clone().slice([0..batch, 0..n, 0..m]),
-            f: packed
-                .clone()
-                .slice([0..batch, 0..n, m..m + 1])
-                .squeeze_dim(2),
-            g: packed.slice([0..batch, n..n + 1, 0..m]).squeeze_dim(1),
+            plan,
+            f,
+            g,
             iterations: solved.iterations,
             converged: solved.converged,
             marginal_error: solved.marginal_error,
@@ -121,14 +119,30 @@ fn inner<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tens
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
-/// One output tensor `[batch, n+1, m+1]` carries plan, f (last column) and g (last row):
-/// burn's custom backward has one output, and slicing routes all three gradients back to it.
-fn pack<B: Backend>(plan: Tensor<B, 3>, f: Tensor<B, 2>, g: Tensor<B, 2>) -> Tensor<B, 3> {
-    let [batch, _, _] = plan.dims();
-    let corner = f.zeros_like().slice([0..batch, 0..1]).unsqueeze_dim::<3>(2);
-    let top = Tensor::cat(vec![plan, f.unsqueeze_dim(2)], 2);
-    let bottom = Tensor::cat(vec![g.unsqueeze_dim(1), corner], 2);
-    Tensor::cat(vec![top, bottom], 1)
+/// burn's custom backward has one output, so plan, f and g travel as one flat tensor
+/// (slicing routes all three gradients back to it). Flat and in this order, each part is a
+/// contiguous run, so the slices are views that later ops read at full speed.
+fn pack<B: Backend>(plan: Tensor<B, 3>, f: Tensor<B, 2>, g: Tensor<B, 2>) -> Tensor<B, 1> {
+    Tensor::cat(
+        vec![plan.flatten(0, 2), f.flatten(0, 1), g.flatten(0, 1)],
+        0,
+    )
+}
+
+/// The plan `[batch, n, m]`, `f` `[batch, n]` and `g` `[batch, m]` of [`pack`]'s output.
+fn unpack<B: Backend>(
+    packed: Tensor<B, 1>,
+    [batch, n, m]: [usize; 3],
+) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>) {
+    let (plan_end, f_end) = (batch * n * m, batch * n * (m + 1));
+    (
+        packed.clone().narrow(0, 0, plan_end).reshape([batch, n, m]),
+        packed
+            .clone()
+            .narrow(0, plan_end, batch * n)
+            .reshape([batch, n]),
+        packed.narrow(0, f_end, batch * m).reshape([batch, m]),
+    )
 }
 
 #[derive(Debug)]
@@ -142,7 +156,7 @@ struct ImplicitState<B: Backend> {
     config: UnbalancedConfig,
 }
 
-impl<B: Backend> Backward<B, 3> for ImplicitBackward {
+impl<B: OtBackend> Backward<B, 3> for ImplicitBackward {
     type State = ImplicitState<B>;
 
     fn backward(
@@ -152,26 +166,10 @@ impl<B: Backend> Backward<B, 3> for ImplicitBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node_cost, node_a, node_b] = ops.parents;
-        let grad = inner::<B, 3>(grads.consume::<B>(&ops.node));
+        let grad = inner::<B, 1>(grads.consume::<B>(&ops.node));
         let state = ops.state;
         let plan = inner::<B, 3>(state.plan);
-        let [batch, n, m] = plan.dims();
-        let grad_plan = grad.clone().slice([0..batch, 0..n, 0..m]);
-        let grad_f = grad
-            .clone()
-            .slice([0..batch, 0..n, m..m + 1])
-            .squeeze_dim(2);
-        let grad_g = grad.slice([0..batch, n..n + 1, 0..m]).squeeze_dim(1);
-
-        let vjp = fixed_point_vjp(
-            plan,
-            inner(state.a),
-            inner(state.b),
-            grad_plan,
-            grad_f,
-            grad_g,
-            &state.config,
-        );
+        let vjp = host_or_composed_vjp(plan, inner(state.a), inner(state.b), grad, &state.config);
         for (node, grad) in [
             (node_cost, vjp.cost.into_primitive().tensor()),
             (node_a, vjp.a.into_primitive().tensor()),
@@ -185,14 +183,31 @@ impl<B: Backend> Backward<B, 3> for ImplicitBackward {
 }
 
 /// Gradients of the loss with respect to the solver's inputs.
-struct InputGrads<B: Backend> {
-    cost: Tensor<B, 3>,
-    a: Tensor<B, 2>,
-    b: Tensor<B, 2>,
+pub(crate) struct InputGrads<B: Backend> {
+    pub(crate) cost: Tensor<B, 3>,
+    pub(crate) a: Tensor<B, 2>,
+    pub(crate) b: Tensor<B, 2>,
 }
 
 /// Smallest row/column mass used as a divisor: keeps rows whose mass underflowed finite.
-const TINY_MASS: f64 = 1e-30;
+pub(crate) const TINY_MASS: f64 = 1e-30;
+
+/// The vector-Jacobian product for the packed output's gradient `grad`: on the fused CPU
+/// solver's backends and dtypes its host version, otherwise the composed one below.
+fn host_or_composed_vjp<B: OtBackend>(
+    plan: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    grad: Tensor<B, 1>,
+    config: &UnbalancedConfig,
+) -> InputGrads<B> {
+    #[cfg(feature = "fused-cpu")]
+    if super::fused::serves::<B>(config, plan.dtype()) {
+        return super::fused::fixed_point_vjp(plan, a, b, grad, config);
+    }
+    let (grad_plan, grad_f, grad_g) = unpack(grad, plan.dims());
+    fixed_point_vjp(plan, a, b, grad_plan, grad_f, grad_g, config)
+}
 
 /// The vector-Jacobian product of the fixed point, see the module docs.
 fn fixed_point_vjp<B: Backend>(

@@ -176,3 +176,77 @@ dispatched! {
         poison.iter().all(|p| *p == 0.0) && tail.iter().all(|v| v.is_finite())
     }
 }
+
+dispatched! {
+    /// `out_i = Σ_j M_ij v_j`.
+    pub(super) fn dots(rows: &[f32], width: usize, v: &[f32], out: &mut [f32]) {
+        for (row, out) in rows.chunks_exact(width).zip(out) {
+            *out = dot(row, v);
+        }
+    }
+}
+
+dispatched! {
+    /// One pass over a plan `P` and the loss's gradient `G` with respect to it: the row sums
+    /// `P1` and `(G ⊙ P)1` into `row_sums` and `weighted_row_sums`, and the column sums
+    /// `Pᵀ1` and `(G ⊙ P)ᵀ1` added to `col_sums` and `weighted_col_sums`.
+    pub(super) fn plan_sums(
+        plan: &[f32],
+        grad: &[f32],
+        width: usize,
+        row_sums: &mut [f32],
+        weighted_row_sums: &mut [f32],
+        col_sums: &mut [f32],
+        weighted_col_sums: &mut [f32],
+    ) {
+        let rows = plan.chunks_exact(width).zip(grad.chunks_exact(width));
+        for ((p_row, g_row), (sum, weighted)) in
+            rows.zip(row_sums.iter_mut().zip(weighted_row_sums.iter_mut()))
+        {
+            let mut row_sum = [0.0f32; LANES];
+            let mut row_weighted = [0.0f32; LANES];
+            let (p_chunks, p_tail) = p_row.as_chunks::<LANES>();
+            let (g_chunks, g_tail) = g_row.as_chunks::<LANES>();
+            let (q_chunks, q_tail) = col_sums.as_chunks_mut::<LANES>();
+            let (w_chunks, w_tail) = weighted_col_sums.as_chunks_mut::<LANES>();
+            for (((p, g), q), w) in p_chunks.iter().zip(g_chunks).zip(q_chunks).zip(w_chunks) {
+                for k in 0..LANES {
+                    let gp = g[k] * p[k];
+                    row_sum[k] += p[k];
+                    row_weighted[k] += gp;
+                    q[k] += p[k];
+                    w[k] += gp;
+                }
+            }
+            let (mut tail_sum, mut tail_weighted) = (0.0f32, 0.0f32);
+            for (((p, g), q), w) in p_tail.iter().zip(g_tail).zip(q_tail).zip(w_tail) {
+                tail_sum += p;
+                tail_weighted += g * p;
+                *q += p;
+                *w += g * p;
+            }
+            *sum = row_sum.iter().sum::<f32>() + tail_sum;
+            *weighted = row_weighted.iter().sum::<f32>() + tail_weighted;
+        }
+    }
+}
+
+dispatched! {
+    /// `P_ij = P_ij ((w_i + v_j) - G_ij) / ε`: the gradient with respect to the cost, in
+    /// place of the plan, summed in the composed backward's order.
+    pub(super) fn cost_gradient_in_place(
+        plan: &mut [f32],
+        grad: &[f32],
+        width: usize,
+        w: &[f32],
+        v: &[f32],
+        epsilon: f32,
+    ) {
+        let rows = plan.chunks_exact_mut(width).zip(grad.chunks_exact(width));
+        for ((p_row, g_row), w) in rows.zip(w) {
+            for ((p, g), v) in p_row.iter_mut().zip(g_row).zip(v) {
+                *p = *p * ((w + v) - g) / epsilon;
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@
 mod block;
 mod kernels;
 mod simd;
+mod vjp;
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use rayon::prelude::*;
@@ -30,6 +31,8 @@ use super::problem::Checked;
 use super::solver::{convergence, plan_overflow_error, ProblemStats};
 use super::transport::{Convergence, Transport};
 use crate::error::OtprefError;
+
+pub(crate) use self::vjp::fixed_point_vjp;
 
 /// Whether the fused solver serves this solve: a host-memory backend, the config allows it,
 /// no graph is to be recorded, and a dtype it computes exactly enough (f64 stays with the
@@ -187,7 +190,7 @@ impl HostBuffer {
     /// Any tensor. Through a tensor op first: its result is uniquely owned (computed in place
     /// when the input already is), where reading a shared tensor directly copies it (twice,
     /// on Flex, into fresh allocations).
-    pub(crate) fn new<B: Backend>(tensor: Tensor<B, 3>) -> Self {
+    pub(crate) fn new<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Self {
         let tensor = match tensor.dtype() {
             DType::F32 => tensor.mul_scalar(1.0),
             _ => tensor.cast(DType::F32),
@@ -196,7 +199,7 @@ impl HostBuffer {
     }
 
     /// An f32 tensor nothing else holds (the fresh result of an op).
-    pub(crate) fn owned<B: Backend>(tensor: Tensor<B, 3>) -> Self {
+    pub(crate) fn owned<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Self {
         let mut data = tensor.into_data();
         // Bytes from elsewhere may be too loosely aligned to view as f32: copy them then.
         if data.as_mut_slice::<f32>().is_err() {
@@ -212,7 +215,11 @@ impl HostBuffer {
             .expect("checked in HostBuffer::owned")
     }
 
-    pub(crate) fn into_tensor<B: Backend>(self, dtype: DType, device: &B::Device) -> Tensor<B, 3> {
+    pub(crate) fn into_tensor<B: Backend, const D: usize>(
+        self,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         tensor_from(self.data, dtype, device)
     }
 }
