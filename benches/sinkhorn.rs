@@ -2,6 +2,9 @@
 //! tolerance 1e-6, costs uniform in [0, 1], uniform masses. Compare with POT's
 //! `ot.batch.solve_batch` via `benches/pot_sinkhorn.py` on the same machine.
 //!
+//! The `implicit_gradient` rows time a forward and backward through the implicit backward:
+//! the gradient of `<P, W>` (fixed random `W`) with respect to the cost.
+//!
 //! Every solve gets a clone of one cost tensor (so the fused CPU solver copies it once before
 //! building its kernel and the plan in the copy). `reference` rows run the composed solver
 //! (`fused_cpu = false`).
@@ -9,6 +12,7 @@
 //! `cargo bench --bench sinkhorn` (CPU) or `cargo bench --features cuda --bench sinkhorn` (adds
 //! the CUDA backend).
 
+use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use otpref::{unbalanced_sinkhorn, GradientMode, OtBackend, SinkhornConfig, UnbalancedConfig};
@@ -61,10 +65,45 @@ fn bench_backend<B: OtBackend>(c: &mut Criterion, name: &str, device: &B::Device
     group.finish();
 }
 
+/// Forward and implicit backward: the gradient of `<P, W>` with respect to the cost.
+fn bench_gradient<B: OtBackend>(c: &mut Criterion, name: &str, device: &B::Device) {
+    let (cost, a, b) = inputs::<Autodiff<B>>(device);
+    let weights = Tensor::<Autodiff<B>, 3>::random(
+        [BATCH, SIZE, SIZE],
+        Distribution::Uniform(-1.0, 1.0),
+        device,
+    );
+    let config = UnbalancedConfig::from(
+        &SinkhornConfig::new(EPSILON)
+            .with_tolerance(1e-6)
+            .with_gradient(GradientMode::Implicit),
+    );
+    let mut group = c.benchmark_group(format!("sinkhorn_{name}"));
+    group.sample_size(20);
+    for (label, fused) in [
+        ("implicit_gradient", true),
+        ("implicit_gradient_reference", false),
+    ] {
+        let config = config.clone().with_fused_cpu(fused);
+        group.bench_function(format!("{label}_b16_n256_eps0.05"), |bench| {
+            bench.iter(|| {
+                let cost = cost.clone().require_grad();
+                let t = unbalanced_sinkhorn(cost.clone(), a.clone(), b.clone(), &config).unwrap();
+                let grads = (t.plan * weights.clone()).sum().backward();
+                cost.grad(&grads).unwrap().sum().into_data()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     bench_backend::<burn::backend::Flex>(c, "flex", &Default::default());
+    bench_gradient::<burn::backend::Flex>(c, "flex", &Default::default());
     #[cfg(feature = "cuda")]
     bench_backend::<burn::backend::Cuda>(c, "cuda", &Default::default());
+    #[cfg(feature = "cuda")]
+    bench_gradient::<burn::backend::Cuda>(c, "cuda", &Default::default());
 }
 
 criterion_group!(sinkhorn_benches, benches);

@@ -32,7 +32,8 @@ pub enum OtprefError {
     /// Float inputs of one call in different dtypes (an f64 cost with f32 masses, ...).
     #[error("dtype mismatch: {0}")]
     DTypeMismatch(String),
-    /// A dtype the function cannot compute in faithfully (f16 costs for the OT solvers).
+    /// A dtype the function cannot compute in faithfully, or whose range its results exceed
+    /// (an OT solution beyond f16's largest value).
     #[error("unsupported dtype: {0}")]
     UnsupportedDType(String),
 }

@@ -31,6 +31,7 @@ use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
 use super::config::UnbalancedConfig;
 use super::solver::solve;
 use super::transport::Transport;
+use crate::checks::{narrowed, widened};
 use crate::error::OtprefError;
 
 /// Backends on which [`GradientMode::Implicit`](super::GradientMode::Implicit) is available.
@@ -205,8 +206,23 @@ fn host_or_composed_vjp<B: OtBackend>(
     if super::fused::serves::<B>(config, plan.dtype()) {
         return super::fused::fixed_point_vjp(plan, a, b, grad, config);
     }
-    let (grad_plan, grad_f, grad_g) = unpack(grad, plan.dims());
-    fixed_point_vjp(plan, a, b, grad_plan, grad_f, grad_g, config)
+    // In f32 for half-precision inputs, as the forward; the gradients in the inputs' dtype.
+    let dtype = plan.dtype();
+    let (grad_plan, grad_f, grad_g) = unpack(widened(grad), plan.dims());
+    let grads = fixed_point_vjp(
+        widened(plan),
+        widened(a),
+        widened(b),
+        grad_plan,
+        grad_f,
+        grad_g,
+        config,
+    );
+    InputGrads {
+        cost: narrowed(grads.cost, dtype),
+        a: narrowed(grads.a, dtype),
+        b: narrowed(grads.b, dtype),
+    }
 }
 
 /// The vector-Jacobian product of the fixed point, see the module docs.

@@ -40,12 +40,15 @@ use crate::error::OtprefError;
 ///   0 on padded rows and columns, and padded cost entries are never read (they may hold
 ///   anything, NaN included).
 /// - Gradients flow to `cost`, `a` and `b` as [`SinkhornConfig::gradient`] says.
+/// - f32 and f64 are solved in their dtype; bf16 and f16 inputs are solved in f32 and the
+///   results come back in their dtype (an error if one exceeds f16's range).
 ///
 /// Equals POT's `ot.sinkhorn(a, b, M, reg=ε, method="sinkhorn_log")` per problem.
 ///
 /// # Errors
 /// [`OtprefError`] on mismatched shapes, negative or non-finite masses, a problem without mass,
-/// unequal totals, ε <= 0, or NaN/Inf in the valid part of the cost.
+/// unequal totals, ε <= 0, NaN/Inf in the valid part of the cost, or f16 results beyond its
+/// range.
 ///
 /// # Example
 /// ```

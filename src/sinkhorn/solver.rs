@@ -28,7 +28,7 @@ use super::fused;
 use super::implicit::OtBackend;
 use super::problem::{build, check_inputs, Checked, Problem};
 use super::transport::{Convergence, Transport};
-use crate::checks::to_host;
+use crate::checks::{narrowed, to_host, widened};
 use crate::error::OtprefError;
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
@@ -44,12 +44,39 @@ pub(crate) fn solve<B: OtBackend>(
     config: &UnbalancedConfig,
 ) -> Result<Transport<B>, OtprefError> {
     config.validate()?;
+    let dtype = cost.dtype();
+    // Checked in the input dtype: its rounding sets the tolerance on the mass totals.
     let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
-    #[cfg(feature = "fused-cpu")]
-    if fused::serves::<B>(config, cost.dtype()) {
-        return fused::solve(cost, &checked, config);
+    let transport = solve_checked(cost, a, b, &checked, config)?;
+    // Computed in f32, the solution can still exceed f16's range.
+    if dtype == DType::F16 && !representable(&transport.plan, &transport.f, &transport.g) {
+        return Err(OtprefError::UnsupportedDType(
+            "the solution (plan or potentials, computed in f32) exceeds f16's largest value, \
+             65504; pass cost, a and b in f32 or bf16"
+                .into(),
+        ));
     }
-    let solution = run(cost, a, b, &checked, config, None)?;
+    Ok(transport)
+}
+
+/// [`solve`] after the checks. Half-precision inputs are solved in f32 (f16's range is too
+/// small for the log domain, and both round too coarsely for the iterations' sums) and the
+/// results come back in the inputs' dtype.
+fn solve_checked<B: OtBackend>(
+    cost: Tensor<B, 3>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    checked: &Checked,
+    config: &UnbalancedConfig,
+) -> Result<Transport<B>, OtprefError> {
+    let dtype = cost.dtype();
+    #[cfg(feature = "fused-cpu")]
+    if fused::serves::<B>(config, dtype) {
+        // Reads any float dtype into f32 on the host itself.
+        return fused::solve(cost, checked, config);
+    }
+    let (cost, a, b) = (widened(cost), widened(a), widened(b));
+    let solution = run(cost, a, b, checked, config, None)?;
     let plan = match solution.scalings() {
         Some((u, v, kernel)) => u.unsqueeze_dim::<3>(2).matmul(v.unsqueeze_dim::<3>(1)) * kernel,
         None => solution.full_plan(),
@@ -71,26 +98,28 @@ pub(crate) fn solve<B: OtBackend>(
         .mask_fill(problem.pad_b, 0.0);
     // A balanced plan is bounded by its masses; a relaxed one's mass grows like exp(-C/(ε+ρ))
     // and can overflow the dtype when costs are large and negative.
-    // One read: a NaN or an infinity anywhere makes its tensor's sum non-finite.
-    let representable = || {
-        let sums = vec![
-            plan.clone().detach().sum(),
-            f.clone().detach().sum(),
-            g.clone().detach().sum(),
-        ];
-        to_host(Tensor::cat(sums, 0)).iter().all(|s| s.is_finite())
-    };
-    if !config.is_balanced() && !representable() {
-        return Err(plan_overflow_error(plan.dtype()));
+    if !config.is_balanced() && !representable(&plan, &f, &g) {
+        return Err(plan_overflow_error(dtype));
     }
     Ok(Transport {
-        plan,
-        f,
-        g,
+        plan: narrowed(plan, dtype),
+        f: narrowed(f, dtype),
+        g: narrowed(g, dtype),
         iterations: convergence.iterations,
         converged: convergence.converged,
         marginal_error: convergence.marginal_error,
     })
+}
+
+/// Whether plan and potentials are all finite, in one read (a NaN or an infinity anywhere
+/// makes its tensor's sum non-finite).
+fn representable<B: Backend>(plan: &Tensor<B, 3>, f: &Tensor<B, 2>, g: &Tensor<B, 2>) -> bool {
+    let sums = vec![
+        plan.clone().detach().sum(),
+        f.clone().detach().sum(),
+        g.clone().detach().sum(),
+    ];
+    to_host(Tensor::cat(sums, 0)).iter().all(|s| s.is_finite())
 }
 
 /// The error for an unbalanced plan (or its potentials) that overflows `dtype`.
@@ -119,10 +148,12 @@ pub(crate) fn solve_log_marginals<B: OtBackend>(
 ) -> Result<(Tensor<B, 2>, Tensor<B, 2>, Convergence), OtprefError> {
     config.validate()?;
     let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
+    let dtype = cost.dtype();
     #[cfg(feature = "fused-cpu")]
-    if fused::serves::<B>(config, cost.dtype()) {
+    if fused::serves::<B>(config, dtype) {
         return fused::solve_log_marginals(cost, &checked, config);
     }
+    let (cost, a, b) = (widened(cost), widened(a), widened(b));
     let solution = run(cost, a, b, &checked, config, cost_range)?;
     let (rows, cols) = solution.log_scalings();
     let (log_rows, log_cols) = match &solution.kernel {
@@ -154,7 +185,11 @@ pub(crate) fn solve_log_marginals<B: OtBackend>(
             )
         }
     };
-    Ok((log_rows, log_cols, convergence(&solution.stats)))
+    Ok((
+        narrowed(log_rows, dtype),
+        narrowed(log_cols, dtype),
+        convergence(&solution.stats),
+    ))
 }
 
 /// A solved batch, before the plan is formed.

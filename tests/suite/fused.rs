@@ -222,29 +222,6 @@ fn rows_split_over_threads() {
     }
 }
 
-/// bf16 costs are solved in f32 by the fused solver: the plan is within bf16's rounding of
-/// the plan of the same costs in f32. (ndarray has no bf16.)
-#[test]
-#[cfg_attr(feature = "ndarray-tests", ignore)]
-fn bf16_costs_are_solved_in_f32() {
-    let mut rng = Rng(5);
-    let problems: Vec<Problem> = (0..3)
-        .map(|_| random_problem(&mut rng, 9, 7, true))
-        .collect();
-    let config = UnbalancedConfig::new(0.1, 1.0, 1.0);
-    let exact = solve(&problems, 0.0, DType::F32, &config);
-    let fused = solve(&problems, 0.0, DType::BF16, &config);
-    // Costs and masses are rounded to bf16 (8 bits): the plan follows them to a few percent.
-    let relative = fused
-        .plan
-        .iter()
-        .zip(&exact.plan)
-        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
-        .fold(0.0, f64::max);
-    assert!(relative < 0.05, "bf16 plan off by {relative}");
-    assert!(fused.converged.iter().all(|c| *c));
-}
-
 /// Gradients with respect to cost, `a` and `b` (as f64) of a loss that weighs the plan and both
 /// potentials with fixed random weights, through the implicit backward.
 fn implicit_gradients(problems: &[Problem], config: &UnbalancedConfig) -> [Vec<f64>; 3] {

@@ -14,6 +14,7 @@ mod cuda_matches_cpu;
 mod errors;
 mod fused;
 mod gradients;
+mod half_precision;
 mod hostile;
 mod losses;
 mod otpo_fixture_plans;

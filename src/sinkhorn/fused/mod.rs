@@ -14,7 +14,8 @@
 //!
 //! Same updates, checks, stopping rule and reports as the reference; results agree to f32
 //! rounding (`tests/suite/fused.rs`). f16/bf16 costs are computed in f32 and the results come
-//! back in the input dtype.
+//! back in the input dtype. The implicit backward after a fused forward runs here too
+//! (`vjp.rs`).
 
 mod block;
 mod kernels;
@@ -41,7 +42,7 @@ pub(crate) fn serves<B: OtBackend>(config: &UnbalancedConfig, dtype: DType) -> b
     B::HOST_MEMORY
         && config.fused_cpu
         && config.gradient != GradientMode::Unrolled
-        && matches!(dtype, DType::F32 | DType::BF16)
+        && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// The fused counterpart of `solver::solve`.
