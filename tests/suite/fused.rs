@@ -208,7 +208,8 @@ fn pot_fixtures_give_the_same_plans() {
 }
 
 /// A problem large enough that its rows are split over threads (and one small one beside
-/// it), for a fixed number of iterations: the same arithmetic up to summation order.
+/// it), for a fixed number of iterations: the same arithmetic up to summation order; then
+/// the implicit backward.
 #[test]
 fn rows_split_over_threads() {
     let mut rng = Rng(7);
@@ -219,6 +220,15 @@ fn rows_split_over_threads() {
     for (rho, epsilon) in [(f64::INFINITY, 0.05), (1.0, 0.05), (f64::INFINITY, 0.005)] {
         let config = UnbalancedConfig::new(epsilon, rho, rho);
         assert_solvers_agree(&problems, &config, Steps::Exactly(50), (1e-6, 1e-5));
+    }
+    // The implicit backward's passes are split the same way.
+    for rho in [f64::INFINITY, 1.0] {
+        let config = UnbalancedConfig::new(0.05, rho, rho)
+            .with_max_iters(50)
+            .with_check_every(50)
+            .with_tolerance(0.0)
+            .with_gradient(GradientMode::Implicit);
+        assert_backwards_agree(&problems, &config);
     }
 }
 
@@ -257,6 +267,29 @@ fn unit_costs(mut problem: Problem) -> Problem {
     problem
 }
 
+/// The implicit gradients after the fused and the reference forward agree: both stop their
+/// conjugate gradients at a relative residual of 1e-6 (differences seen up to 9e-6 over 300
+/// random cases).
+fn assert_backwards_agree(problems: &[Problem], config: &UnbalancedConfig) {
+    let fused = implicit_gradients(problems, &config.clone().with_fused_cpu(true));
+    let reference = implicit_gradients(problems, &config.clone().with_fused_cpu(false));
+    let context = format!(
+        "rho=({}, {}) eps={}",
+        config.rho_a, config.rho_b, config.epsilon
+    );
+    for (name, (x, y)) in ["cost", "a", "b"].iter().zip(fused.iter().zip(&reference)) {
+        assert!(
+            x.iter().all(|v| v.is_finite()),
+            "{context}: non-finite {name} gradient"
+        );
+        let difference = worst_scaled(x, y);
+        assert!(
+            difference < 3e-5,
+            "{context}: {name} gradients differ by {difference:e}"
+        );
+    }
+}
+
 /// Largest `|fused - reference|` relative to the reference's largest entry.
 fn worst_scaled(fused: &[f64], reference: &[f64]) -> f64 {
     let scale = reference.iter().fold(1e-12f64, |m, r| m.max(r.abs()));
@@ -288,21 +321,7 @@ proptest! {
             .with_check_every(300)
             .with_tolerance(0.0)
             .with_gradient(GradientMode::Implicit);
-        let fused = implicit_gradients(&problems, &config.clone().with_fused_cpu(true));
-        let reference = implicit_gradients(&problems, &config.clone().with_fused_cpu(false));
-        for (name, (x, y)) in ["cost", "a", "b"].iter().zip(fused.iter().zip(&reference)) {
-            let difference = worst_scaled(x, y);
-            assert!(
-                x.iter().all(|v| v.is_finite()),
-                "rho=({rho_a}, {rho_b}) eps={epsilon}: non-finite {name} gradient"
-            );
-            // Both stop their conjugate gradients at a relative residual of 1e-6; seen up to
-            // 9e-6 over 300 further random cases.
-            assert!(
-                difference < 3e-5,
-                "rho=({rho_a}, {rho_b}) eps={epsilon}: {name} gradients differ by {difference:e}"
-            );
-        }
+        assert_backwards_agree(&problems, &config);
     }
 }
 

@@ -8,19 +8,11 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::kernels;
+use super::rows::{self, for_row_chunks, Combine};
 use super::simd;
 use crate::error::OtprefError;
 use crate::sinkhorn::problem::{check_padded_range, cost_error};
-
-/// Problems with at least this many valid pairs also split their rows over threads; below,
-/// a fork-join per half-iteration costs more than it saves.
-const PARALLEL_PAIRS: usize = 1 << 17;
-
-/// Pairs per parallel task when a problem's rows are split.
-const PAIRS_PER_TASK: usize = 1 << 14;
 
 /// Largest spread `max K - min K` of the shifted form in f32 (the composed solver's bound).
 const MAX_SPREAD: f32 = 60.0;
@@ -117,7 +109,7 @@ impl<'a> Block<'a> {
             n,
             m,
             form,
-            parallel: pairs >= PARALLEL_PAIRS && rayon::current_num_threads() > 1,
+            parallel: rows::split(pairs),
         })
     }
 
@@ -311,9 +303,7 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// Folds every valid row into a column-sized accumulator that starts at `init`:
-    /// `fold(rows, acc)` over one block of rows, or many in parallel for large problems (one
-    /// accumulator per task, merged by `combine`).
+    /// Folds every valid row into a column-sized accumulator (see [`rows::sum_over_rows`]).
     fn sum_over_rows(
         &self,
         init: f32,
@@ -321,39 +311,7 @@ impl<'a> Block<'a> {
         fold: impl Fn(Range<usize>, &mut [f32]) + Sync,
     ) -> Vec<f32> {
         let (n, m) = self.size();
-        let run = |rows: Range<usize>| {
-            let mut acc = vec![init; m];
-            fold(rows, &mut acc);
-            acc
-        };
-        if !self.parallel {
-            return run(0..n);
-        }
-        let rows_per_task = (PAIRS_PER_TASK / m.max(1)).max(1);
-        (0..n.div_ceil(rows_per_task))
-            .into_par_iter()
-            .map(|task| run(task * rows_per_task..((task + 1) * rows_per_task).min(n)))
-            .reduce_with(|mut acc, other| {
-                combine.apply(&mut acc, &other);
-                acc
-            })
-            .unwrap_or_else(|| vec![init; m])
-    }
-}
-
-/// How per-task column accumulators merge.
-#[derive(Clone, Copy)]
-enum Combine {
-    Add,
-    Max,
-}
-
-impl Combine {
-    fn apply(self, acc: &mut [f32], other: &[f32]) {
-        match self {
-            Combine::Add => acc.iter_mut().zip(other).for_each(|(a, o)| *a += o),
-            Combine::Max => acc.iter_mut().zip(other).for_each(|(a, o)| *a = a.max(*o)),
-        }
+        rows::sum_over_rows(n, m, self.parallel, init, combine, fold)
     }
 }
 
@@ -365,29 +323,6 @@ fn damped(lse: f32, log_mass: f32, lambda: f32) -> f32 {
     } else {
         -lambda * lse + (lambda - 1.0) * log_mass
     }
-}
-
-/// Runs `op(first_row, chunk)` over chunks of `values`, which holds `per_row` values for each
-/// row of a kernel `row_width` wide: one chunk, or, when `parallel`, chunks of about
-/// [`PAIRS_PER_TASK`] kernel entries in parallel.
-fn for_row_chunks(
-    values: &mut [f32],
-    per_row: usize,
-    row_width: usize,
-    parallel: bool,
-    op: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    if per_row == 0 {
-        return;
-    }
-    if !parallel {
-        return op(0, values);
-    }
-    let rows_per_task = (PAIRS_PER_TASK / row_width.max(1)).max(1);
-    values
-        .par_chunks_mut(rows_per_task * per_row)
-        .enumerate()
-        .for_each(|(task, chunk)| op(task * rows_per_task, chunk));
 }
 
 /// Moves the valid block back to its padded positions and zeroes padded rows and columns.

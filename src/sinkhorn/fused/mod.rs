@@ -19,6 +19,7 @@
 
 mod block;
 mod kernels;
+mod rows;
 mod simd;
 mod vjp;
 

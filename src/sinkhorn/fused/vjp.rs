@@ -5,11 +5,13 @@
 //! Per problem: one pass for the plan's row and column sums (plain and weighted by the
 //! upstream gradient), two passes per conjugate-gradient iteration (`Aᵀv`, then `A(Aᵀv)`),
 //! and one pass writing the cost's gradient over the plan. The plan is never rescaled into a
-//! second matrix: `A = D_p^{-1/2} P D_q^{-1/2}` is applied by scaling the vectors.
+//! second matrix: `A = D_p^{-1/2} P D_q^{-1/2}` is applied by scaling the vectors. A large
+//! problem splits its rows over threads in every pass, as the forward does.
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use rayon::prelude::*;
 
+use super::rows::{self, for_row_chunks, map_row_blocks, sum_over_rows, Combine};
 use super::{kernels, to_device, HostBuffer};
 use crate::sinkhorn::config::UnbalancedConfig;
 use crate::sinkhorn::implicit::{InputGrads, TINY_MASS};
@@ -82,9 +84,8 @@ fn problem_vjp(
 ) -> (Vec<f32>, Vec<f32>) {
     let (n, m) = (a.len(), b.len());
     let epsilon = config.epsilon as f32;
-    let (mut p, mut u_x) = (vec![0.0; n], vec![0.0; n]);
-    let (mut q, mut u_y) = (vec![0.0; m], vec![0.0; m]);
-    kernels::plan_sums(plan, upstream.plan, m, &mut p, &mut u_x, &mut q, &mut u_y);
+    let parallel = rows::split(n * m);
+    let (mut p, mut u_x, mut q, mut u_y) = plan_sums(plan, upstream.plan, m, parallel);
     add_dual_gradient(&mut u_x, upstream.f, a, epsilon);
     add_dual_gradient(&mut u_y, upstream.g, b, epsilon);
     let tiny = TINY_MASS as f32;
@@ -92,7 +93,7 @@ fn problem_vjp(
         .chain(&mut q)
         .for_each(|mass| *mass = mass.max(tiny));
 
-    let system = ScaledPlan::new(plan, &p, &q);
+    let system = ScaledPlan::new(plan, &p, &q, parallel);
     let (alpha_a, alpha_b) = (
         (1.0 / config.lambda_a()) as f32,
         (1.0 / config.lambda_b()) as f32,
@@ -139,8 +140,46 @@ fn problem_vjp(
     let w_x = divided(&w_x, &system.sqrt_p);
     let w_y = divided(&w_y, &system.sqrt_q);
 
-    kernels::cost_gradient_in_place(plan, upstream.plan, m, &w_x, &w_y, epsilon);
+    for_row_chunks(plan, m, m, parallel, |first, block| {
+        let grad = &upstream.plan[first * m..first * m + block.len()];
+        kernels::cost_gradient_in_place(block, grad, m, &w_x[first..], &w_y, epsilon)
+    });
     (mass_gradient(&w_x, &p, a), mass_gradient(&w_y, &q, b))
+}
+
+/// The plan's row sums `P1` and `(G ⊙ P)1`, and column sums `Pᵀ1` and `(G ⊙ P)ᵀ1`, in one
+/// pass over plan `P` and upstream gradient `G` (`[n, m]`).
+fn plan_sums(
+    plan: &[f32],
+    grad: &[f32],
+    m: usize,
+    parallel: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = plan.len() / m.max(1);
+    let blocks = map_row_blocks(n, m, parallel, |rows| {
+        let entries = rows.start * m..rows.end * m;
+        let (mut p, mut u_x) = (vec![0.0; rows.len()], vec![0.0; rows.len()]);
+        let (mut q, mut u_y) = (vec![0.0; m], vec![0.0; m]);
+        kernels::plan_sums(
+            &plan[entries.clone()],
+            &grad[entries],
+            m,
+            &mut p,
+            &mut u_x,
+            &mut q,
+            &mut u_y,
+        );
+        (p, u_x, q, u_y)
+    });
+    let (mut p, mut u_x) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut q, mut u_y) = (vec![0.0; m], vec![0.0; m]);
+    for (block_p, block_u_x, block_q, block_u_y) in blocks {
+        p.extend(block_p);
+        u_x.extend(block_u_x);
+        Combine::Add.apply(&mut q, &block_q);
+        Combine::Add.apply(&mut u_y, &block_u_y);
+    }
+    (p, u_x, q, u_y)
 }
 
 /// `u += ε G` for the dual potential's upstream gradient `G`, and 0 at padded entries.
@@ -164,31 +203,42 @@ struct ScaledPlan<'a> {
     plan: &'a [f32],
     sqrt_p: Vec<f32>,
     sqrt_q: Vec<f32>,
+    /// Split rows over threads.
+    parallel: bool,
 }
 
 impl<'a> ScaledPlan<'a> {
-    fn new(plan: &'a [f32], p: &[f32], q: &[f32]) -> Self {
+    fn new(plan: &'a [f32], p: &[f32], q: &[f32], parallel: bool) -> Self {
         let sqrt = |v: &[f32]| v.iter().map(|v| v.sqrt()).collect();
         Self {
             plan,
             sqrt_p: sqrt(p),
             sqrt_q: sqrt(q),
+            parallel,
         }
     }
 
     /// `A v`, for `v` of length `m`.
     fn apply(&self, v: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0; self.sqrt_p.len()];
-        kernels::dots(self.plan, v.len(), &divided(v, &self.sqrt_q), &mut out);
+        let (n, m) = (self.sqrt_p.len(), self.sqrt_q.len());
+        let scaled = divided(v, &self.sqrt_q);
+        let mut out = vec![0.0; n];
+        for_row_chunks(&mut out, 1, m, self.parallel, |first, out| {
+            let rows = &self.plan[first * m..(first + out.len()) * m];
+            kernels::dots(rows, m, &scaled, out)
+        });
         out.iter_mut().zip(&self.sqrt_p).for_each(|(o, s)| *o /= s);
         out
     }
 
     /// `Aᵀ v`, for `v` of length `n`.
     fn apply_transpose(&self, v: &[f32]) -> Vec<f32> {
-        let m = self.sqrt_q.len();
-        let mut out = vec![0.0; m];
-        kernels::add_scaled_rows(self.plan, m, &divided(v, &self.sqrt_p), &mut out);
+        let (n, m) = (self.sqrt_p.len(), self.sqrt_q.len());
+        let scaled = divided(v, &self.sqrt_p);
+        let mut out = sum_over_rows(n, m, self.parallel, 0.0, Combine::Add, |rows, acc| {
+            let block = &self.plan[rows.start * m..rows.end * m];
+            kernels::add_scaled_rows(block, m, &scaled[rows], acc)
+        });
         out.iter_mut().zip(&self.sqrt_q).for_each(|(o, s)| *o /= s);
         out
     }
