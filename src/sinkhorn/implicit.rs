@@ -326,7 +326,7 @@ fn solve_dual_hessian<B: Backend>(
 
 /// Batched conjugate gradients for `S z = rhs`, one system per row of `rhs`.
 ///
-/// A system stops (its step becomes 0) once its residual is below
+/// A system stops for good (its steps become 0) once its residual is below
 /// `implicit_tolerance * |rhs|`, or when rounding makes the curvature non-positive: `S` is
 /// only positive semi-definite, and a step along a null direction would blow up.
 fn conjugate_gradients<B: Backend>(
@@ -342,22 +342,25 @@ fn conjugate_gradients<B: Backend>(
     let mut z = rhs.zeros_like();
     let mut residual = rhs.clone();
     let mut direction = rhs;
+    // Once stopped, a system stays stopped (a direction reset to the residual could show
+    // positive curvature again and restart it).
+    let mut stopped = rr.clone().lower_elem(0.0);
     for iteration in 1..=config.implicit_max_iters {
         let s_direction = apply(direction.clone());
         let curvature = (direction.clone() * s_direction.clone()).sum_dim(1);
-        let done = rr
-            .clone()
-            .lower_equal(threshold.clone())
+        stopped = stopped
+            .bool_or(rr.clone().lower_equal(threshold.clone()))
             .bool_or(curvature.clone().lower_equal_elem(0.0));
-        if iteration % CHECK_EVERY == 0 && done.clone().all().into_data().iter::<bool>().all(|d| d)
+        if iteration % CHECK_EVERY == 0
+            && stopped.clone().all().into_data().iter::<bool>().all(|d| d)
         {
             break;
         }
-        let step = (rr.clone() / curvature.clamp_min(TINY)).mask_fill(done.clone(), 0.0);
+        let step = (rr.clone() / curvature.clamp_min(TINY)).mask_fill(stopped.clone(), 0.0);
         z = z + direction.clone() * step.clone();
         residual = residual - s_direction * step;
         let rr_new = residual.clone().square().sum_dim(1);
-        let beta = (rr_new.clone() / rr.clamp_min(TINY)).mask_fill(done, 0.0);
+        let beta = (rr_new.clone() / rr.clamp_min(TINY)).mask_fill(stopped.clone(), 0.0);
         direction = residual.clone() + direction * beta;
         rr = rr_new;
     }

@@ -41,7 +41,9 @@ use crate::error::OtprefError;
 ///   anything, NaN included).
 /// - Gradients flow to `cost`, `a` and `b` as [`SinkhornConfig::gradient`] says.
 /// - f32 and f64 are solved in their dtype; bf16 and f16 inputs are solved in f32 and the
-///   results come back in their dtype (an error if one exceeds f16's range).
+///   results come back in their dtype (an error if one exceeds f16's range). Implicit
+///   gradients are computed in f32 too and returned in f16 as they are: an entry beyond its
+///   range (large costs over a small ε) becomes infinite, as in any f16 backward.
 ///
 /// Equals POT's `ot.sinkhorn(a, b, M, reg=ε, method="sinkhorn_log")` per problem.
 ///

@@ -49,7 +49,7 @@ pub(crate) fn solve<B: OtBackend>(
     let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
     let transport = solve_checked(cost, a, b, &checked, config)?;
     // Computed in f32, the solution can still exceed f16's range.
-    if dtype == DType::F16 && !representable(&transport.plan, &transport.f, &transport.g) {
+    if dtype == DType::F16 && !within_range(&transport) {
         return Err(OtprefError::UnsupportedDType(
             "the solution (plan or potentials, computed in f32) exceeds f16's largest value, \
              65504; pass cost, a and b in f32 or bf16"
@@ -109,6 +109,19 @@ fn solve_checked<B: OtBackend>(
         converged: convergence.converged,
         marginal_error: convergence.marginal_error,
     })
+}
+
+/// Whether every entry of plan and potentials is finite, in one read: their largest
+/// magnitudes are exact in any dtype, where a sum of finite f16 entries can overflow.
+fn within_range<B: Backend>(transport: &Transport<B>) -> bool {
+    let largest = vec![
+        transport.plan.clone().detach().abs().max(),
+        transport.f.clone().detach().abs().max(),
+        transport.g.clone().detach().abs().max(),
+    ];
+    to_host(Tensor::cat(largest, 0))
+        .iter()
+        .all(|s| s.is_finite())
 }
 
 /// Whether plan and potentials are all finite, in one read (a NaN or an infinity anywhere

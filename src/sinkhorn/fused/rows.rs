@@ -19,30 +19,13 @@ pub(super) fn split(pairs: usize) -> bool {
 }
 
 /// Rows per task for rows `width` entries wide.
-fn rows_per_task(width: usize) -> usize {
+pub(super) fn rows_per_task(width: usize) -> usize {
     (PAIRS_PER_TASK / width.max(1)).max(1)
 }
 
-/// `task(rows)` over blocks of the `n` rows, in parallel when `parallel`; the results in row
-/// order (one block, `0..n`, when not).
-pub(super) fn map_row_blocks<T: Send>(
-    n: usize,
-    width: usize,
-    parallel: bool,
-    task: impl Fn(Range<usize>) -> T + Sync,
-) -> Vec<T> {
-    if !parallel {
-        return vec![task(0..n)];
-    }
-    let per_task = rows_per_task(width);
-    (0..n.div_ceil(per_task))
-        .into_par_iter()
-        .map(|k| task(k * per_task..((k + 1) * per_task).min(n)))
-        .collect()
-}
-
 /// Folds `n` rows `m` wide into a column-sized accumulator that starts at `init`:
-/// `fold(rows, acc)` over each block of rows, one accumulator per block, merged by `combine`.
+/// `fold(rows, acc)` over one block of rows, or many in parallel (one accumulator per task,
+/// merged pairwise by `combine` as tasks finish, so only a few are alive at once).
 pub(super) fn sum_over_rows(
     n: usize,
     m: usize,
@@ -51,14 +34,19 @@ pub(super) fn sum_over_rows(
     combine: Combine,
     fold: impl Fn(Range<usize>, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let blocks = map_row_blocks(n, m, parallel, |rows| {
+    let run = |rows: Range<usize>| {
         let mut acc = vec![init; m];
         fold(rows, &mut acc);
         acc
-    });
-    blocks
-        .into_iter()
-        .reduce(|mut acc, other| {
+    };
+    if !parallel {
+        return run(0..n);
+    }
+    let per_task = rows_per_task(m);
+    (0..n.div_ceil(per_task))
+        .into_par_iter()
+        .map(|k| run(k * per_task..((k + 1) * per_task).min(n)))
+        .reduce_with(|mut acc, other| {
             combine.apply(&mut acc, &other);
             acc
         })

@@ -3,15 +3,16 @@
 //! plan-vector product one pass over the plan and the problems of a batch in parallel.
 //!
 //! Per problem: one pass for the plan's row and column sums (plain and weighted by the
-//! upstream gradient), two passes per conjugate-gradient iteration (`Aᵀv`, then `A(Aᵀv)`),
-//! and one pass writing the cost's gradient over the plan. The plan is never rescaled into a
+//! upstream gradient), one for the right-hand side (`A u_y`), two per conjugate-gradient
+//! iteration (`Aᵀv`, then `A(Aᵀv)`), one for `w_y` (`Aᵀw_x`) and one writing the cost's
+//! gradient over the plan. The plan is never rescaled into a
 //! second matrix: `A = D_p^{-1/2} P D_q^{-1/2}` is applied by scaling the vectors. A large
 //! problem splits its rows over threads in every pass, as the forward does.
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use rayon::prelude::*;
 
-use super::rows::{self, for_row_chunks, map_row_blocks, sum_over_rows, Combine};
+use super::rows::{self, for_row_chunks, sum_over_rows, Combine};
 use super::{kernels, to_device, HostBuffer};
 use crate::sinkhorn::config::UnbalancedConfig;
 use crate::sinkhorn::implicit::{InputGrads, TINY_MASS};
@@ -156,30 +157,32 @@ fn plan_sums(
     parallel: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = plan.len() / m.max(1);
-    let blocks = map_row_blocks(n, m, parallel, |rows| {
-        let entries = rows.start * m..rows.end * m;
-        let (mut p, mut u_x) = (vec![0.0; rows.len()], vec![0.0; rows.len()]);
-        let (mut q, mut u_y) = (vec![0.0; m], vec![0.0; m]);
-        kernels::plan_sums(
-            &plan[entries.clone()],
-            &grad[entries],
-            m,
-            &mut p,
-            &mut u_x,
-            &mut q,
-            &mut u_y,
-        );
-        (p, u_x, q, u_y)
-    });
-    let (mut p, mut u_x) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut q, mut u_y) = (vec![0.0; m], vec![0.0; m]);
-    for (block_p, block_u_x, block_q, block_u_y) in blocks {
-        p.extend(block_p);
-        u_x.extend(block_u_x);
-        Combine::Add.apply(&mut q, &block_q);
-        Combine::Add.apply(&mut u_y, &block_u_y);
-    }
-    (p, u_x, q, u_y)
+    let (mut p, mut u_x) = (vec![0.0; n], vec![0.0; n]);
+    // Rows `first..first + p.len()` into their slices of `p` and `u_x`; the column sums
+    // returned as one accumulator `[Pᵀ1, (G ⊙ P)ᵀ1]`.
+    let block = |first: usize, p: &mut [f32], u_x: &mut [f32]| {
+        let entries = first * m..(first + p.len()) * m;
+        let mut columns = vec![0.0; 2 * m];
+        let (q, u_y) = columns.split_at_mut(m);
+        kernels::plan_sums(&plan[entries.clone()], &grad[entries], m, p, u_x, q, u_y);
+        columns
+    };
+    let mut columns = if parallel {
+        let per_task = rows::rows_per_task(m);
+        p.par_chunks_mut(per_task)
+            .zip(u_x.par_chunks_mut(per_task))
+            .enumerate()
+            .map(|(k, (p, u_x))| block(k * per_task, p, u_x))
+            .reduce_with(|mut acc, other| {
+                Combine::Add.apply(&mut acc, &other);
+                acc
+            })
+            .unwrap_or_else(|| vec![0.0; 2 * m])
+    } else {
+        block(0, &mut p, &mut u_x)
+    };
+    let u_y = columns.split_off(m);
+    (p, u_x, columns, u_y)
 }
 
 /// `u += ε G` for the dual potential's upstream gradient `G`, and 0 at padded entries.

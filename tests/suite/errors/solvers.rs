@@ -265,7 +265,8 @@ fn unbalanced_plan_overflow() {
 
 /// f16 inputs are solved in f32, but a solution beyond f16's range (65504) is an error with
 /// advice, not an infinite plan: here a relaxed plan of mass exp(60/3) (`log P = -C/(ε + 2ρ)`
-/// for one pair of unit masses), which f32 holds.
+/// for one pair of unit masses), which f32 holds. Entries within range are accepted however
+/// large their sums.
 #[test]
 #[cfg_attr(
     feature = "ndarray-tests",
@@ -286,5 +287,20 @@ fn f16_solution_beyond_its_range() {
         let err = solve(DType::F16).unwrap_err();
         assert!(matches!(err, OtprefError::UnsupportedDType(_)), "{err}");
         assert!(err.to_string().contains("f32 or bf16"), "{err}");
+
+        // Entries within range whose sums are not (64 potentials near 3000): accepted.
+        let size = 64;
+        let t = sinkhorn(
+            tensor::<TestBackend, 3>(vec![3000.0; size * size], [1, size, size], DType::F16),
+            tensor::<TestBackend, 2>(vec![1.0 / 64.0; size], [1, size], DType::F16),
+            tensor::<TestBackend, 2>(vec![1.0 / 64.0; size], [1, size], DType::F16),
+            &SinkhornConfig::new(1.0).with_fused_cpu(fused_cpu),
+        )
+        .unwrap();
+        let potentials = crate::common::values(t.f.clone() + t.g.clone());
+        assert!(
+            potentials.iter().all(|v| (v - 3000.0).abs() < 32.0),
+            "{potentials:?}"
+        );
     }
 }
