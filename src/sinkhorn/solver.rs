@@ -28,7 +28,7 @@ use super::fused;
 use super::implicit::OtBackend;
 use super::problem::{build, check_inputs, Checked, Problem};
 use super::transport::{Convergence, Transport};
-use crate::checks::{narrowed, to_host, widened};
+use crate::checks::{all_finite, narrowed, to_host, widened};
 use crate::error::OtprefError;
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
@@ -49,7 +49,7 @@ pub(crate) fn solve<B: OtBackend>(
     let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
     let transport = solve_checked(cost, a, b, &checked, config)?;
     // Computed in f32, the solution can still exceed f16's range.
-    if dtype == DType::F16 && !within_range(&transport) {
+    if dtype == DType::F16 && !representable(&transport.plan, &transport.f, &transport.g) {
         return Err(OtprefError::UnsupportedDType(
             "the solution (plan or potentials, computed in f32) exceeds f16's largest value, \
              65504; pass cost, a and b in f32 or bf16"
@@ -111,21 +111,9 @@ fn solve_checked<B: OtBackend>(
     })
 }
 
-/// Whether every entry of plan and potentials is finite, in one read: their largest
-/// magnitudes are exact in any dtype, where a sum of finite f16 entries can overflow.
-fn within_range<B: Backend>(transport: &Transport<B>) -> bool {
-    let largest = vec![
-        transport.plan.clone().detach().abs().max(),
-        transport.f.clone().detach().abs().max(),
-        transport.g.clone().detach().abs().max(),
-    ];
-    to_host(Tensor::cat(largest, 0))
-        .iter()
-        .all(|s| s.is_finite())
-}
-
-/// Whether plan and potentials are all finite, in one read (a NaN or an infinity anywhere
-/// makes its tensor's sum non-finite).
+/// Whether every entry of plan and potentials is finite: one read of their sums (NaN and
+/// infinities propagate through a sum), and the exact scans only when a sum is not finite
+/// (in f16 a sum of finite entries can overflow).
 fn representable<B: Backend>(plan: &Tensor<B, 3>, f: &Tensor<B, 2>, g: &Tensor<B, 2>) -> bool {
     let sums = vec![
         plan.clone().detach().sum(),
@@ -133,6 +121,7 @@ fn representable<B: Backend>(plan: &Tensor<B, 3>, f: &Tensor<B, 2>, g: &Tensor<B
         g.clone().detach().sum(),
     ];
     to_host(Tensor::cat(sums, 0)).iter().all(|s| s.is_finite())
+        || (all_finite(plan) && all_finite(f) && all_finite(g))
 }
 
 /// The error for an unbalanced plan (or its potentials) that overflows `dtype`.

@@ -104,6 +104,31 @@ pub fn random_problem(rng: &mut Rng, n: usize, m: usize, normalised: bool) -> Pr
     Problem { n, m, cost, a, b }
 }
 
+/// A proptest strategy for one `n x m` problem: costs uniform in [0, 1) times `scale`, positive
+/// masses normalised to 1 (balanced-ready).
+pub fn problem_strategy(
+    n: usize,
+    m: usize,
+    scale: f64,
+) -> impl proptest::strategy::Strategy<Value = Problem> {
+    use proptest::prelude::*;
+    (
+        prop::collection::vec(0.0f64..1.0, n * m),
+        prop::collection::vec(0.05f64..1.0, n),
+        prop::collection::vec(0.05f64..1.0, m),
+    )
+        .prop_map(move |(cost, a, b)| {
+            let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+            Problem {
+                n,
+                m,
+                cost: cost.iter().map(|c| c * scale).collect(),
+                a: a.iter().map(|v| v / sa).collect(),
+                b: b.iter().map(|v| v / sb).collect(),
+            }
+        })
+}
+
 /// Proptest settings for CI: a fixed case count (`PROPTEST_CASES` overrides it, as the GPU
 /// script does to stay within its time) and, unless `PROPTEST_RNG_SEED` is set (to explore
 /// other cases locally), a fixed seed so that every CI run checks the same cases.

@@ -3,7 +3,9 @@
 //! weights and implicit gradients equal to f32 rounding. On a backend without the fused solver
 //! (CUDA, with `gpu-tests`) both runs take the composed path.
 
-use crate::common::{pad_batch, proptest_config, random_problem, values, Problem, Rng};
+use crate::common::{
+    pad_batch, problem_strategy, proptest_config, random_problem, values, Problem, Rng,
+};
 use crate::common::{TestAutodiff, TestBackend};
 use crate::pot_parity::cases;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
@@ -124,28 +126,12 @@ enum Steps {
 /// A batch of 1-4 problems of sizes 1..=20 with costs in [0, scale] and positive masses
 /// normalised to 1.
 fn batch() -> impl Strategy<Value = Vec<Problem>> {
-    let problem = (
+    let sizes = (
         1usize..=20,
         1usize..=20,
         prop::sample::select(vec![1.0, 30.0]),
-    )
-        .prop_flat_map(|(n, m, scale)| {
-            (
-                prop::collection::vec(0.0f64..1.0, n * m),
-                prop::collection::vec(0.05f64..1.0, n),
-                prop::collection::vec(0.05f64..1.0, m),
-            )
-                .prop_map(move |(cost, a, b)| {
-                    let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
-                    Problem {
-                        n,
-                        m,
-                        cost: cost.iter().map(|c| c * scale).collect(),
-                        a: a.iter().map(|v| v / sa).collect(),
-                        b: b.iter().map(|v| v / sb).collect(),
-                    }
-                })
-        });
+    );
+    let problem = sizes.prop_flat_map(|(n, m, scale)| problem_strategy(n, m, scale));
     prop::collection::vec(problem, 1..=4)
 }
 

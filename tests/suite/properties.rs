@@ -1,6 +1,6 @@
 //! Property tests of the OT marginals and symmetries (proptest, fixed case count for CI).
 
-use crate::common::{pad_batch, values, Problem, TestBackend};
+use crate::common::{pad_batch, problem_strategy, values, Problem, TestBackend};
 use burn::tensor::{DType, Tensor};
 use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
 use proptest::prelude::*;
@@ -8,23 +8,7 @@ use proptest::prelude::*;
 /// A batch of 1-3 problems of sizes 1..=6, random costs in [0, 1] and positive masses
 /// normalised to 1 (balanced-ready).
 fn batch() -> impl Strategy<Value = Vec<Problem>> {
-    let problem = (1usize..=6, 1usize..=6).prop_flat_map(|(n, m)| {
-        (
-            prop::collection::vec(0.0f64..1.0, n * m),
-            prop::collection::vec(0.05f64..1.0, n),
-            prop::collection::vec(0.05f64..1.0, m),
-        )
-            .prop_map(move |(cost, a, b)| {
-                let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
-                Problem {
-                    n,
-                    m,
-                    cost,
-                    a: a.iter().map(|v| v / sa).collect(),
-                    b: b.iter().map(|v| v / sb).collect(),
-                }
-            })
-    });
+    let problem = (1usize..=6, 1usize..=6).prop_flat_map(|(n, m)| problem_strategy(n, m, 1.0));
     prop::collection::vec(problem, 1..=3)
 }
 

@@ -9,11 +9,12 @@
 //! second matrix: `A = D_p^{-1/2} P D_q^{-1/2}` is applied by scaling the vectors. A large
 //! problem splits its rows over threads in every pass, as the forward does.
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use rayon::prelude::*;
 
 use super::rows::{self, for_row_chunks, sum_over_rows, Combine};
 use super::{kernels, to_device, HostBuffer};
+use crate::checks::to_host;
 use crate::sinkhorn::config::UnbalancedConfig;
 use crate::sinkhorn::implicit::{InputGrads, TINY_MASS};
 
@@ -38,7 +39,10 @@ pub(crate) fn fixed_point_vjp<B: Backend>(
     let [batch, n, m] = plan.dims();
     let mut plan = HostBuffer::new(plan);
     let mut upstream = HostBuffer::new(upstream);
-    let (a, b) = (host_values(a), host_values(b));
+    let host = |masses: Tensor<B, 2>| -> Vec<f32> {
+        to_host(masses).into_iter().map(|v| v as f32).collect()
+    };
+    let (a, b) = (host(a), host(b));
 
     let upstream = upstream.values();
     let (upstream_plan, rest) = upstream.split_at(batch * n * m);
@@ -63,15 +67,6 @@ pub(crate) fn fixed_point_vjp<B: Backend>(
         a: to_device(a_grad.concat(), [batch, n], dtype, &device),
         b: to_device(b_grad.concat(), [batch, m], dtype, &device),
     }
-}
-
-/// A small tensor's values as f32 on the host.
-fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    let tensor = match tensor.dtype() {
-        DType::F32 => tensor,
-        _ => tensor.cast(DType::F32),
-    };
-    tensor.into_data().iter::<f32>().collect()
 }
 
 /// One problem's vector-Jacobian product. Overwrites `plan` (`[n, m]`) with the gradient
