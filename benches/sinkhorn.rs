@@ -7,7 +7,7 @@
 //!
 //! Every solve gets a clone of one cost tensor (so the fused CPU solver copies it once before
 //! building its kernel and the plan in the copy). `reference` rows run the composed solver
-//! (`fused_cpu = false`).
+//! (`fast_paths = false`).
 //!
 //! `cargo bench --bench sinkhorn` (CPU) or `cargo bench --features cuda --bench sinkhorn` (adds
 //! the CUDA backend).
@@ -45,12 +45,12 @@ fn bench_backend<B: OtBackend>(c: &mut Criterion, name: &str, device: &B::Device
         ("balanced", &balanced),
         (
             "balanced_reference",
-            &balanced.clone().with_fused_cpu(false),
+            &balanced.clone().with_fast_paths(false),
         ),
         ("unbalanced_rho1", &unbalanced),
         (
             "unbalanced_rho1_reference",
-            &unbalanced.clone().with_fused_cpu(false),
+            &unbalanced.clone().with_fast_paths(false),
         ),
     ];
     for (label, config) in solvers {
@@ -84,7 +84,7 @@ fn bench_gradient<B: OtBackend>(c: &mut Criterion, name: &str, device: &B::Devic
         ("implicit_gradient", true),
         ("implicit_gradient_reference", false),
     ] {
-        let config = config.clone().with_fused_cpu(fused);
+        let config = config.clone().with_fast_paths(fused);
         group.bench_function(format!("{label}_b16_n256_eps0.05"), |bench| {
             bench.iter(|| {
                 let cost = cost.clone().require_grad();

@@ -50,8 +50,12 @@ impl<R: burn::backend::router::RunnerChannel> OtBackend
 #[cfg(feature = "cubecl")]
 mod cubecl {
     use super::OtBackend;
+    use crate::sinkhorn::cube::{reduce, Reduction};
+    use crate::sinkhorn::reductions::{self, Axis};
+    use burn::tensor::Tensor;
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
+    /// The solver's reductions run as single kernels (`sinkhorn/cube/`).
     impl<R, F, I, BT> OtBackend for CubeBackend<R, F, I, BT>
     where
         R: CubeRuntime,
@@ -59,6 +63,25 @@ mod cubecl {
         I: IntElement,
         BT: BoolElement,
     {
+        const ONE_PASS_REDUCTIONS: bool = true;
+
+        fn log_sum_exp_with(
+            matrix: Tensor<Self, 3>,
+            weights: Tensor<Self, 2>,
+            axis: Axis,
+        ) -> Tensor<Self, 2> {
+            reduce(&matrix, &weights, axis, Reduction::LogSumExp)
+                .unwrap_or_else(|| reductions::log_sum_exp_with(matrix, weights, axis))
+        }
+
+        fn weighted_sum_with(
+            matrix: Tensor<Self, 3>,
+            weights: Tensor<Self, 2>,
+            axis: Axis,
+        ) -> Tensor<Self, 2> {
+            reduce(&matrix, &weights, axis, Reduction::WeightedSum)
+                .unwrap_or_else(|| reductions::weighted_sum_with(matrix, weights, axis))
+        }
     }
 
     impl<B: burn_fusion::FusionBackend + OtBackend> OtBackend for burn_fusion::Fusion<B> {}

@@ -46,17 +46,20 @@ pub struct SinkhornConfig {
     /// Evaluate each update as a batched matrix product with a shifted kernel when that is
     /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
     /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
+    /// CubeCL backends (CUDA, ROCm, wgpu) always take the log-sum-exp, in one kernel that
+    /// costs what the product does.
     #[config(default = true)]
     pub matmul_updates: bool,
-    /// Run the fused CPU solver on backends whose tensors live in host memory (`Flex`,
-    /// `NdArray`): the same iterations and stopping rule as the composed tensor-op solver, in
-    /// one pass over the kernel per half-iteration, with problems (and the rows of large
-    /// problems) spread over threads and SIMD loops. `false` runs the composed solver, the
-    /// reference implementation, which GPU backends, f64 inputs and
+    /// Use the backend's fast path: the fused CPU solver on backends whose tensors live in
+    /// host memory (`Flex`, `NdArray`), the one-pass CubeCL kernels on `CubeBackend` (CUDA,
+    /// ROCm, wgpu). Both run the same iterations and stopping rule as the composed tensor-op
+    /// solver, reading the kernel once per half-iteration (the fused solver also spreads
+    /// problems and rows over threads and SIMD loops). `false` runs the composed solver, the
+    /// reference implementation, which other backends, f64 inputs and
     /// [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree to
     /// f32 rounding.
     #[config(default = true)]
-    pub fused_cpu: bool,
+    pub fast_paths: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward.
     #[config(default = 1000)]
     pub implicit_max_iters: usize,
@@ -102,17 +105,19 @@ pub struct UnbalancedConfig {
     /// Evaluate each update as a batched matrix product with a shifted kernel when that is
     /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
     /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result;
-    /// default `true`).
+    /// default `true`). CubeCL backends (CUDA, ROCm, wgpu) always take the log-sum-exp, in
+    /// one kernel that costs what the product does.
     pub matmul_updates: bool,
-    /// Run the fused CPU solver on backends whose tensors live in host memory (`Flex`,
-    /// `NdArray`): the same iterations and stopping rule as the composed tensor-op solver, in
-    /// one pass over the kernel per half-iteration, with problems (and the rows of large
-    /// problems) spread over threads and SIMD loops. `false` runs the composed solver, the
-    /// reference implementation, which GPU backends, f64 inputs and
+    /// Use the backend's fast path: the fused CPU solver on backends whose tensors live in
+    /// host memory (`Flex`, `NdArray`), the one-pass CubeCL kernels on `CubeBackend` (CUDA,
+    /// ROCm, wgpu). Both run the same iterations and stopping rule as the composed tensor-op
+    /// solver, reading the kernel once per half-iteration (the fused solver also spreads
+    /// problems and rows over threads and SIMD loops). `false` runs the composed solver, the
+    /// reference implementation, which other backends, f64 inputs and
     /// [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree to
-    /// f32 rounding (default `true`).
-    #[serde(default = "fused_cpu_default")]
-    pub fused_cpu: bool,
+    /// f32 rounding (default `true`; `fused_cpu` in configs saved before 0.1's release).
+    #[serde(default = "fast_paths_default", alias = "fused_cpu")]
+    pub fast_paths: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward (default 1000).
     pub implicit_max_iters: usize,
     /// Relative residual at which the implicit backward's conjugate gradients stop (default
@@ -122,8 +127,8 @@ pub struct UnbalancedConfig {
 
 impl Config for UnbalancedConfig {}
 
-/// Configs saved before `fused_cpu` existed load with it on.
-fn fused_cpu_default() -> bool {
+/// Configs saved before `fast_paths` (or `fused_cpu`, its first name) existed load with it on.
+fn fast_paths_default() -> bool {
     true
 }
 
@@ -174,9 +179,9 @@ impl UnbalancedConfig {
         self
     }
 
-    /// Sets [`fused_cpu`](Self::fused_cpu).
-    pub fn with_fused_cpu(mut self, fused_cpu: bool) -> Self {
-        self.fused_cpu = fused_cpu;
+    /// Sets [`fast_paths`](Self::fast_paths).
+    pub fn with_fast_paths(mut self, fast_paths: bool) -> Self {
+        self.fast_paths = fast_paths;
         self
     }
 
@@ -270,7 +275,7 @@ impl From<&SinkhornConfig> for UnbalancedConfig {
             check_every: c.check_every,
             gradient: c.gradient,
             matmul_updates: c.matmul_updates,
-            fused_cpu: c.fused_cpu,
+            fast_paths: c.fast_paths,
             implicit_max_iters: c.implicit_max_iters,
             implicit_tolerance: c.implicit_tolerance,
         }

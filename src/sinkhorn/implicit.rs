@@ -29,6 +29,7 @@ use burn::backend::autodiff::{
 use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
 
 use super::config::UnbalancedConfig;
+use super::reductions::{self, Axis};
 use super::solver::solve;
 use super::transport::Transport;
 use crate::checks::{narrowed, widened};
@@ -46,9 +47,43 @@ use crate::error::OtprefError;
 /// works on any backend, and the `Autodiff` impl picks it up.
 pub trait OtBackend: Backend {
     /// Whether this backend's tensors live in host memory, so that the fused CPU solver
-    /// ([`UnbalancedConfig::fused_cpu`]) serves it: `true` for `Flex` and `NdArray`;
+    /// ([`UnbalancedConfig::fast_paths`]) serves it: `true` for `Flex` and `NdArray`;
     /// `Autodiff<B>` inherits it from `B`.
     const HOST_MEMORY: bool = false;
+
+    /// Whether [`Self::log_sum_exp_with`] and [`Self::weighted_sum_with`] are single kernels
+    /// that read the matrix once (`CubeBackend`: CUDA, ROCm, wgpu), so that the solver
+    /// evaluates every update as a log-sum-exp (see
+    /// [`UnbalancedConfig::matmul_updates`]). `false` by default and for `Autodiff<B>`, whose
+    /// unrolled mode needs the composed ops' graph.
+    const ONE_PASS_REDUCTIONS: bool = false;
+
+    /// `log Σ_j exp(M[p, i, j] + w[p, j])` for every problem `p` and row `i` of `matrix`
+    /// `[batch, n, m]` ([`Axis::Rows`], `weights` `[batch, m]`, result `[batch, n]`), or
+    /// `log Σ_i exp(M[p, i, j] + w[p, i])` for every column ([`Axis::Columns`], `weights`
+    /// `[batch, n]`, result `[batch, m]`): the log-sum-exp of every Sinkhorn update.
+    ///
+    /// Composed from burn's tensor ops by default; one kernel on `CubeBackend`.
+    fn log_sum_exp_with(
+        matrix: Tensor<Self, 3>,
+        weights: Tensor<Self, 2>,
+        axis: Axis,
+    ) -> Tensor<Self, 2> {
+        reductions::log_sum_exp_with(matrix, weights, axis)
+    }
+
+    /// `Σ_j M[p, i, j] w[p, j]` for every row ([`Axis::Rows`]) or `Σ_i M[p, i, j] w[p, i]` for
+    /// every column ([`Axis::Columns`]): the batched matrix-vector products of the implicit
+    /// backward. Shapes as in [`Self::log_sum_exp_with`].
+    ///
+    /// burn's `matmul` by default; one kernel on `CubeBackend`.
+    fn weighted_sum_with(
+        matrix: Tensor<Self, 3>,
+        weights: Tensor<Self, 2>,
+        axis: Axis,
+    ) -> Tensor<Self, 2> {
+        reductions::weighted_sum_with(matrix, weights, axis)
+    }
 
     /// Solves the batch and, on an autodiff backend, attaches the implicit backward.
     ///
@@ -226,7 +261,7 @@ fn host_or_composed_vjp<B: OtBackend>(
 }
 
 /// The vector-Jacobian product of the fixed point, see the module docs.
-fn fixed_point_vjp<B: Backend>(
+fn fixed_point_vjp<B: OtBackend>(
     plan: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
@@ -273,7 +308,7 @@ fn fixed_point_vjp<B: Backend>(
 /// Scaling by `D = diag(p, q)^{1/2}` turns `H` into `[[α_a I, A], [Aᵀ, α_b I]]` with
 /// `A = D_p^{-1/2} P D_q^{-1/2}`, whose singular values are at most 1; eliminating `w_y`
 /// leaves the positive semi-definite `S = α_a I - A Aᵀ / α_b` for conjugate gradients.
-fn solve_dual_hessian<B: Backend>(
+fn solve_dual_hessian<B: OtBackend>(
     plan: &Tensor<B, 3>,
     p: &Tensor<B, 2>,
     q: &Tensor<B, 2>,
@@ -288,17 +323,9 @@ fn solve_dual_hessian<B: Backend>(
     let sqrt_q = q.clone().sqrt();
     let scaled = plan.clone()
         / (sqrt_p.clone().unsqueeze_dim::<3>(2) * sqrt_q.clone().unsqueeze_dim::<3>(1));
-    let apply_a = |v: Tensor<B, 2>| {
-        scaled
-            .clone()
-            .matmul(v.unsqueeze_dim(2))
-            .squeeze_dim::<2>(2)
-    };
-    let apply_at = |v: Tensor<B, 2>| {
-        v.unsqueeze_dim(1)
-            .matmul(scaled.clone())
-            .squeeze_dim::<2>(1)
-    };
+    let fast = config.fast_paths;
+    let apply_a = |v| reductions::weighted_sum_on(fast, scaled.clone(), v, Axis::Rows);
+    let apply_at = |v| reductions::weighted_sum_on(fast, scaled.clone(), v, Axis::Columns);
 
     let u_x = u_x / sqrt_p.clone();
     let u_y = u_y / sqrt_q.clone();

@@ -9,10 +9,13 @@
 
 mod backends;
 mod config;
+#[cfg(feature = "cubecl")]
+mod cube;
 #[cfg(feature = "fused-cpu")]
 mod fused;
 mod implicit;
 mod problem;
+mod reductions;
 mod solver;
 mod transport;
 
@@ -24,7 +27,9 @@ pub use transport::{Convergence, Transport};
 
 #[cfg(feature = "fused-cpu")]
 pub(crate) use fused::HostBuffer;
-pub(crate) use solver::{log_sum_exp, solve_log_marginals};
+pub(crate) use reductions::log_sum_exp;
+pub use reductions::Axis;
+pub(crate) use solver::solve_log_marginals;
 
 use crate::error::OtprefError;
 

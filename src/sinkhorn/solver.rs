@@ -27,6 +27,7 @@ use super::config::UnbalancedConfig;
 use super::fused;
 use super::implicit::OtBackend;
 use super::problem::{build, check_inputs, Checked, Problem};
+use super::reductions::{log_sum_exp_on, spread_over_columns, spread_over_rows, Axis};
 use super::transport::{Convergence, Transport};
 use crate::checks::{all_finite, narrowed, to_host, widened};
 use crate::error::OtprefError;
@@ -34,9 +35,9 @@ use crate::error::OtprefError;
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
 /// the inputs are tracked (the unrolled mode); detach them first for no graph.
 ///
-/// On backends whose tensors live in host memory the fused CPU solver runs instead of the
-/// composed tensor ops (see [`UnbalancedConfig::fused_cpu`]), except in the unrolled mode,
-/// whose graph needs the ops.
+/// With [`UnbalancedConfig::fast_paths`], backends whose tensors live in host memory run the
+/// fused CPU solver instead of the composed tensor ops, and CubeCL backends run each update's
+/// log-sum-exp as one kernel; the unrolled mode, whose graph needs the ops, runs neither.
 pub(crate) fn solve<B: OtBackend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
@@ -179,11 +180,13 @@ pub(crate) fn solve_log_marginals<B: OtBackend>(
                 cols + col_sums.mask_fill(pad_b, 1.0).log() + row_top.add_scalar(*shift),
             )
         }
-        Kernel::Log => {
-            let scores = solution.log_plan();
+        // log P1 = rows + LSE_j(K_ij + cols_j), and the same over columns.
+        Kernel::Log { one_pass } => {
+            let log_kernel = &solution.problem.log_kernel;
+            let lse = |weights, axis| log_sum_exp_on(*one_pass, log_kernel.clone(), weights, axis);
             (
-                log_sum_exp(scores.clone(), 2).squeeze_dim(2),
-                log_sum_exp(scores, 1).squeeze_dim(1),
+                rows.clone() + lse(cols.clone(), Axis::Rows),
+                cols + lse(rows, Axis::Columns),
             )
         }
     };
@@ -204,7 +207,7 @@ struct Solution<B: Backend> {
 }
 
 /// The composed solver on checked inputs.
-fn run<B: Backend>(
+fn run<B: OtBackend>(
     cost: Tensor<B, 3>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
@@ -213,7 +216,8 @@ fn run<B: Backend>(
     cost_range: Option<(f64, f64)>,
 ) -> Result<Solution<B>, OtprefError> {
     let problem = build(cost, a, b, checked, config.epsilon)?;
-    let kernel = Kernel::choose(&problem, config.matmul_updates, config.epsilon, cost_range);
+    let forms = (config.matmul_updates, config.fast_paths);
+    let kernel = Kernel::choose(&problem, forms, config.epsilon, cost_range);
     let (x, y, stats) = iterate(&problem, &kernel, checked.dims.batch, config);
     Ok(Solution {
         problem,
@@ -224,7 +228,7 @@ fn run<B: Backend>(
     })
 }
 
-impl<B: Backend> Solution<B> {
+impl<B: OtBackend> Solution<B> {
     /// `log a + x` and `log b + y`: `P_ij = exp(rows_i + cols_j - C_ij/ε)`.
     fn log_scalings(&self) -> (Tensor<B, 2>, Tensor<B, 2>) {
         (
@@ -334,7 +338,7 @@ const STALE_CHECKS: usize = 20;
 ///
 /// A problem that has converged is frozen (its potentials no longer change) while the others
 /// go on, so each problem's result is the one a solver run on it alone would return.
-fn iterate<B: Backend>(
+fn iterate<B: OtBackend>(
     problem: &Problem<B>,
     kernel: &Kernel<B>,
     batch: usize,
@@ -388,21 +392,25 @@ fn iterate<B: Backend>(
 enum Kernel<B: Backend> {
     /// `E = exp(K - shift)` with padded pairs set to 0.
     Shifted { kernel: Tensor<B, 3>, shift: f64 },
-    /// Log-sum-exp over the full `[batch, n, m]` scores.
-    Log,
+    /// Log-sum-exp over the full `[batch, n, m]` scores; `one_pass`: in the backend's one-pass
+    /// kernel ([`OtBackend::log_sum_exp_with`]).
+    Log { one_pass: bool },
 }
 
-impl<B: Backend> Kernel<B> {
+impl<B: OtBackend> Kernel<B> {
     /// `cost_range`: bounds `(low, high)` on every cost entry, padding (0) included, when the
     /// caller knows them; saves the two reductions that find them.
     fn choose(
         problem: &Problem<B>,
-        matmul_updates: bool,
+        (matmul_updates, fast_paths): (bool, bool),
         epsilon: f64,
         cost_range: Option<(f64, f64)>,
     ) -> Self {
-        if !matmul_updates {
-            return Kernel::Log;
+        // A one-pass log-sum-exp reads the log kernel once per update, as the matrix-vector
+        // product reads `E`: the exact form then costs nothing extra.
+        let one_pass = fast_paths && B::ONE_PASS_REDUCTIONS;
+        if !matmul_updates || one_pass {
+            return Kernel::Log { one_pass };
         }
         // Padded pairs hold K = 0 and are counted in the spread: conservative, never wrong.
         let (max, min) = match cost_range {
@@ -420,7 +428,7 @@ impl<B: Backend> Kernel<B> {
             }
         };
         if max - min > max_spread(problem.log_kernel.dtype()) {
-            return Kernel::Log;
+            return Kernel::Log { one_pass };
         }
         let kernel = problem.log_kernel.clone().sub_scalar(max).exp();
         // exp(0 - max) <= 1 at padded pairs, so zeroing them by a product is NaN-free.
@@ -443,7 +451,7 @@ fn max_spread(dtype: DType) -> f64 {
     }
 }
 
-fn update_x<B: Backend>(
+fn update_x<B: OtBackend>(
     problem: &Problem<B>,
     kernel: &Kernel<B>,
     y: &Tensor<B, 2>,
@@ -458,16 +466,14 @@ fn update_x<B: Backend>(
             // Padded rows have an all-zero kernel row: keep their (unused) value finite.
             sums.mask_fill(problem.pad_a.clone(), 1.0).log() + top + *shift
         }
-        Kernel::Log => {
-            let scores = problem.log_kernel.clone()
-                + spread_over_rows(weights, problem.log_kernel.dims()[1]);
-            log_sum_exp(scores, 2).squeeze_dim(2)
+        Kernel::Log { one_pass } => {
+            log_sum_exp_on(*one_pass, problem.log_kernel.clone(), weights, Axis::Rows)
         }
     };
     damped(lse, &problem.log_a_or_zero, lambda)
 }
 
-fn update_y<B: Backend>(
+fn update_y<B: OtBackend>(
     problem: &Problem<B>,
     kernel: &Kernel<B>,
     x: &Tensor<B, 2>,
@@ -481,11 +487,12 @@ fn update_y<B: Backend>(
             let sums = scaled.matmul(kernel.clone()).squeeze_dim::<2>(1);
             sums.mask_fill(problem.pad_b.clone(), 1.0).log() + top + *shift
         }
-        Kernel::Log => {
-            let scores = problem.log_kernel.clone()
-                + spread_over_columns(weights, problem.log_kernel.dims()[2]);
-            log_sum_exp(scores, 1).squeeze_dim(1)
-        }
+        Kernel::Log { one_pass } => log_sum_exp_on(
+            *one_pass,
+            problem.log_kernel.clone(),
+            weights,
+            Axis::Columns,
+        ),
     };
     damped(lse, &problem.log_b_or_zero, lambda)
 }
@@ -497,33 +504,6 @@ fn damped<B: Backend>(lse: Tensor<B, 2>, log_mass: &Tensor<B, 2>, lambda: f64) -
     } else {
         lse.mul_scalar(-lambda) + log_mass.clone().mul_scalar(lambda - 1.0)
     }
-}
-
-/// Numerically stable `log Σ exp` along `dim`, keeping the dimension.
-///
-/// The shift is detached: it cancels exactly, and a detached shift keeps ties in the max out
-/// of the backward pass.
-pub(crate) fn log_sum_exp<B: Backend>(scores: Tensor<B, 3>, dim: usize) -> Tensor<B, 3> {
-    let len = scores.dims()[dim];
-    let shift = scores.clone().detach().max_dim(dim);
-    let lse = (scores - shift.clone().repeat_dim(dim, len))
-        .exp()
-        .sum_dim(dim)
-        .log();
-    lse + shift
-}
-
-/// `[batch, m]` -> `[batch, n, m]`, the same row for every `i`.
-///
-/// A materialised repeat: same-shape arithmetic on it is much faster than implicit broadcasting
-/// on CPU backends, and the same on GPUs.
-fn spread_over_rows<B: Backend>(values: Tensor<B, 2>, n: usize) -> Tensor<B, 3> {
-    values.unsqueeze_dim::<3>(1).repeat_dim(1, n)
-}
-
-/// `[batch, n]` -> `[batch, n, m]`, the same column for every `j`.
-fn spread_over_columns<B: Backend>(values: Tensor<B, 2>, m: usize) -> Tensor<B, 3> {
-    values.unsqueeze_dim::<3>(2).repeat_dim(2, m)
 }
 
 /// Keeps the old values of problems that are already done.

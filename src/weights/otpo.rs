@@ -60,14 +60,15 @@ pub struct OtpoConfig {
     /// relative change of its scalings `u = exp(f/ε1)` and `v`, with the same default; ours is
     /// the stricter one where the scalings are small.
     pub tolerance: f64,
-    /// Solve with the fused CPU solver on backends whose tensors live in host memory (see
-    /// [`UnbalancedConfig::fused_cpu`]; default `true`).
-    #[serde(default = "fused_cpu_default")]
-    pub fused_cpu: bool,
+    /// Solve on the backend's fast path: the fused CPU solver on host-memory backends, the
+    /// one-pass kernels on CubeCL backends (see [`UnbalancedConfig::fast_paths`]; default
+    /// `true`).
+    #[serde(default = "fast_paths_default", alias = "fused_cpu")]
+    pub fast_paths: bool,
 }
 
-/// Configs saved before `fused_cpu` existed load with it on.
-fn fused_cpu_default() -> bool {
+/// Configs saved before `fast_paths` (or `fused_cpu`, its first name) existed load with it on.
+fn fast_paths_default() -> bool {
     true
 }
 
@@ -91,7 +92,7 @@ impl OtpoConfig {
             gradient: GradientMode::Detach,
             max_iters: 1000,
             tolerance: 1e-6,
-            fused_cpu: true,
+            fast_paths: true,
         }
     }
 
@@ -137,9 +138,9 @@ impl OtpoConfig {
         self
     }
 
-    /// Sets [`fused_cpu`](Self::fused_cpu).
-    pub fn with_fused_cpu(mut self, fused_cpu: bool) -> Self {
-        self.fused_cpu = fused_cpu;
+    /// Sets [`fast_paths`](Self::fast_paths).
+    pub fn with_fast_paths(mut self, fast_paths: bool) -> Self {
+        self.fast_paths = fast_paths;
         self
     }
 }
@@ -259,7 +260,7 @@ pub fn otpo_token_weights<B: OtBackend>(
     // products go through the backend; the rest of the cost is one pass per pair on the host.
     #[cfg(feature = "fused-cpu")]
     let on_host = B::HOST_MEMORY
-        && config.fused_cpu
+        && config.fast_paths
         && config.gradient == GradientMode::Detach
         && chosen_hidden.dtype() == burn::tensor::DType::F32;
     #[cfg(not(feature = "fused-cpu"))]
@@ -297,7 +298,7 @@ pub fn otpo_token_weights<B: OtBackend>(
     .with_gradient(config.gradient)
     .with_max_iters(config.max_iters)
     .with_tolerance(config.tolerance)
-    .with_fused_cpu(config.fused_cpu);
+    .with_fast_paths(config.fast_paths);
     let (log_rows, log_cols, convergence) = match config.gradient {
         // Only the marginals are needed: skip forming the plan when there is no graph.
         GradientMode::Detach => {

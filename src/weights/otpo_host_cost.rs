@@ -1,5 +1,5 @@
 //! OTPO's token cost computed in host memory, for backends whose tensors live there (with
-//! the fused CPU solver; see [`UnbalancedConfig::fused_cpu`](crate::UnbalancedConfig)).
+//! the fused CPU solver; see [`UnbalancedConfig::fast_paths`](crate::UnbalancedConfig)).
 //!
 //! The backend computes the one product that needs a matrix multiply, `x·y` between the two
 //! responses' states; distances, the normalisation and the scaling are then one pass per

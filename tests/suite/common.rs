@@ -4,16 +4,27 @@
 use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-/// The backend the tests run on: the pure-Rust CPU backend, CUDA with `gpu-tests`, or ndarray
-/// with `ndarray-tests`.
-#[cfg(not(any(feature = "gpu-tests", feature = "ndarray-tests")))]
+/// The backend the tests run on: the pure-Rust CPU backend by default, ndarray with
+/// `ndarray-tests`, CUDA with `gpu-tests`, wgpu (any Vulkan device, Mesa's software one in CI)
+/// with `wgpu-tests`.
+#[cfg(not(any(
+    feature = "gpu-tests",
+    feature = "ndarray-tests",
+    feature = "wgpu-tests"
+)))]
 pub type TestBackend = burn::backend::Flex;
 /// The backend the tests run on: ndarray with `ndarray-tests`.
-#[cfg(all(feature = "ndarray-tests", not(feature = "gpu-tests")))]
+#[cfg(all(
+    feature = "ndarray-tests",
+    not(any(feature = "gpu-tests", feature = "wgpu-tests"))
+))]
 pub type TestBackend = burn::backend::NdArray;
-/// The backend the tests run on: the pure-Rust CPU backend, or CUDA with `gpu-tests`.
+/// The backend the tests run on: CUDA with `gpu-tests`.
 #[cfg(feature = "gpu-tests")]
 pub type TestBackend = burn::backend::Cuda;
+/// The backend the tests run on: wgpu with `wgpu-tests`.
+#[cfg(all(feature = "wgpu-tests", not(feature = "gpu-tests")))]
+pub type TestBackend = burn::backend::Vulkan;
 /// The same with autodiff.
 pub type TestAutodiff = Autodiff<TestBackend>;
 

@@ -1,7 +1,8 @@
-//! The fused CPU solver against the composed solver, the reference implementation
-//! (`fused_cpu = false`): the same iterations and reports, and plans, potentials, OTPO
-//! weights and implicit gradients equal to f32 rounding. On a backend without the fused solver
-//! (CUDA, with `gpu-tests`) both runs take the composed path.
+//! The fast paths against the composed solver, the reference implementation
+//! (`fast_paths = false`): the same iterations and reports, and plans, potentials, OTPO
+//! weights and implicit gradients equal to f32 rounding. The fast path is the fused CPU
+//! solver on Flex and ndarray, the one-pass kernels on CUDA (`gpu-tests`) and wgpu
+//! (`wgpu-tests`).
 
 use crate::common::{
     pad_batch, problem_strategy, proptest_config, random_problem, values, Problem, Rng,
@@ -74,13 +75,13 @@ fn assert_solvers_agree(
         problems,
         f64::NAN,
         DType::F32,
-        &config.clone().with_fused_cpu(true),
+        &config.clone().with_fast_paths(true),
     );
     let reference = solve(
         problems,
         f64::NAN,
         DType::F32,
-        &config.clone().with_fused_cpu(false),
+        &config.clone().with_fast_paths(false),
     );
     let context = format!(
         "rho=({}, {}) eps={}",
@@ -257,8 +258,8 @@ fn unit_costs(mut problem: Problem) -> Problem {
 /// conjugate gradients at a relative residual of 1e-6 (differences seen up to 9e-6 over 300
 /// random cases).
 fn assert_backwards_agree(problems: &[Problem], config: &UnbalancedConfig) {
-    let fused = implicit_gradients(problems, &config.clone().with_fused_cpu(true));
-    let reference = implicit_gradients(problems, &config.clone().with_fused_cpu(false));
+    let fused = implicit_gradients(problems, &config.clone().with_fast_paths(true));
+    let reference = implicit_gradients(problems, &config.clone().with_fast_paths(false));
     let context = format!(
         "rho=({}, {}) eps={}",
         config.rho_a, config.rho_b, config.epsilon
@@ -342,7 +343,7 @@ fn otpo_weights_are_the_same() {
         let weights = |fused: bool| {
             let config = OtpoConfig::new()
                 .with_normalization(normalization)
-                .with_fused_cpu(fused);
+                .with_fast_paths(fused);
             let w = otpo_token_weights(
                 chosen.clone(),
                 rejected.clone(),

@@ -80,7 +80,7 @@ fn half_precision_is_solved_in_f32() {
     for (dtype, epsilon, smallest) in [(DType::BF16, 7.82e-3, 0.0), (DType::F16, 9.77e-4, 6e-8)] {
         let problems = rounded_problems(&problems, dtype);
         let weights = rounded(&weights, dtype);
-        for (rho, fused_cpu) in [
+        for (rho, fast_paths) in [
             (f64::INFINITY, true),
             (f64::INFINITY, false),
             (1.0, true),
@@ -88,10 +88,10 @@ fn half_precision_is_solved_in_f32() {
         ] {
             let config = UnbalancedConfig::new(0.1, rho, rho)
                 .with_gradient(GradientMode::Implicit)
-                .with_fused_cpu(fused_cpu);
+                .with_fast_paths(fast_paths);
             let half = solve(&problems, &weights, dtype, &config);
             let exact = solve(&problems, &weights, DType::F32, &config);
-            let context = format!("{dtype:?} rho={rho} fused={fused_cpu}");
+            let context = format!("{dtype:?} rho={rho} fused={fast_paths}");
             for (name, (h, e)) in ["plan", "f", "g"].iter().zip(half.iter().zip(&exact)) {
                 for (k, (h, e)) in h.iter().zip(e).enumerate() {
                     assert!(

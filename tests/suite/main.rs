@@ -3,14 +3,16 @@
 //! independent reference (POT fixtures, closed forms, finite differences).
 //!
 //! The tests run on the pure-Rust CPU backend; built with the `gpu-tests` feature they run on
-//! burn's CUDA backend instead (`scripts/gpu/`), and `cuda_matches_cpu` compares the two.
+//! burn's CUDA backend instead (`scripts/gpu/`), with `wgpu-tests` on burn's wgpu backend (in CI
+//! on Mesa's software Vulkan device), and `device_matches_cpu` compares the device with the
+//! CPU.
 
 mod common;
 
 mod aplot;
 mod configs;
-#[cfg(feature = "gpu-tests")]
-mod cuda_matches_cpu;
+#[cfg(any(feature = "gpu-tests", feature = "wgpu-tests"))]
+mod device_matches_cpu;
 mod errors;
 mod fused;
 mod gradients;
@@ -21,4 +23,5 @@ mod otpo_fixture_plans;
 mod otpo_weights;
 mod pot_parity;
 mod properties;
+mod reductions;
 mod stability;

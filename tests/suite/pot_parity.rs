@@ -110,7 +110,7 @@ fn balanced_plans_match_pot_sinkhorn_log() {
         let config = SinkhornConfig::new(case.epsilon)
             .with_max_iters(20_000)
             .with_matmul_updates(matmul)
-            .with_fused_cpu(fused);
+            .with_fast_paths(fused);
         let transport = sinkhorn(cost, a, b, &config).unwrap();
         assert!(
             transport.all_converged(),
@@ -134,7 +134,7 @@ fn unbalanced_plans_match_pot_sinkhorn_unbalanced_entropy() {
         let config = UnbalancedConfig::new(case.epsilon, case.rho.0, case.rho.1)
             .with_max_iters(20_000)
             .with_matmul_updates(matmul)
-            .with_fused_cpu(fused);
+            .with_fast_paths(fused);
         let transport = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
         assert!(
             transport.all_converged(),

@@ -41,7 +41,7 @@ pub(crate) use self::vjp::fixed_point_vjp;
 /// reference, which computes in f64).
 pub(crate) fn serves<B: OtBackend>(config: &UnbalancedConfig, dtype: DType) -> bool {
     B::HOST_MEMORY
-        && config.fused_cpu
+        && config.fast_paths
         && config.gradient != GradientMode::Unrolled
         && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }

@@ -273,8 +273,8 @@ fn unbalanced_plan_overflow() {
     ignore = "ndarray has no bf16 or f16 tensors"
 )]
 fn f16_solution_beyond_its_range() {
-    for fused_cpu in [true, false] {
-        let config = UnbalancedConfig::new(1.0, 1.0, 1.0).with_fused_cpu(fused_cpu);
+    for fast_paths in [true, false] {
+        let config = UnbalancedConfig::new(1.0, 1.0, 1.0).with_fast_paths(fast_paths);
         let solve = |dtype| {
             unbalanced_sinkhorn(
                 tensor::<TestBackend, 3>(vec![-60.0], [1, 1, 1], dtype),
@@ -294,7 +294,7 @@ fn f16_solution_beyond_its_range() {
             tensor::<TestBackend, 3>(vec![3000.0; size * size], [1, size, size], DType::F16),
             tensor::<TestBackend, 2>(vec![1.0 / 64.0; size], [1, size], DType::F16),
             tensor::<TestBackend, 2>(vec![1.0 / 64.0; size], [1, size], DType::F16),
-            &SinkhornConfig::new(1.0).with_fused_cpu(fused_cpu),
+            &SinkhornConfig::new(1.0).with_fast_paths(fast_paths),
         )
         .unwrap();
         let potentials = crate::common::values(t.f.clone() + t.g.clone());

@@ -1,30 +1,32 @@
-//! With `gpu-tests` only: the same inputs through the CUDA backend and the pure-Rust CPU backend
-//! give the same plans, potentials, weights, margins and gradients, to 1e-5 (f32).
+//! With `gpu-tests` (CUDA) or `wgpu-tests` (wgpu) only: the same inputs through that backend,
+//! on its one-pass kernels, and through the pure-Rust CPU backend, on the composed reference
+//! solver, give the same plans, potentials, weights, margins and gradients, to 1e-5 (f32).
 //!
-//! The other modules check CUDA against the independent references (POT, closed forms, finite
-//! differences); this one pins the two backends to each other, including on padded problems.
+//! The other modules check the device against the independent references (POT, closed forms,
+//! finite differences); this one pins the two backends to each other, including on padded
+//! problems.
 
-use burn::backend::{Autodiff, Cuda, Flex};
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 use otpref::{
     aplot_margins, otpo_token_weights, sinkhorn, unbalanced_sinkhorn, AplotConfig, GradientMode,
     OtBackend, OtpoConfig, SinkhornConfig, UnbalancedConfig,
 };
 
-use crate::common::{pad_batch, random_problem, tensor, values, Problem, Rng};
+use crate::common::{pad_batch, random_problem, tensor, values, Problem, Rng, TestBackend};
 
 const TOLERANCE: f64 = 1e-5;
 
-fn assert_close(what: &str, cuda: &[f64], cpu: &[f64]) {
-    assert_eq!(cuda.len(), cpu.len(), "{what}: lengths");
-    let worst = cuda
+fn assert_close(what: &str, device: &[f64], cpu: &[f64]) {
+    assert_eq!(device.len(), cpu.len(), "{what}: lengths");
+    let worst = device
         .iter()
         .zip(cpu)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max);
     assert!(
         worst <= TOLERANCE,
-        "{what}: CUDA and CPU differ by {worst:e}"
+        "{what}: device and CPU differ by {worst:e}"
     );
 }
 
@@ -40,7 +42,7 @@ fn problems(seed: u64) -> Vec<Problem> {
 
 /// Plan, f and g of the balanced and the unbalanced solve, and the implicit gradient of
 /// `<W, plan>` with respect to the cost.
-fn solves<B: OtBackend>(problems: &[Problem]) -> Vec<Vec<f64>> {
+fn solves<B: OtBackend>(problems: &[Problem], fast_paths: bool) -> Vec<Vec<f64>> {
     let (cost, a, b) = pad_batch::<Autodiff<B>>(problems, 0.5, DType::F32);
     let cost = cost.require_grad();
     let balanced = sinkhorn(
@@ -50,7 +52,8 @@ fn solves<B: OtBackend>(problems: &[Problem]) -> Vec<Vec<f64>> {
         &SinkhornConfig::new(0.05)
             .with_tolerance(1e-7)
             .with_max_iters(20_000)
-            .with_gradient(GradientMode::Implicit),
+            .with_gradient(GradientMode::Implicit)
+            .with_fast_paths(fast_paths),
     )
     .unwrap();
     // Any fixed weights W make <W, plan> a scalar whose cost gradient exercises the backward.
@@ -64,7 +67,8 @@ fn solves<B: OtBackend>(problems: &[Problem]) -> Vec<Vec<f64>> {
         &UnbalancedConfig::new(0.1, 0.5, 2.0)
             .with_tolerance(1e-7)
             .with_max_iters(20_000)
-            .with_gradient(GradientMode::Detach),
+            .with_gradient(GradientMode::Detach)
+            .with_fast_paths(fast_paths),
     )
     .unwrap();
     vec![
@@ -80,11 +84,11 @@ fn solves<B: OtBackend>(problems: &[Problem]) -> Vec<Vec<f64>> {
 fn sinkhorn_plans_potentials_and_gradients() {
     for seed in 0..3 {
         let problems = problems(seed);
-        let cuda = solves::<Cuda>(&problems);
-        let cpu = solves::<Flex>(&problems);
+        let device = solves::<TestBackend>(&problems, true);
+        let cpu = solves::<Flex>(&problems, false);
         for (what, (x, y)) in ["plan", "f", "g", "cost gradient", "unbalanced plan"]
             .iter()
-            .zip(cuda.iter().zip(&cpu))
+            .zip(device.iter().zip(&cpu))
         {
             assert_close(&format!("seed {seed}, {what}"), x, y);
         }
@@ -92,7 +96,7 @@ fn sinkhorn_plans_potentials_and_gradients() {
 }
 
 /// OTPO weights of a padded batch, and APLOT margins, on backend `B`.
-fn weights_and_margins<B: OtBackend>(seed: u64) -> Vec<Vec<f64>> {
+fn weights_and_margins<B: OtBackend>(seed: u64, fast_paths: bool) -> Vec<Vec<f64>> {
     let mut rng = Rng(seed);
     let (batch, len_c, len_r, hidden) = (3, 12, 9, 32);
     let chosen = tensor::<B, 3>(
@@ -117,7 +121,7 @@ fn weights_and_margins<B: OtBackend>(seed: u64) -> Vec<Vec<f64>> {
         rejected,
         lengths(len_c, [12, 7, 3]),
         lengths(len_r, [9, 9, 2]),
-        &OtpoConfig::new(),
+        &OtpoConfig::new().with_fast_paths(fast_paths),
     )
     .unwrap();
     let repr = |rng: &mut Rng| tensor::<B, 2>(rng.vec(4 * 8, -1.0, 1.0), [4, 8], DType::F32);
@@ -135,11 +139,11 @@ fn weights_and_margins<B: OtBackend>(seed: u64) -> Vec<Vec<f64>> {
 #[test]
 fn otpo_weights_and_aplot_margins() {
     for seed in 0..3 {
-        let cuda = weights_and_margins::<Cuda>(seed);
-        let cpu = weights_and_margins::<Flex>(seed);
+        let device = weights_and_margins::<TestBackend>(seed, true);
+        let cpu = weights_and_margins::<Flex>(seed, false);
         for (what, (x, y)) in ["chosen weights", "rejected weights", "APLOT margins"]
             .iter()
-            .zip(cuda.iter().zip(&cpu))
+            .zip(device.iter().zip(&cpu))
         {
             assert_close(&format!("seed {seed}, {what}"), x, y);
         }

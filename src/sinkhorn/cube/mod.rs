@@ -1,0 +1,113 @@
+//! The solver's row and column reductions as single CubeCL kernels, for every CubeCL backend
+//! (CUDA, ROCm, wgpu; feature `cubecl`). They serve [`OtBackend::log_sum_exp_with`] and
+//! [`OtBackend::weighted_sum_with`] for `CubeBackend`, so that each Sinkhorn half-iteration
+//! reads the `[batch, n, m]` kernel once, where the composed ops materialise and re-read
+//! several tensors of that size, and the implicit backward's plan-vector products do the
+//! same.
+//!
+//! The only host synchronisation left in the iterations is the solver's periodic convergence
+//! check. Problems too large for one launch grid, and dtypes other than f32 (the solver
+//! computes half precision in f32), take the composed ops instead.
+//!
+//! [`OtBackend::log_sum_exp_with`]: crate::OtBackend::log_sum_exp_with
+//! [`OtBackend::weighted_sum_with`]: crate::OtBackend::weighted_sum_with
+
+mod kernels;
+
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl;
+use burn_cubecl::{
+    kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor, BoolElement,
+    CubeBackend, CubeRuntime, FloatElement, IntElement,
+};
+use cubecl::prelude::*;
+
+use super::reductions::Axis;
+
+/// What a reduction computes from each line of the matrix and the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reduction {
+    /// `log Σ exp(M + w)`.
+    LogSumExp,
+    /// `Σ M w`.
+    WeightedSum,
+}
+
+/// The reduction of every row (or column) of `matrix` `[batch, n, m]` against `weights`
+/// (`[batch, m]` for rows, `[batch, n]` for columns) in one kernel, or `None` where the kernel
+/// does not serve (see the module docs): the caller then composes tensor ops.
+pub(crate) fn reduce<R, F, I, BT>(
+    matrix: &Tensor<CubeBackend<R, F, I, BT>, 3>,
+    weights: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+    axis: Axis,
+    reduction: Reduction,
+) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [batch, n, m] = matrix.dims();
+    if matrix.dtype() != DType::F32 || weights.dtype() != DType::F32 {
+        return None;
+    }
+    let matrix = primitive(matrix.clone());
+    let weights = primitive(weights.clone());
+    let (lines, cubes_x) = match axis {
+        Axis::Rows => (n, n.div_ceil(kernels::GROUPS as usize)),
+        Axis::Columns => (m, m.div_ceil(kernels::LANES as usize)),
+    };
+    let max_cubes = matrix.client.properties().hardware.max_cube_count;
+    // The kernels index with 32-bit offsets.
+    let fits = batch * n * m < (1 << 31)
+        && cubes_x <= max_cubes.0 as usize
+        && batch <= max_cubes.1 as usize;
+    if !fits || batch * n * m == 0 {
+        return None;
+    }
+
+    let matrix = into_contiguous(matrix);
+    let weights = into_contiguous(weights);
+    let client = matrix.client.clone();
+    let output = empty_device_dtype::<R>(
+        client.clone(),
+        matrix.device.clone(),
+        Shape::new([batch, lines]),
+        DType::F32,
+    );
+    let count = CubeCount::Static(cubes_x as u32, batch as u32, 1);
+    let dim = CubeDim::new_2d(kernels::LANES, kernels::GROUPS);
+    let log_sum_exp = reduction == Reduction::LogSumExp;
+    let dtype = StorageType::from(DType::F32);
+    // Launches are queued: no synchronisation with the host.
+    match axis {
+        Axis::Rows => kernels::reduce_rows::launch::<R>(
+            &client,
+            count,
+            dim,
+            matrix.into_tensor_arg(),
+            weights.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            log_sum_exp,
+            dtype,
+        ),
+        Axis::Columns => kernels::reduce_columns::launch::<R>(
+            &client,
+            count,
+            dim,
+            matrix.into_tensor_arg(),
+            weights.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            log_sum_exp,
+            dtype,
+        ),
+    }
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+fn primitive<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    tensor: Tensor<CubeBackend<R, F, I, BT>, D>,
+) -> CubeTensor<R> {
+    tensor.into_primitive().tensor()
+}
