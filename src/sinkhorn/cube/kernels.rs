@@ -41,21 +41,15 @@ pub(super) fn reduce_rows<F: Float>(
     let mut top = F::new(LOWEST);
     let mut sum = F::new(0.0);
     if row < n {
-        let line = (problem * n + row) * m;
-        let weight_line = problem * m;
-        let mut j = lane;
-        while j < m {
-            let (t, s) = accumulate::<F>(
-                top,
-                sum,
-                matrix[line + j],
-                weights[weight_line + j],
-                log_sum_exp,
-            );
-            top = t;
-            sum = s;
-            j += LANES as usize;
-        }
+        let line = Line {
+            start: (problem * n + row) * m,
+            step: 1,
+            weight_start: problem * m,
+            len: m,
+        };
+        let (t, s) = fold_line::<F>(matrix, weights, line, lane, LANES as usize, log_sum_exp);
+        top = t;
+        sum = s;
     }
 
     let mut tops = SharedMemory::<F>::new(CUBE_SIZE);
@@ -107,21 +101,15 @@ pub(super) fn reduce_columns<F: Float>(
     let mut top = F::new(LOWEST);
     let mut sum = F::new(0.0);
     if column < m {
-        let start = problem * n * m + column;
-        let weight_line = problem * n;
-        let mut i = group;
-        while i < n {
-            let (t, s) = accumulate::<F>(
-                top,
-                sum,
-                matrix[start + i * m],
-                weights[weight_line + i],
-                log_sum_exp,
-            );
-            top = t;
-            sum = s;
-            i += GROUPS as usize;
-        }
+        let line = Line {
+            start: problem * n * m + column,
+            step: m,
+            weight_start: problem * n,
+            len: n,
+        };
+        let (t, s) = fold_line::<F>(matrix, weights, line, group, GROUPS as usize, log_sum_exp);
+        top = t;
+        sum = s;
     }
 
     let mut tops = SharedMemory::<F>::new(CUBE_SIZE);
@@ -151,6 +139,65 @@ pub(super) fn reduce_columns<F: Float>(
     if group == 0 && column < m {
         output[problem * m + column] = finish::<F>(tops[slot], sums[slot], log_sum_exp);
     }
+}
+
+/// One row or column of the matrix: entry `k` (`k < len`) is `matrix[start + k * step]`, its
+/// weight `weights[weight_start + k]`.
+#[derive(CubeType, Clone, Copy)]
+struct Line {
+    start: usize,
+    step: usize,
+    weight_start: usize,
+    len: usize,
+}
+
+/// Folds the entries `first, first + stride, ...` of `line` into a running `(top, sum)`,
+/// four per step: their loads are issued together, so that each unit keeps several reads in
+/// flight (one at a time leaves a GPU's memory bus idle while it waits).
+#[cube]
+fn fold_line<F: Float>(
+    matrix: &Tensor<F>,
+    weights: &Tensor<F>,
+    line: Line,
+    first: usize,
+    stride: usize,
+    #[comptime] log_sum_exp: bool,
+) -> (F, F) {
+    let mut top = F::new(LOWEST);
+    let mut sum = F::new(0.0);
+    let mut k = first;
+    while k + 3 * stride < line.len {
+        let at = line.start + k * line.step;
+        let jump = stride * line.step;
+        let w = line.weight_start + k;
+        let (v0, v1, v2, v3) = (
+            matrix[at],
+            matrix[at + jump],
+            matrix[at + 2 * jump],
+            matrix[at + 3 * jump],
+        );
+        let (w0, w1, w2, w3) = (
+            weights[w],
+            weights[w + stride],
+            weights[w + 2 * stride],
+            weights[w + 3 * stride],
+        );
+        let (t, s) = accumulate::<F>(top, sum, v0, w0, log_sum_exp);
+        let (t, s) = accumulate::<F>(t, s, v1, w1, log_sum_exp);
+        let (t, s) = accumulate::<F>(t, s, v2, w2, log_sum_exp);
+        let (t, s) = accumulate::<F>(t, s, v3, w3, log_sum_exp);
+        top = t;
+        sum = s;
+        k += 4 * stride;
+    }
+    while k < line.len {
+        let value = matrix[line.start + k * line.step];
+        let (t, s) = accumulate::<F>(top, sum, value, weights[line.weight_start + k], log_sum_exp);
+        top = t;
+        sum = s;
+        k += stride;
+    }
+    (top, sum)
 }
 
 /// Folds one entry `value` with its weight into the running `(top, sum)`.
