@@ -50,6 +50,7 @@ impl<R: burn::backend::router::RunnerChannel> OtBackend
 #[cfg(feature = "cubecl")]
 mod cubecl {
     use super::OtBackend;
+    use crate::error::OtprefError;
     use crate::sinkhorn::cube::{reduce, Reduction};
     use crate::sinkhorn::reductions::{self, Axis};
     use burn::tensor::Tensor;
@@ -69,21 +70,25 @@ mod cubecl {
             matrix: Tensor<Self, 3>,
             weights: Tensor<Self, 2>,
             axis: Axis,
-        ) -> Tensor<Self, 2> {
-            reduce(&matrix, &weights, axis, Reduction::LogSumExp)
-                .unwrap_or_else(|| reductions::log_sum_exp_with(matrix, weights, axis))
+        ) -> Result<Tensor<Self, 2>, OtprefError> {
+            reductions::check_operands(&matrix, &weights, axis)?;
+            Ok(reduce(&matrix, &weights, axis, Reduction::LogSumExp)
+                .unwrap_or_else(|| reductions::log_sum_exp_with(matrix, weights, axis)))
         }
 
         fn weighted_sum_with(
             matrix: Tensor<Self, 3>,
             weights: Tensor<Self, 2>,
             axis: Axis,
-        ) -> Tensor<Self, 2> {
-            reduce(&matrix, &weights, axis, Reduction::WeightedSum)
-                .unwrap_or_else(|| reductions::weighted_sum_with(matrix, weights, axis))
+        ) -> Result<Tensor<Self, 2>, OtprefError> {
+            reductions::check_operands(&matrix, &weights, axis)?;
+            Ok(reduce(&matrix, &weights, axis, Reduction::WeightedSum)
+                .unwrap_or_else(|| reductions::weighted_sum_with(matrix, weights, axis)))
         }
     }
 
+    /// With burn's fusion the tensors are fusion handles, which the kernels do not take: the
+    /// solver composes tensor ops (which fusion may fuse).
     impl<B: burn_fusion::FusionBackend + OtBackend> OtBackend for burn_fusion::Fusion<B> {}
 }
 

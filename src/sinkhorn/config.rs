@@ -46,8 +46,8 @@ pub struct SinkhornConfig {
     /// Evaluate each update as a batched matrix product with a shifted kernel when that is
     /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
     /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
-    /// CubeCL backends (CUDA, ROCm, wgpu) always take the log-sum-exp, in one kernel that
-    /// costs what the product does.
+    /// With [`fast_paths`](Self::fast_paths), CubeCL backends (CUDA, ROCm, wgpu) take the
+    /// log-sum-exp for f32 inputs, in one kernel that costs what the product does.
     #[config(default = true)]
     pub matmul_updates: bool,
     /// Use the backend's fast path: the fused CPU solver on backends whose tensors live in
@@ -55,9 +55,9 @@ pub struct SinkhornConfig {
     /// ROCm, wgpu). Both run the same iterations and stopping rule as the composed tensor-op
     /// solver, reading the kernel once per half-iteration (the fused solver also spreads
     /// problems and rows over threads and SIMD loops). `false` runs the composed solver, the
-    /// reference implementation, which other backends, f64 inputs and
-    /// [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree to
-    /// f32 rounding.
+    /// reference implementation, which other backends (burn's `Fusion` included), f64 inputs
+    /// and [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree
+    /// to f32 rounding.
     #[config(default = true)]
     pub fast_paths: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward.
@@ -105,17 +105,18 @@ pub struct UnbalancedConfig {
     /// Evaluate each update as a batched matrix product with a shifted kernel when that is
     /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
     /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result;
-    /// default `true`). CubeCL backends (CUDA, ROCm, wgpu) always take the log-sum-exp, in
-    /// one kernel that costs what the product does.
+    /// default `true`). With `fast_paths`, CubeCL backends (CUDA, ROCm, wgpu) take the
+    /// log-sum-exp for f32 inputs, in one kernel that costs what the product does.
     pub matmul_updates: bool,
     /// Use the backend's fast path: the fused CPU solver on backends whose tensors live in
     /// host memory (`Flex`, `NdArray`), the one-pass CubeCL kernels on `CubeBackend` (CUDA,
     /// ROCm, wgpu). Both run the same iterations and stopping rule as the composed tensor-op
     /// solver, reading the kernel once per half-iteration (the fused solver also spreads
     /// problems and rows over threads and SIMD loops). `false` runs the composed solver, the
-    /// reference implementation, which other backends, f64 inputs and
-    /// [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree to
-    /// f32 rounding (default `true`; `fused_cpu` in configs saved before 0.1's release).
+    /// reference implementation, which other backends (burn's `Fusion` included), f64 inputs
+    /// and [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree
+    /// to f32 rounding (default `true`; saved configs may call it `fused_cpu`, its first
+    /// name).
     #[serde(default = "fast_paths_default", alias = "fused_cpu")]
     pub fast_paths: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward (default 1000).

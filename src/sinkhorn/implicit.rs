@@ -54,8 +54,8 @@ pub trait OtBackend: Backend {
     /// Whether [`Self::log_sum_exp_with`] and [`Self::weighted_sum_with`] are single kernels
     /// that read the matrix once (`CubeBackend`: CUDA, ROCm, wgpu), so that the solver
     /// evaluates every update as a log-sum-exp (see
-    /// [`UnbalancedConfig::matmul_updates`]). `false` by default and for `Autodiff<B>`, whose
-    /// unrolled mode needs the composed ops' graph.
+    /// [`UnbalancedConfig::matmul_updates`]). `false` by default; `Autodiff<B>` inherits it
+    /// from `B` (its tracked operands, in the unrolled mode, compose ops instead).
     const ONE_PASS_REDUCTIONS: bool = false;
 
     /// `log Σ_j exp(M[p, i, j] + w[p, j])` for every problem `p` and row `i` of `matrix`
@@ -63,26 +63,30 @@ pub trait OtBackend: Backend {
     /// `log Σ_i exp(M[p, i, j] + w[p, i])` for every column ([`Axis::Columns`], `weights`
     /// `[batch, n]`, result `[batch, m]`): the log-sum-exp of every Sinkhorn update.
     ///
-    /// Composed from burn's tensor ops by default; one kernel on `CubeBackend`.
+    /// Composed from burn's tensor ops by default; one kernel on `CubeBackend`. Weights of
+    /// another shape or dtype are an error.
     fn log_sum_exp_with(
         matrix: Tensor<Self, 3>,
         weights: Tensor<Self, 2>,
         axis: Axis,
-    ) -> Tensor<Self, 2> {
-        reductions::log_sum_exp_with(matrix, weights, axis)
+    ) -> Result<Tensor<Self, 2>, OtprefError> {
+        reductions::check_operands(&matrix, &weights, axis)?;
+        Ok(reductions::log_sum_exp_with(matrix, weights, axis))
     }
 
     /// `Σ_j M[p, i, j] w[p, j]` for every row ([`Axis::Rows`]) or `Σ_i M[p, i, j] w[p, i]` for
     /// every column ([`Axis::Columns`]): the batched matrix-vector products of the implicit
     /// backward. Shapes as in [`Self::log_sum_exp_with`].
     ///
-    /// burn's `matmul` by default; one kernel on `CubeBackend`.
+    /// burn's `matmul` by default; one kernel on `CubeBackend`. Weights of another shape or
+    /// dtype are an error.
     fn weighted_sum_with(
         matrix: Tensor<Self, 3>,
         weights: Tensor<Self, 2>,
         axis: Axis,
-    ) -> Tensor<Self, 2> {
-        reductions::weighted_sum_with(matrix, weights, axis)
+    ) -> Result<Tensor<Self, 2>, OtprefError> {
+        reductions::check_operands(&matrix, &weights, axis)?;
+        Ok(reductions::weighted_sum_with(matrix, weights, axis))
     }
 
     /// Solves the batch and, on an autodiff backend, attaches the implicit backward.
@@ -101,6 +105,34 @@ pub trait OtBackend: Backend {
 
 impl<B: OtBackend, C: CheckpointStrategy> OtBackend for Autodiff<B, C> {
     const HOST_MEMORY: bool = B::HOST_MEMORY;
+    const ONE_PASS_REDUCTIONS: bool = B::ONE_PASS_REDUCTIONS;
+
+    /// Untracked operands (detached solves, OTPO's marginals) are reduced by the inner
+    /// backend, on its kernels; tracked ones by composed ops, which the graph records.
+    fn log_sum_exp_with(
+        matrix: Tensor<Self, 3>,
+        weights: Tensor<Self, 2>,
+        axis: Axis,
+    ) -> Result<Tensor<Self, 2>, OtprefError> {
+        reductions::check_operands(&matrix, &weights, axis)?;
+        if matrix.is_require_grad() || weights.is_require_grad() {
+            return Ok(reductions::log_sum_exp_with(matrix, weights, axis));
+        }
+        B::log_sum_exp_with(matrix.inner(), weights.inner(), axis).map(Tensor::from_inner)
+    }
+
+    /// As [`Self::log_sum_exp_with`].
+    fn weighted_sum_with(
+        matrix: Tensor<Self, 3>,
+        weights: Tensor<Self, 2>,
+        axis: Axis,
+    ) -> Result<Tensor<Self, 2>, OtprefError> {
+        reductions::check_operands(&matrix, &weights, axis)?;
+        if matrix.is_require_grad() || weights.is_require_grad() {
+            return Ok(reductions::weighted_sum_with(matrix, weights, axis));
+        }
+        B::weighted_sum_with(matrix.inner(), weights.inner(), axis).map(Tensor::from_inner)
+    }
 
     fn solve_implicit(
         cost: Tensor<Self, 3>,

@@ -8,6 +8,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 use super::implicit::OtBackend;
+use crate::error::OtprefError;
 
 /// Which lines of a `[batch, n, m]` matrix a reduction runs along: one result per row
 /// (weights `[batch, m]`, result `[batch, n]`) or per column (weights `[batch, n]`, result
@@ -20,8 +21,40 @@ pub enum Axis {
     Columns,
 }
 
+/// The error for `weights` that do not fit `matrix` along `axis`, or a dtype that differs;
+/// `Ok` when they fit.
+pub(crate) fn check_operands<B: Backend>(
+    matrix: &Tensor<B, 3>,
+    weights: &Tensor<B, 2>,
+    axis: Axis,
+) -> Result<(), OtprefError> {
+    let [batch, n, m] = matrix.dims();
+    let expected = match axis {
+        Axis::Rows => [batch, m],
+        Axis::Columns => [batch, n],
+    };
+    if weights.dims() != expected {
+        return Err(OtprefError::Shape(format!(
+            "weights of shape {:?} for a reduction along {axis:?} of a matrix of shape \
+             {:?}: they must be [batch, {}] = {expected:?}",
+            weights.dims(),
+            [batch, n, m],
+            if axis == Axis::Rows { "m" } else { "n" },
+        )));
+    }
+    if weights.dtype() != matrix.dtype() {
+        return Err(OtprefError::DTypeMismatch(format!(
+            "matrix is {:?} but weights are {:?}; cast one to the other's dtype",
+            matrix.dtype(),
+            weights.dtype()
+        )));
+    }
+    Ok(())
+}
+
 /// [`OtBackend::log_sum_exp_with`] when `fast` and the backend has one-pass kernels, else
-/// the composed [`log_sum_exp_with`] (the reference).
+/// the composed [`log_sum_exp_with`] (the reference). For the solver's own operands, which
+/// always fit.
 pub(crate) fn log_sum_exp_on<B: OtBackend>(
     fast: bool,
     matrix: Tensor<B, 3>,
@@ -29,7 +62,7 @@ pub(crate) fn log_sum_exp_on<B: OtBackend>(
     axis: Axis,
 ) -> Tensor<B, 2> {
     if fast && B::ONE_PASS_REDUCTIONS {
-        B::log_sum_exp_with(matrix, weights, axis)
+        B::log_sum_exp_with(matrix, weights, axis).expect("the solver's operands fit")
     } else {
         log_sum_exp_with(matrix, weights, axis)
     }
@@ -43,7 +76,7 @@ pub(crate) fn weighted_sum_on<B: OtBackend>(
     axis: Axis,
 ) -> Tensor<B, 2> {
     if fast && B::ONE_PASS_REDUCTIONS {
-        B::weighted_sum_with(matrix, weights, axis)
+        B::weighted_sum_with(matrix, weights, axis).expect("the solver's operands fit")
     } else {
         weighted_sum_with(matrix, weights, axis)
     }

@@ -22,7 +22,7 @@
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 
-use super::config::UnbalancedConfig;
+use super::config::{GradientMode, UnbalancedConfig};
 #[cfg(feature = "fused-cpu")]
 use super::fused;
 use super::implicit::OtBackend;
@@ -216,7 +216,13 @@ fn run<B: OtBackend>(
     cost_range: Option<(f64, f64)>,
 ) -> Result<Solution<B>, OtprefError> {
     let problem = build(cost, a, b, checked, config.epsilon)?;
-    let forms = (config.matmul_updates, config.fast_paths);
+    // The one-pass kernels take f32 (half precision arrives widened; f64 keeps the matrix
+    // form), and the unrolled mode's graph needs the composed ops.
+    let one_pass = config.fast_paths
+        && B::ONE_PASS_REDUCTIONS
+        && config.gradient != GradientMode::Unrolled
+        && problem.log_kernel.dtype() == DType::F32;
+    let forms = (config.matmul_updates, one_pass);
     let kernel = Kernel::choose(&problem, forms, config.epsilon, cost_range);
     let (x, y, stats) = iterate(&problem, &kernel, checked.dims.batch, config);
     Ok(Solution {
@@ -402,13 +408,12 @@ impl<B: OtBackend> Kernel<B> {
     /// caller knows them; saves the two reductions that find them.
     fn choose(
         problem: &Problem<B>,
-        (matmul_updates, fast_paths): (bool, bool),
+        (matmul_updates, one_pass): (bool, bool),
         epsilon: f64,
         cost_range: Option<(f64, f64)>,
     ) -> Self {
         // A one-pass log-sum-exp reads the log kernel once per update, as the matrix-vector
         // product reads `E`: the exact form then costs nothing extra.
-        let one_pass = fast_paths && B::ONE_PASS_REDUCTIONS;
         if !matmul_updates || one_pass {
             return Kernel::Log { one_pass };
         }

@@ -9,7 +9,7 @@
 use burn::tensor::DType;
 use otpref::{Axis, OtBackend};
 
-use crate::common::{tensor, values, Rng, TestBackend};
+use crate::common::{tensor, values, Rng, TestAutodiff, TestBackend};
 
 /// One test matrix `[batch, n, m]` and the weights for both axes, as f64.
 struct Case {
@@ -52,9 +52,9 @@ fn reference(line: impl Iterator<Item = (f64, f64)> + Clone) -> (f64, f64) {
     (top + sum.ln(), weighted)
 }
 
-fn check(case: &Case) {
+fn check<B: OtBackend>(case: &Case) {
     let [batch, n, m] = case.shape;
-    let matrix = tensor::<TestBackend, 3>(case.matrix.clone(), case.shape, DType::F32);
+    let matrix = tensor::<B, 3>(case.matrix.clone(), case.shape, DType::F32);
     // f32 inputs: the reference sees the values the backend sees.
     let matrix_values = values(matrix.clone());
     for axis in [Axis::Rows, Axis::Columns] {
@@ -63,20 +63,13 @@ fn check(case: &Case) {
             Axis::Columns => (&case.column_weights, m, n),
         };
         let weights_tensor =
-            tensor::<TestBackend, 2>(weights.clone(), [batch, weights.len() / batch], DType::F32);
+            tensor::<B, 2>(weights.clone(), [batch, weights.len() / batch], DType::F32);
         let weights = values(weights_tensor.clone());
-        let lse = values(TestBackend::log_sum_exp_with(
-            matrix.clone(),
-            weights_tensor.clone(),
-            axis,
-        ));
+        let lse =
+            values(B::log_sum_exp_with(matrix.clone(), weights_tensor.clone(), axis).unwrap());
         // The weighted sum with the padding weight clipped, so that the sums stay in range.
         let clipped = weights_tensor.clone().clamp_min(-1e3);
-        let weighted = values(TestBackend::weighted_sum_with(
-            matrix.clone(),
-            clipped,
-            axis,
-        ));
+        let weighted = values(B::weighted_sum_with(matrix.clone(), clipped, axis).unwrap());
         for p in 0..batch {
             for line in 0..lines {
                 let entries = (0..len).map(|k| {
@@ -119,8 +112,61 @@ fn reductions_match_f64_sums() {
         [4, 257, 17],
     ];
     for shape in shapes {
-        check(&case(&mut rng, shape, 1.0));
+        check::<TestBackend>(&case(&mut rng, shape, 1.0));
         // exp(M) alone would overflow and underflow f32 within one line.
-        check(&case(&mut rng, shape, 300.0));
+        check::<TestBackend>(&case(&mut rng, shape, 300.0));
+    }
+    // Untracked autodiff tensors (detached solves, OTPO) reach the inner backend's kernels.
+    for shape in [[2, 9, 33], [3, 40, 7]] {
+        check::<TestAutodiff>(&case(&mut rng, shape, 30.0));
+    }
+}
+
+#[test]
+fn weights_that_do_not_fit_are_errors() {
+    let matrix = tensor::<TestBackend, 3>(vec![0.0; 2 * 3 * 4], [2, 3, 4], DType::F32);
+    // Rows need [batch, m] = [2, 4]; columns [batch, n] = [2, 3].
+    let rows_sized = tensor::<TestBackend, 2>(vec![0.0; 8], [2, 4], DType::F32);
+    let columns_sized = tensor::<TestBackend, 2>(vec![0.0; 6], [2, 3], DType::F32);
+    for (weights, axis) in [
+        (columns_sized.clone(), Axis::Rows),
+        (rows_sized.clone(), Axis::Columns),
+    ] {
+        let lse = TestBackend::log_sum_exp_with(matrix.clone(), weights.clone(), axis);
+        let sum = TestBackend::weighted_sum_with(matrix.clone(), weights, axis);
+        for result in [lse, sum] {
+            let message = result.unwrap_err().to_string();
+            assert!(message.contains("must be [batch,"), "{message}");
+        }
+    }
+    let wrong_dtype = tensor::<TestBackend, 2>(vec![0.0; 8], [2, 4], DType::F64);
+    let error = TestBackend::log_sum_exp_with(matrix, wrong_dtype, Axis::Rows).unwrap_err();
+    assert!(error.to_string().contains("dtype"), "{error}");
+}
+
+/// Tracked operands (the unrolled mode) are reduced by ops the graph records: the gradient of
+/// `Σ_i LSE_j(M_ij + w_j)` with respect to `M` is the row-wise softmax of `M + w`.
+#[test]
+fn tracked_operands_are_differentiated() {
+    let mut rng = Rng(5);
+    let (n, m) = (3, 5);
+    let (raw, w) = (rng.vec(n * m, -2.0, 2.0), rng.vec(m, -1.0, 1.0));
+    let matrix = tensor::<TestAutodiff, 3>(raw, [1, n, m], DType::F32).require_grad();
+    let weights = tensor::<TestAutodiff, 2>(w, [1, m], DType::F32);
+    let lse = TestAutodiff::log_sum_exp_with(matrix.clone(), weights.clone(), Axis::Rows);
+    let grads = lse.unwrap().sum().backward();
+    let grad = values(matrix.grad(&grads).unwrap());
+    let (m_values, w_values) = (values(matrix.inner()), values(weights.inner()));
+    for i in 0..n {
+        let scores: Vec<f64> = (0..m).map(|j| m_values[i * m + j] + w_values[j]).collect();
+        let total: f64 = scores.iter().map(|s| s.exp()).sum();
+        for j in 0..m {
+            let softmax = scores[j].exp() / total;
+            assert!(
+                (grad[i * m + j] - softmax).abs() < 1e-5,
+                "({i}, {j}): {} vs {softmax}",
+                grad[i * m + j]
+            );
+        }
     }
 }

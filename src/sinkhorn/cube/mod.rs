@@ -7,7 +7,8 @@
 //!
 //! The only host synchronisation left in the iterations is the solver's periodic convergence
 //! check. Problems too large for one launch grid, and dtypes other than f32 (the solver
-//! computes half precision in f32), take the composed ops instead.
+//! computes half precision in f32), take the composed ops instead; so do burn's `Fusion<B>`
+//! tensors, which are not `CubeBackend` tensors, and the unrolled mode's tracked tensors.
 //!
 //! [`OtBackend::log_sum_exp_with`]: crate::OtBackend::log_sum_exp_with
 //! [`OtBackend::weighted_sum_with`]: crate::OtBackend::weighted_sum_with
