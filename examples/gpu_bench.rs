@@ -20,7 +20,7 @@ use std::time::Instant;
 use burn::tensor::{Distribution, Tensor};
 use otpref::{
     otpo_token_weights, sinkhorn, Axis, CostNormalization, GradientMode, OtBackend, OtpoConfig,
-    SinkhornConfig,
+    Reduction, SinkhornConfig,
 };
 
 /// Timed repetitions after one untimed warm-up (which also runs autotune).
@@ -82,15 +82,14 @@ fn reductions<B: OtBackend>(scale: usize, device: &B::Device) -> Vec<String> {
     let matrix = Tensor::<B, 3>::random([batch, n, n], Distribution::Uniform(-20.0, 0.0), device);
     let weights = Tensor::<B, 2>::random([batch, n], Distribution::Uniform(-1.0, 1.0), device);
     let mut lines = Vec::new();
-    for (name, log_sum_exp) in [("log_sum_exp", true), ("weighted_sum", false)] {
+    for (name, reduction) in [
+        ("log_sum_exp", Reduction::LogSumExp),
+        ("weighted_sum", Reduction::WeightedSum),
+    ] {
         for axis in [Axis::Rows, Axis::Columns] {
             let call = || {
                 let (m, w) = (matrix.clone(), weights.clone());
-                let reduced = if log_sum_exp {
-                    B::log_sum_exp_with(m, w, axis)
-                } else {
-                    B::weighted_sum_with(m, w, axis)
-                };
+                let reduced = B::reduce_lines(m, w, axis, reduction);
                 reduced.expect("operands that fit")
             };
             let timed = || {

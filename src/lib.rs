@@ -28,8 +28,8 @@ pub use losses::{
     DpoLossType, ReferenceLogps,
 };
 pub use sinkhorn::{
-    sinkhorn, unbalanced_sinkhorn, Axis, Convergence, GradientMode, OtBackend, SinkhornConfig,
-    Transport, UnbalancedConfig,
+    sinkhorn, unbalanced_sinkhorn, Axis, Convergence, GradientMode, OtBackend, Reduction,
+    SinkhornConfig, Transport, UnbalancedConfig,
 };
 pub use weights::{
     otpo_token_weights, token_weights, CostNormalization, OtpoConfig, ResponseTokens,

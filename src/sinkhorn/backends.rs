@@ -51,8 +51,8 @@ impl<R: burn::backend::router::RunnerChannel> OtBackend
 mod cubecl {
     use super::OtBackend;
     use crate::error::OtprefError;
-    use crate::sinkhorn::cube::{reduce, Reduction};
-    use crate::sinkhorn::reductions::{self, Axis};
+    use crate::sinkhorn::cube::reduce;
+    use crate::sinkhorn::reductions::{self, Axis, Reduction};
     use burn::tensor::Tensor;
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -66,24 +66,15 @@ mod cubecl {
     {
         const ONE_PASS_REDUCTIONS: bool = true;
 
-        fn log_sum_exp_with(
+        fn reduce_lines(
             matrix: Tensor<Self, 3>,
             weights: Tensor<Self, 2>,
             axis: Axis,
+            reduction: Reduction,
         ) -> Result<Tensor<Self, 2>, OtprefError> {
             reductions::check_operands(&matrix, &weights, axis)?;
-            Ok(reduce(&matrix, &weights, axis, Reduction::LogSumExp)
-                .unwrap_or_else(|| reductions::log_sum_exp_with(matrix, weights, axis)))
-        }
-
-        fn weighted_sum_with(
-            matrix: Tensor<Self, 3>,
-            weights: Tensor<Self, 2>,
-            axis: Axis,
-        ) -> Result<Tensor<Self, 2>, OtprefError> {
-            reductions::check_operands(&matrix, &weights, axis)?;
-            Ok(reduce(&matrix, &weights, axis, Reduction::WeightedSum)
-                .unwrap_or_else(|| reductions::weighted_sum_with(matrix, weights, axis)))
+            Ok(reduce(&matrix, &weights, axis, reduction)
+                .unwrap_or_else(|| reductions::composed(matrix, weights, axis, reduction)))
         }
     }
 

@@ -29,7 +29,7 @@ use burn::backend::autodiff::{
 use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
 
 use super::config::UnbalancedConfig;
-use super::reductions::{self, Axis};
+use super::reductions::{self, Axis, Reduction};
 use super::solver::solve;
 use super::transport::Transport;
 use crate::checks::{narrowed, widened};
@@ -51,42 +51,31 @@ pub trait OtBackend: Backend {
     /// `Autodiff<B>` inherits it from `B`.
     const HOST_MEMORY: bool = false;
 
-    /// Whether [`Self::log_sum_exp_with`] and [`Self::weighted_sum_with`] are single kernels
-    /// that read the matrix once (`CubeBackend`: CUDA, ROCm, wgpu), so that the solver
-    /// evaluates every update as a log-sum-exp (see
-    /// [`UnbalancedConfig::matmul_updates`]). `false` by default; `Autodiff<B>` inherits it
-    /// from `B` (its tracked operands, in the unrolled mode, compose ops instead).
+    /// Whether [`Self::reduce_lines`] is a single kernel that reads the matrix once
+    /// (`CubeBackend`: CUDA, ROCm, wgpu), so that the solver evaluates every update as a
+    /// log-sum-exp (see [`UnbalancedConfig::matmul_updates`]). `false` by default;
+    /// `Autodiff<B>` inherits it from `B` (its tracked operands, in the unrolled mode, compose
+    /// ops instead).
     const ONE_PASS_REDUCTIONS: bool = false;
 
-    /// `log Σ_j exp(M[p, i, j] + w[p, j])` for every problem `p` and row `i` of `matrix`
-    /// `[batch, n, m]` ([`Axis::Rows`], `weights` `[batch, m]`, result `[batch, n]`), or
-    /// `log Σ_i exp(M[p, i, j] + w[p, i])` for every column ([`Axis::Columns`], `weights`
-    /// `[batch, n]`, result `[batch, m]`): the log-sum-exp of every Sinkhorn update.
+    /// Reduces every row of `matrix` `[batch, n, m]` against `weights` `[batch, m]`
+    /// ([`Axis::Rows`], result `[batch, n]`), or every column against `weights` `[batch, n]`
+    /// ([`Axis::Columns`], result `[batch, m]`):
+    /// - [`Reduction::LogSumExp`]: `log Σ_j exp(M[p, i, j] + w[p, j])` per row (over `i` per
+    ///   column), the log-sum-exp of every Sinkhorn update;
+    /// - [`Reduction::WeightedSum`]: `Σ_j M[p, i, j] w[p, j]` per row (over `i` per column),
+    ///   the batched matrix-vector products of the implicit backward.
     ///
     /// Composed from burn's tensor ops by default; one kernel on `CubeBackend`. Weights of
     /// another shape or dtype are an error.
-    fn log_sum_exp_with(
+    fn reduce_lines(
         matrix: Tensor<Self, 3>,
         weights: Tensor<Self, 2>,
         axis: Axis,
+        reduction: Reduction,
     ) -> Result<Tensor<Self, 2>, OtprefError> {
         reductions::check_operands(&matrix, &weights, axis)?;
-        Ok(reductions::log_sum_exp_with(matrix, weights, axis))
-    }
-
-    /// `Σ_j M[p, i, j] w[p, j]` for every row ([`Axis::Rows`]) or `Σ_i M[p, i, j] w[p, i]` for
-    /// every column ([`Axis::Columns`]): the batched matrix-vector products of the implicit
-    /// backward. Shapes as in [`Self::log_sum_exp_with`].
-    ///
-    /// burn's `matmul` by default; one kernel on `CubeBackend`. Weights of another shape or
-    /// dtype are an error.
-    fn weighted_sum_with(
-        matrix: Tensor<Self, 3>,
-        weights: Tensor<Self, 2>,
-        axis: Axis,
-    ) -> Result<Tensor<Self, 2>, OtprefError> {
-        reductions::check_operands(&matrix, &weights, axis)?;
-        Ok(reductions::weighted_sum_with(matrix, weights, axis))
+        Ok(reductions::composed(matrix, weights, axis, reduction))
     }
 
     /// Solves the batch and, on an autodiff backend, attaches the implicit backward.
@@ -109,29 +98,17 @@ impl<B: OtBackend, C: CheckpointStrategy> OtBackend for Autodiff<B, C> {
 
     /// Untracked operands (detached solves, OTPO's marginals) are reduced by the inner
     /// backend, on its kernels; tracked ones by composed ops, which the graph records.
-    fn log_sum_exp_with(
+    fn reduce_lines(
         matrix: Tensor<Self, 3>,
         weights: Tensor<Self, 2>,
         axis: Axis,
+        reduction: Reduction,
     ) -> Result<Tensor<Self, 2>, OtprefError> {
         reductions::check_operands(&matrix, &weights, axis)?;
         if matrix.is_require_grad() || weights.is_require_grad() {
-            return Ok(reductions::log_sum_exp_with(matrix, weights, axis));
+            return Ok(reductions::composed(matrix, weights, axis, reduction));
         }
-        B::log_sum_exp_with(matrix.inner(), weights.inner(), axis).map(Tensor::from_inner)
-    }
-
-    /// As [`Self::log_sum_exp_with`].
-    fn weighted_sum_with(
-        matrix: Tensor<Self, 3>,
-        weights: Tensor<Self, 2>,
-        axis: Axis,
-    ) -> Result<Tensor<Self, 2>, OtprefError> {
-        reductions::check_operands(&matrix, &weights, axis)?;
-        if matrix.is_require_grad() || weights.is_require_grad() {
-            return Ok(reductions::weighted_sum_with(matrix, weights, axis));
-        }
-        B::weighted_sum_with(matrix.inner(), weights.inner(), axis).map(Tensor::from_inner)
+        B::reduce_lines(matrix.inner(), weights.inner(), axis, reduction).map(Tensor::from_inner)
     }
 
     fn solve_implicit(
@@ -356,8 +333,10 @@ fn solve_dual_hessian<B: OtBackend>(
     let scaled = plan.clone()
         / (sqrt_p.clone().unsqueeze_dim::<3>(2) * sqrt_q.clone().unsqueeze_dim::<3>(1));
     let fast = config.fast_paths;
-    let apply_a = |v| reductions::weighted_sum_on(fast, scaled.clone(), v, Axis::Rows);
-    let apply_at = |v| reductions::weighted_sum_on(fast, scaled.clone(), v, Axis::Columns);
+    let product =
+        |v, axis| reductions::reduce_on(fast, scaled.clone(), v, axis, Reduction::WeightedSum);
+    let apply_a = |v| product(v, Axis::Rows);
+    let apply_at = |v| product(v, Axis::Columns);
 
     let u_x = u_x / sqrt_p.clone();
     let u_y = u_y / sqrt_q.clone();

@@ -28,7 +28,7 @@ pub use transport::{Convergence, Transport};
 #[cfg(feature = "fused-cpu")]
 pub(crate) use fused::HostBuffer;
 pub(crate) use reductions::log_sum_exp;
-pub use reductions::Axis;
+pub use reductions::{Axis, Reduction};
 pub(crate) use solver::solve_log_marginals;
 
 use crate::error::OtprefError;

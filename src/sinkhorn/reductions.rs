@@ -1,9 +1,8 @@
 //! The row and column reductions the solver is made of, composed from burn's tensor ops: the
-//! default of [`OtBackend::log_sum_exp_with`] and [`OtBackend::weighted_sum_with`], and the
-//! reference the one-kernel versions (`cube/`) are tested against.
+//! default of [`OtBackend::reduce_lines`], and the reference the one-kernel versions (`cube/`)
+//! are tested against.
 //!
-//! [`OtBackend::log_sum_exp_with`]: crate::OtBackend::log_sum_exp_with
-//! [`OtBackend::weighted_sum_with`]: crate::OtBackend::weighted_sum_with
+//! [`OtBackend::reduce_lines`]: crate::OtBackend::reduce_lines
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -19,6 +18,15 @@ pub enum Axis {
     Rows,
     /// One result per column `j`, reducing over the rows `i`.
     Columns,
+}
+
+/// What a reduction computes from each line of the matrix `M` and the weights `w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// `log Σ exp(M + w)`: the log-sum-exp of every Sinkhorn update.
+    LogSumExp,
+    /// `Σ M w`: the batched matrix-vector products of the implicit backward.
+    WeightedSum,
 }
 
 /// The error for `weights` that do not fit `matrix` along `axis`, or a dtype that differs;
@@ -52,38 +60,37 @@ pub(crate) fn check_operands<B: Backend>(
     Ok(())
 }
 
-/// [`OtBackend::log_sum_exp_with`] when `fast` and the backend has one-pass kernels, else
-/// the composed [`log_sum_exp_with`] (the reference). For the solver's own operands, which
-/// always fit.
-pub(crate) fn log_sum_exp_on<B: OtBackend>(
+/// [`OtBackend::reduce_lines`] when `fast` and the backend has one-pass kernels, else the
+/// composed ops (the reference). For the solver's own operands, which always fit.
+pub(crate) fn reduce_on<B: OtBackend>(
     fast: bool,
     matrix: Tensor<B, 3>,
     weights: Tensor<B, 2>,
     axis: Axis,
+    reduction: Reduction,
 ) -> Tensor<B, 2> {
     if fast && B::ONE_PASS_REDUCTIONS {
-        B::log_sum_exp_with(matrix, weights, axis).expect("the solver's operands fit")
+        B::reduce_lines(matrix, weights, axis, reduction).expect("the solver's operands fit")
     } else {
-        log_sum_exp_with(matrix, weights, axis)
+        composed(matrix, weights, axis, reduction)
     }
 }
 
-/// [`OtBackend::weighted_sum_with`] when `fast`, else the composed [`weighted_sum_with`].
-pub(crate) fn weighted_sum_on<B: OtBackend>(
-    fast: bool,
+/// The reduction composed from burn's tensor ops.
+pub(crate) fn composed<B: Backend>(
     matrix: Tensor<B, 3>,
     weights: Tensor<B, 2>,
     axis: Axis,
+    reduction: Reduction,
 ) -> Tensor<B, 2> {
-    if fast && B::ONE_PASS_REDUCTIONS {
-        B::weighted_sum_with(matrix, weights, axis).expect("the solver's operands fit")
-    } else {
-        weighted_sum_with(matrix, weights, axis)
+    match reduction {
+        Reduction::LogSumExp => log_sum_exp_with(matrix, weights, axis),
+        Reduction::WeightedSum => weighted_sum_with(matrix, weights, axis),
     }
 }
 
 /// `log Σ_j exp(M_pij + w_pj)` per row or `log Σ_i exp(M_pij + w_pi)` per column.
-pub(crate) fn log_sum_exp_with<B: Backend>(
+fn log_sum_exp_with<B: Backend>(
     matrix: Tensor<B, 3>,
     weights: Tensor<B, 2>,
     axis: Axis,
@@ -96,7 +103,7 @@ pub(crate) fn log_sum_exp_with<B: Backend>(
 }
 
 /// `Σ_j M_pij w_pj` per row or `Σ_i M_pij w_pi` per column: batched matrix-vector products.
-pub(crate) fn weighted_sum_with<B: Backend>(
+fn weighted_sum_with<B: Backend>(
     matrix: Tensor<B, 3>,
     weights: Tensor<B, 2>,
     axis: Axis,

@@ -27,7 +27,7 @@ use super::config::{GradientMode, UnbalancedConfig};
 use super::fused;
 use super::implicit::OtBackend;
 use super::problem::{build, check_inputs, Checked, Problem};
-use super::reductions::{log_sum_exp_on, spread_over_columns, spread_over_rows, Axis};
+use super::reductions::{reduce_on, spread_over_columns, spread_over_rows, Axis, Reduction};
 use super::transport::{Convergence, Transport};
 use crate::checks::{all_finite, narrowed, to_host, widened};
 use crate::error::OtprefError;
@@ -183,7 +183,7 @@ pub(crate) fn solve_log_marginals<B: OtBackend>(
         // log P1 = rows + LSE_j(K_ij + cols_j), and the same over columns.
         Kernel::Log { one_pass } => {
             let log_kernel = &solution.problem.log_kernel;
-            let lse = |weights, axis| log_sum_exp_on(*one_pass, log_kernel.clone(), weights, axis);
+            let lse = |weights, axis| log_sum_exp_on(*one_pass, log_kernel, weights, axis);
             (
                 rows.clone() + lse(cols.clone(), Axis::Rows),
                 cols + lse(rows, Axis::Columns),
@@ -399,7 +399,7 @@ enum Kernel<B: Backend> {
     /// `E = exp(K - shift)` with padded pairs set to 0.
     Shifted { kernel: Tensor<B, 3>, shift: f64 },
     /// Log-sum-exp over the full `[batch, n, m]` scores; `one_pass`: in the backend's one-pass
-    /// kernel ([`OtBackend::log_sum_exp_with`]).
+    /// kernel ([`OtBackend::reduce_lines`]).
     Log { one_pass: bool },
 }
 
@@ -472,7 +472,7 @@ fn update_x<B: OtBackend>(
             sums.mask_fill(problem.pad_a.clone(), 1.0).log() + top + *shift
         }
         Kernel::Log { one_pass } => {
-            log_sum_exp_on(*one_pass, problem.log_kernel.clone(), weights, Axis::Rows)
+            log_sum_exp_on(*one_pass, &problem.log_kernel, weights, Axis::Rows)
         }
     };
     damped(lse, &problem.log_a_or_zero, lambda)
@@ -492,14 +492,27 @@ fn update_y<B: OtBackend>(
             let sums = scaled.matmul(kernel.clone()).squeeze_dim::<2>(1);
             sums.mask_fill(problem.pad_b.clone(), 1.0).log() + top + *shift
         }
-        Kernel::Log { one_pass } => log_sum_exp_on(
-            *one_pass,
-            problem.log_kernel.clone(),
-            weights,
-            Axis::Columns,
-        ),
+        Kernel::Log { one_pass } => {
+            log_sum_exp_on(*one_pass, &problem.log_kernel, weights, Axis::Columns)
+        }
     };
     damped(lse, &problem.log_b_or_zero, lambda)
+}
+
+/// `LSE(K + w)` along `axis`, on the one-pass kernel when `one_pass`.
+fn log_sum_exp_on<B: OtBackend>(
+    one_pass: bool,
+    log_kernel: &Tensor<B, 3>,
+    weights: Tensor<B, 2>,
+    axis: Axis,
+) -> Tensor<B, 2> {
+    reduce_on(
+        one_pass,
+        log_kernel.clone(),
+        weights,
+        axis,
+        Reduction::LogSumExp,
+    )
 }
 
 /// `(λ - 1) log mass - λ lse`: the balanced update `-lse` when λ = 1.

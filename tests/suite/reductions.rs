@@ -1,4 +1,4 @@
-//! `OtBackend::log_sum_exp_with` and `OtBackend::weighted_sum_with` against sums taken in f64
+//! `OtBackend::reduce_lines` (log-sum-exps and weighted sums) against sums taken in f64
 //! on the host. On the CubeCL backends (CUDA with `gpu-tests`, wgpu with `wgpu-tests`) these
 //! are the solver's one-pass kernels; elsewhere the composed ops.
 //!
@@ -7,7 +7,7 @@
 //! the end or the middle of a line, and padding-like weights of -1e30.
 
 use burn::tensor::DType;
-use otpref::{Axis, OtBackend};
+use otpref::{Axis, OtBackend, Reduction};
 
 use crate::common::{tensor, values, Rng, TestAutodiff, TestBackend};
 
@@ -65,11 +65,19 @@ fn check<B: OtBackend>(case: &Case) {
         let weights_tensor =
             tensor::<B, 2>(weights.clone(), [batch, weights.len() / batch], DType::F32);
         let weights = values(weights_tensor.clone());
-        let lse =
-            values(B::log_sum_exp_with(matrix.clone(), weights_tensor.clone(), axis).unwrap());
+        let lse = values(
+            B::reduce_lines(
+                matrix.clone(),
+                weights_tensor.clone(),
+                axis,
+                Reduction::LogSumExp,
+            )
+            .unwrap(),
+        );
         // The weighted sum with the padding weight clipped, so that the sums stay in range.
         let clipped = weights_tensor.clone().clamp_min(-1e3);
-        let weighted = values(B::weighted_sum_with(matrix.clone(), clipped, axis).unwrap());
+        let weighted =
+            values(B::reduce_lines(matrix.clone(), clipped, axis, Reduction::WeightedSum).unwrap());
         for p in 0..batch {
             for line in 0..lines {
                 let entries = (0..len).map(|k| {
@@ -132,15 +140,17 @@ fn weights_that_do_not_fit_are_errors() {
         (columns_sized.clone(), Axis::Rows),
         (rows_sized.clone(), Axis::Columns),
     ] {
-        let lse = TestBackend::log_sum_exp_with(matrix.clone(), weights.clone(), axis);
-        let sum = TestBackend::weighted_sum_with(matrix.clone(), weights, axis);
+        let lse =
+            TestBackend::reduce_lines(matrix.clone(), weights.clone(), axis, Reduction::LogSumExp);
+        let sum = TestBackend::reduce_lines(matrix.clone(), weights, axis, Reduction::WeightedSum);
         for result in [lse, sum] {
             let message = result.unwrap_err().to_string();
             assert!(message.contains("must be [batch,"), "{message}");
         }
     }
     let wrong_dtype = tensor::<TestBackend, 2>(vec![0.0; 8], [2, 4], DType::F64);
-    let error = TestBackend::log_sum_exp_with(matrix, wrong_dtype, Axis::Rows).unwrap_err();
+    let error = TestBackend::reduce_lines(matrix, wrong_dtype, Axis::Rows, Reduction::LogSumExp)
+        .unwrap_err();
     assert!(error.to_string().contains("dtype"), "{error}");
 }
 
@@ -153,7 +163,12 @@ fn tracked_operands_are_differentiated() {
     let (raw, w) = (rng.vec(n * m, -2.0, 2.0), rng.vec(m, -1.0, 1.0));
     let matrix = tensor::<TestAutodiff, 3>(raw, [1, n, m], DType::F32).require_grad();
     let weights = tensor::<TestAutodiff, 2>(w, [1, m], DType::F32);
-    let lse = TestAutodiff::log_sum_exp_with(matrix.clone(), weights.clone(), Axis::Rows);
+    let lse = TestAutodiff::reduce_lines(
+        matrix.clone(),
+        weights.clone(),
+        Axis::Rows,
+        Reduction::LogSumExp,
+    );
     let grads = lse.unwrap().sum().backward();
     let grad = values(matrix.grad(&grads).unwrap());
     let (m_values, w_values) = (values(matrix.inner()), values(weights.inner()));

@@ -52,31 +52,11 @@ pub(super) fn reduce_rows<F: Float>(
         sum = s;
     }
 
-    let mut tops = SharedMemory::<F>::new(CUBE_SIZE);
-    let mut sums = SharedMemory::<F>::new(CUBE_SIZE);
-    let slot = UNIT_POS_Y as usize * LANES as usize + lane;
-    tops[slot] = top;
-    sums[slot] = sum;
-    sync_cube();
     // Halve the live lanes of each row until lane 0 holds the row's result.
-    #[unroll]
-    for level in 0..5u32 {
-        let stride = (LANES >> (level + 1)) as usize;
-        if lane < stride {
-            let (t, s) = combine::<F>(
-                tops[slot],
-                sums[slot],
-                tops[slot + stride],
-                sums[slot + stride],
-                log_sum_exp,
-            );
-            tops[slot] = t;
-            sums[slot] = s;
-        }
-        sync_cube();
-    }
+    let slot = UNIT_POS_Y as usize * LANES as usize + lane;
+    let (top, sum) = combine_in_shared::<F>(top, sum, slot, lane, 1, LANES, log_sum_exp);
     if lane == 0 && row < n {
-        output[problem * n + row] = finish::<F>(tops[slot], sums[slot], log_sum_exp);
+        output[problem * n + row] = finish::<F>(top, sum, log_sum_exp);
     }
 }
 
@@ -112,18 +92,39 @@ pub(super) fn reduce_columns<F: Float>(
         sum = s;
     }
 
+    // Halve the live groups until group 0 holds each column's result.
+    let slot = group * LANES as usize + lane;
+    let spacing = LANES as usize;
+    let (top, sum) = combine_in_shared::<F>(top, sum, slot, group, spacing, GROUPS, log_sum_exp);
+    if group == 0 && column < m {
+        output[problem * m + column] = finish::<F>(top, sum, log_sum_exp);
+    }
+}
+
+/// Combines the `count` partial results `(top, sum)` of a line, held by the units at
+/// `position` 0, 1, ... `count - 1` (`count` a power of two) whose cube slots are `spacing`
+/// apart, by halving the live units in shared memory. The unit at position 0 gets the line's
+/// result. Every unit of the cube must call it (it synchronises the cube).
+#[cube]
+fn combine_in_shared<F: Float>(
+    top: F,
+    sum: F,
+    slot: usize,
+    position: usize,
+    spacing: usize,
+    #[comptime] count: u32,
+    #[comptime] log_sum_exp: bool,
+) -> (F, F) {
     let mut tops = SharedMemory::<F>::new(CUBE_SIZE);
     let mut sums = SharedMemory::<F>::new(CUBE_SIZE);
-    let slot = group * LANES as usize + lane;
     tops[slot] = top;
     sums[slot] = sum;
     sync_cube();
-    // Halve the live groups until group 0 holds each column's result.
     #[unroll]
-    for level in 0..3u32 {
-        let stride = (GROUPS >> (level + 1)) as usize;
-        if group < stride {
-            let other = slot + stride * LANES as usize;
+    for level in 0..count.trailing_zeros() {
+        let stride = (count >> (level + 1)) as usize;
+        if position < stride {
+            let other = slot + stride * spacing;
             let (t, s) = combine::<F>(
                 tops[slot],
                 sums[slot],
@@ -136,9 +137,7 @@ pub(super) fn reduce_columns<F: Float>(
         }
         sync_cube();
     }
-    if group == 0 && column < m {
-        output[problem * m + column] = finish::<F>(tops[slot], sums[slot], log_sum_exp);
-    }
+    (tops[slot], sums[slot])
 }
 
 /// One row or column of the matrix: entry `k` (`k < len`) is `matrix[start + k * step]`, its

@@ -1,6 +1,6 @@
 //! The solver's row and column reductions as single CubeCL kernels, for every CubeCL backend
-//! (CUDA, ROCm, wgpu; feature `cubecl`). They serve [`OtBackend::log_sum_exp_with`] and
-//! [`OtBackend::weighted_sum_with`] for `CubeBackend`, so that each Sinkhorn half-iteration
+//! (CUDA, ROCm, wgpu; feature `cubecl`). They serve [`OtBackend::reduce_lines`] for
+//! `CubeBackend`, so that each Sinkhorn half-iteration
 //! reads the `[batch, n, m]` kernel once, where the composed ops materialise and re-read
 //! several tensors of that size, and the implicit backward's plan-vector products do the
 //! same.
@@ -10,8 +10,7 @@
 //! computes half precision in f32), take the composed ops instead; so do burn's `Fusion<B>`
 //! tensors, which are not `CubeBackend` tensors, and the unrolled mode's tracked tensors.
 //!
-//! [`OtBackend::log_sum_exp_with`]: crate::OtBackend::log_sum_exp_with
-//! [`OtBackend::weighted_sum_with`]: crate::OtBackend::weighted_sum_with
+//! [`OtBackend::reduce_lines`]: crate::OtBackend::reduce_lines
 
 mod kernels;
 
@@ -23,16 +22,7 @@ use burn_cubecl::{
 };
 use cubecl::prelude::*;
 
-use super::reductions::Axis;
-
-/// What a reduction computes from each line of the matrix and the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reduction {
-    /// `log Σ exp(M + w)`.
-    LogSumExp,
-    /// `Σ M w`.
-    WeightedSum,
-}
+use super::reductions::{Axis, Reduction};
 
 /// The reduction of every row (or column) of `matrix` `[batch, n, m]` against `weights`
 /// (`[batch, m]` for rows, `[batch, n]` for columns) in one kernel, or `None` where the kernel
