@@ -5,7 +5,9 @@
 //!
 //! Both kernels run cubes of [`LANES`] × [`GROUPS`] units and read `M` coalesced: consecutive
 //! units of a group read consecutive entries of a row. Each unit folds its share of a line
-//! into a running `(top, sum)` pair, then the pairs of a line are combined in shared memory.
+//! into a running `(top, sum)` pair, then the pairs of a line are combined: a row's in plane
+//! (warp) registers where the device allows, then in shared memory across the planes of a
+//! row; a column's (whose units belong to different planes) in shared memory.
 //! The log-sum-exp is taken online (`sum` of `exp(v - top)`, rescaled when `top` grows), so
 //! `M` is read once, and it is exact for any range of values.
 
@@ -24,12 +26,18 @@ const LOWEST: f32 = -3.0e38;
 
 /// One result per row: `out[p, i] = reduce_j(M[p, i, j], w[p, j])`. A cube holds [`GROUPS`]
 /// rows of one problem (`CUBE_POS_Y`); the [`LANES`] units of a row stride along it.
+///
+/// `plane_width` is the device's plane (warp) size where it divides [`LANES`] and the device
+/// has plane operations, or 0: the units of a row then combine their partial results in
+/// plane registers first (on a 32-wide plane, the whole row, with no shared memory and no
+/// cube synchronisation), and in shared memory only across the planes of a row.
 #[cube(launch)]
 pub(super) fn reduce_rows<F: Float>(
     matrix: &Tensor<F>,
     weights: &Tensor<F>,
     output: &mut Tensor<F>,
     #[comptime] log_sum_exp: bool,
+    #[comptime] plane_width: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let n = matrix.shape(1);
@@ -52,9 +60,22 @@ pub(super) fn reduce_rows<F: Float>(
         sum = s;
     }
 
-    // Halve the live lanes of each row until lane 0 holds the row's result.
     let slot = UNIT_POS_Y as usize * LANES as usize + lane;
-    let (top, sum) = combine_in_shared::<F>(top, sum, slot, lane, 1, LANES, log_sum_exp);
+    let (top, sum) = if comptime!(plane_width == 0) {
+        // Halve the live lanes of each row until lane 0 holds the row's result.
+        combine_in_shared::<F>(top, sum, slot, lane, 1, LANES, log_sum_exp)
+    } else {
+        // Every unit of a plane gets the plane's result; the planes of a row (lanes
+        // `0, plane_width, ...` hold their results) then meet in shared memory.
+        let (top, sum) = combine_in_plane::<F>(top, sum, log_sum_exp);
+        if comptime!(plane_width < LANES) {
+            let planes = comptime!(LANES / plane_width);
+            let width = plane_width as usize;
+            combine_in_shared::<F>(top, sum, slot, lane / width, width, planes, log_sum_exp)
+        } else {
+            (top, sum)
+        }
+    };
     if lane == 0 && row < n {
         output[problem * n + row] = finish::<F>(top, sum, log_sum_exp);
     }
@@ -138,6 +159,18 @@ fn combine_in_shared<F: Float>(
         sync_cube();
     }
     (tops[slot], sums[slot])
+}
+
+/// Combines the partial results `(top, sum)` of the units of a plane in its registers; every
+/// unit gets the plane's result. Every unit of the plane must call it.
+#[cube]
+fn combine_in_plane<F: Float>(top: F, sum: F, #[comptime] log_sum_exp: bool) -> (F, F) {
+    if log_sum_exp {
+        let joint = plane_max(top);
+        (joint, plane_sum(sum * F::exp(top - joint)))
+    } else {
+        (top, plane_sum(sum))
+    }
 }
 
 /// One row or column of the matrix: entry `k` (`k < len`) is `matrix[start + k * step]`, its

@@ -21,6 +21,7 @@ use burn_cubecl::{
     CubeBackend, CubeRuntime, FloatElement, IntElement,
 };
 use cubecl::prelude::*;
+use cubecl::{features::Plane, ir::DeviceProperties};
 
 use super::reductions::{Axis, Reduction};
 
@@ -32,6 +33,49 @@ pub(crate) fn reduce<R, F, I, BT>(
     weights: &Tensor<CubeBackend<R, F, I, BT>, 2>,
     axis: Axis,
     reduction: Reduction,
+) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    reduce_with(matrix, weights, axis, reduction, Planes::FromDevice)
+}
+
+/// Whether the row kernel combines in planes (warps): as the device allows, or forced to a
+/// width (tests on devices whose plane operations CubeCL leaves off, such as lavapipe).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Planes {
+    FromDevice,
+    #[cfg_attr(not(all(test, feature = "wgpu-tests")), allow(dead_code))]
+    Width(u32),
+}
+
+/// The plane width the row kernel combines in on this device, or 0 for shared memory only:
+/// planes need the device's plane operations and a fixed width that divides a cube's row
+/// (32 lanes); a 64-wide plane would span two rows.
+fn device_plane_width(properties: &DeviceProperties) -> u32 {
+    let hardware = &properties.hardware;
+    let width = hardware.plane_size_max;
+    let usable = properties.features.plane.contains(Plane::Ops)
+        && hardware.plane_size_min == width
+        && width > 0
+        && kernels::LANES.is_multiple_of(width);
+    if usable {
+        width
+    } else {
+        0
+    }
+}
+
+/// [`reduce`] with the row kernel's plane combination chosen by `planes`.
+fn reduce_with<R, F, I, BT>(
+    matrix: &Tensor<CubeBackend<R, F, I, BT>, 3>,
+    weights: &Tensor<CubeBackend<R, F, I, BT>, 2>,
+    axis: Axis,
+    reduction: Reduction,
+    planes: Planes,
 ) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>>
 where
     R: CubeRuntime,
@@ -71,6 +115,10 @@ where
     let dim = CubeDim::new_2d(kernels::LANES, kernels::GROUPS);
     let log_sum_exp = reduction == Reduction::LogSumExp;
     let dtype = StorageType::from(DType::F32);
+    let plane_width = match planes {
+        Planes::FromDevice => device_plane_width(client.properties()),
+        Planes::Width(width) => width,
+    };
     // Launches are queued: no synchronisation with the host.
     match axis {
         Axis::Rows => kernels::reduce_rows::launch::<R>(
@@ -81,6 +129,7 @@ where
             weights.into_tensor_arg(),
             output.clone().into_tensor_arg(),
             log_sum_exp,
+            plane_width,
             dtype,
         ),
         Axis::Columns => kernels::reduce_columns::launch::<R>(
@@ -102,3 +151,6 @@ fn primitive<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, co
 ) -> CubeTensor<R> {
     tensor.into_primitive().tensor()
 }
+
+#[cfg(all(test, feature = "wgpu-tests"))]
+mod tests;
