@@ -54,7 +54,9 @@ pub(crate) enum Planes {
 
 /// The plane width the row kernel combines in on this device, or 0 for shared memory only:
 /// planes need the device's plane operations and a fixed width that divides a cube's row
-/// (32 lanes); a 64-wide plane would span two rows.
+/// (32 lanes); a 64-wide plane would span two rows. It takes planes to hold consecutive units
+/// (the first dimension fastest): so CUDA defines warps, and so the Vulkan drivers form
+/// subgroups (lavapipe's, in the tests, included).
 fn device_plane_width(properties: &DeviceProperties) -> u32 {
     let hardware = &properties.hardware;
     let width = hardware.plane_size_max;
