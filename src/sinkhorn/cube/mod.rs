@@ -40,16 +40,9 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    reduce_with(matrix, weights, axis, reduction, Planes::FromDevice)
-}
-
-/// Whether the row kernel combines in planes (warps): as the device allows, or forced to a
-/// width (tests on devices whose plane operations CubeCL leaves off, such as lavapipe).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Planes {
-    FromDevice,
-    #[cfg_attr(not(all(test, feature = "wgpu-tests")), allow(dead_code))]
-    Width(u32),
+    let client = R::client(&matrix.device());
+    let plane_width = device_plane_width(client.properties());
+    reduce_with(matrix, weights, axis, reduction, plane_width)
 }
 
 /// The plane width the row kernel combines in on this device, or 0 for shared memory only:
@@ -71,13 +64,14 @@ fn device_plane_width(properties: &DeviceProperties) -> u32 {
     }
 }
 
-/// [`reduce`] with the row kernel's plane combination chosen by `planes`.
+/// [`reduce`] with the row kernel combining in planes of `plane_width` units (0: in shared
+/// memory only). Tests force a width on devices whose plane operations CubeCL leaves off.
 fn reduce_with<R, F, I, BT>(
     matrix: &Tensor<CubeBackend<R, F, I, BT>, 3>,
     weights: &Tensor<CubeBackend<R, F, I, BT>, 2>,
     axis: Axis,
     reduction: Reduction,
-    planes: Planes,
+    plane_width: u32,
 ) -> Option<Tensor<CubeBackend<R, F, I, BT>, 2>>
 where
     R: CubeRuntime,
@@ -117,19 +111,20 @@ where
     let dim = CubeDim::new_2d(kernels::LANES, kernels::GROUPS);
     let log_sum_exp = reduction == Reduction::LogSumExp;
     let dtype = StorageType::from(DType::F32);
-    let plane_width = match planes {
-        Planes::FromDevice => device_plane_width(client.properties()),
-        Planes::Width(width) => width,
-    };
+    let (matrix, weights, out) = (
+        matrix.into_tensor_arg(),
+        weights.into_tensor_arg(),
+        output.clone().into_tensor_arg(),
+    );
     // Launches are queued: no synchronisation with the host.
     match axis {
         Axis::Rows => kernels::reduce_rows::launch::<R>(
             &client,
             count,
             dim,
-            matrix.into_tensor_arg(),
-            weights.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            matrix,
+            weights,
+            out,
             log_sum_exp,
             plane_width,
             dtype,
@@ -138,9 +133,9 @@ where
             &client,
             count,
             dim,
-            matrix.into_tensor_arg(),
-            weights.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            matrix,
+            weights,
+            out,
             log_sum_exp,
             dtype,
         ),

@@ -8,7 +8,7 @@ use burn::backend::Vulkan;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::cubecl::{wgpu::WgpuRuntime, Runtime};
 
-use super::{kernels::LANES, reduce_with, Planes};
+use super::{kernels::LANES, reduce_with};
 use crate::{Axis, Reduction};
 
 /// SplitMix64 values in `[-spread, spread)`.
@@ -60,21 +60,9 @@ fn plane_combination_matches_f64_sums() {
             host(matrix.clone().reshape([batch, n * m])),
             host(weights.clone()),
         );
-        let lse = reduce_with(
-            &matrix,
-            &weights,
-            Axis::Rows,
-            Reduction::LogSumExp,
-            Planes::Width(width),
-        );
+        let lse = reduce_with(&matrix, &weights, Axis::Rows, Reduction::LogSumExp, width);
         let clipped = weights.clone().clamp_min(-1e3);
-        let sum = reduce_with(
-            &matrix,
-            &clipped,
-            Axis::Rows,
-            Reduction::WeightedSum,
-            Planes::Width(width),
-        );
+        let sum = reduce_with(&matrix, &clipped, Axis::Rows, Reduction::WeightedSum, width);
         let (lse, sum) = (host(lse.unwrap()), host(sum.unwrap()));
         for p in 0..batch {
             for i in 0..n {
