@@ -20,6 +20,7 @@
 //! ```
 
 mod config;
+mod peft;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::{new_score_head, CausalLm, DecoderConfig, RewardModel};
 use crate::tokenizer::Tokenizer;
+pub use peft::{
+    is_adapter_folder, save_adapter, AdapterFolder, AdapterTask, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
 use weights::{load_into, save_from, Unused, WeightFiles};
 
 /// Tokenizer and generation files copied into a saved folder when the source has them.
@@ -258,6 +262,50 @@ impl ModelFolder {
     }
 }
 
+/// Loads a PEFT adapter folder onto its base policy: the base folder (for its tokenizer and
+/// for saving) and the model with the adapter's LoRA layers, trainable, everything else frozen.
+pub fn load_adapted_causal_lm<B: Backend>(
+    adapter: &AdapterFolder,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<(ModelFolder, CausalLm<B>)> {
+    if adapter.is_reward_model() {
+        return Err(Error::invalid(
+            adapter.path(),
+            "is a reward model's adapter (task_type SEQ_CLS); give it to the reward trainer",
+        ));
+    }
+    let base = ModelFolder::open(adapter.base())?;
+    let mut model = base
+        .load_causal_lm::<B>(options, device)?
+        .with_lora(adapter.config(), device);
+    adapter.load_into(&mut model)?;
+    Ok((base, model))
+}
+
+/// Loads a PEFT adapter folder of a reward model (`SEQ_CLS`, with its `score` head) onto its
+/// base: a reward-model folder, or a language model whose head is replaced by the adapter's.
+pub fn load_adapted_reward_model<B: Backend>(
+    adapter: &AdapterFolder,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<(ModelFolder, RewardModel<B>)> {
+    if !adapter.is_reward_model() {
+        return Err(Error::invalid(
+            adapter.path(),
+            "is a language model's adapter (task_type CAUSAL_LM); give it to the DPO trainer",
+        ));
+    }
+    let base = ModelFolder::open(adapter.base())?;
+    let model = match base.is_reward_model() {
+        true => base.load_reward_model::<B>(options, device)?,
+        false => base.load_reward_model_from_base::<B>(options, device)?,
+    };
+    let mut model = model.with_lora(adapter.config(), device);
+    adapter.load_into(&mut model)?;
+    Ok((base, model))
+}
+
 /// Saves a policy as a Hugging Face folder. `source`: the folder it was loaded from, whose
 /// config fields and tokenizer files are kept (`None` for a model built in code: a
 /// `config.json` is written from `config`).
@@ -276,7 +324,15 @@ pub fn save_causal_lm<B: Backend>(
         map.remove("label2id");
     }
     write_folder(out, &json, source)?;
-    save_from(model, &out.join("model.safetensors"), Some(dtype))
+    // A full folder of an adapted model holds the merged weights (PEFT's `merge_and_unload`).
+    match model.model.has_lora() {
+        true => save_from(
+            &model.clone().merge_lora(),
+            &out.join("model.safetensors"),
+            Some(dtype),
+        ),
+        false => save_from(model, &out.join("model.safetensors"), Some(dtype)),
+    }
 }
 
 /// Saves a reward model as a Hugging Face folder (see [`save_causal_lm`] for `source`).
@@ -310,7 +366,14 @@ pub fn save_reward_model<B: Backend>(
         }
     }
     write_folder(out, &json, source)?;
-    save_from(model, &out.join("model.safetensors"), Some(dtype))
+    match model.model.has_lora() {
+        true => save_from(
+            &model.clone().merge_lora(),
+            &out.join("model.safetensors"),
+            Some(dtype),
+        ),
+        false => save_from(model, &out.join("model.safetensors"), Some(dtype)),
+    }
 }
 
 /// The `config.json` of a saved folder (architecture `{Family}{class_suffix}`) and the dtype

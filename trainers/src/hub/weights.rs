@@ -222,12 +222,14 @@ pub(crate) fn save_from<B: Backend, M: ModuleSnapshot<B>>(
     path: &Path,
     dtype: Option<DType>,
 ) -> Result<()> {
-    let norms = KeyRemapper::new()
+    let names = KeyRemapper::new()
         .add_pattern(r"^(.*norm)\.gamma$", "$1.weight")
+        .expect("a valid pattern")
+        .add_pattern(r"^(.*_proj)\.base\.(weight|bias)$", "$1.$2")
         .expect("a valid pattern");
     let mut store = SafetensorsStore::from_file(path)
         .overwrite(true)
-        .remap(norms)
+        .remap(names)
         // transformers refuses safetensors files without `format: pt` metadata.
         .clear_metadata()
         .metadata("format", "pt")
@@ -266,12 +268,21 @@ impl ModuleAdapter for CastFloats {
     }
 }
 
-/// The Hugging Face name of a burn parameter path: RMSNorm's `gamma` is `weight` there.
+/// The Hugging Face name of a burn parameter path: RMSNorm's `gamma` is `weight` there, and
+/// a projection's base weights (`q_proj.base.weight`, beside its LoRA adapter) are the
+/// projection's own (`q_proj.weight`).
 fn hf_name(burn_path: &str) -> String {
-    match burn_path.strip_suffix(".gamma") {
-        Some(norm) if norm.ends_with("norm") => format!("{norm}.weight"),
-        _ => burn_path.to_string(),
+    if let Some(norm) = burn_path.strip_suffix(".gamma") {
+        if norm.ends_with("norm") {
+            return format!("{norm}.weight");
+        }
     }
+    for suffix in [".base.weight", ".base.bias"] {
+        if let Some(projection) = burn_path.strip_suffix(suffix) {
+            return format!("{projection}{}", &suffix[".base".len()..]);
+        }
+    }
+    burn_path.to_string()
 }
 
 fn file_name(path: &Path) -> String {

@@ -1,12 +1,13 @@
 //! Grouped-query self-attention with rotary positions, as in Hugging Face's `LlamaAttention`.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use super::config::DecoderConfig;
+use super::lora::LoraLinear;
 use super::rotary::RotaryTables;
 
 /// The keys (rotated) and values of the positions one layer has seen, `[batch, kv_heads, len,
@@ -22,13 +23,13 @@ pub struct KeyValues<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query projection `hidden → num_heads · head_dim`.
-    pub q_proj: Linear<B>,
+    pub q_proj: LoraLinear<B>,
     /// Key projection `hidden → num_kv_heads · head_dim`.
-    pub k_proj: Linear<B>,
+    pub k_proj: LoraLinear<B>,
     /// Value projection `hidden → num_kv_heads · head_dim`.
-    pub v_proj: Linear<B>,
+    pub v_proj: LoraLinear<B>,
     /// Output projection `num_heads · head_dim → hidden`.
-    pub o_proj: Linear<B>,
+    pub o_proj: LoraLinear<B>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -37,11 +38,12 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// A freshly initialised attention block for `config`.
     pub fn new(config: &DecoderConfig, device: &B::Device) -> Self {
-        let linear = |d_in, d_out, bias| {
+        let linear = |d_in, d_out, bias| -> LoraLinear<B> {
             LinearConfig::new(d_in, d_out)
                 .with_bias(bias)
                 .with_initializer(super::normal_init(config))
                 .init(device)
+                .into()
         };
         let (hidden, q_width, kv_width) = (
             config.hidden_size,

@@ -7,6 +7,7 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::{Decoder, DecoderCache};
+use super::lora::LoraConfig;
 
 /// A decoder with a language-model head. With `tie_word_embeddings` the head IS the embedding
 /// matrix (`lm_head` is `None`): one parameter, so training keeps the two tied, as
@@ -42,6 +43,32 @@ impl<B: Backend> CausalLm<B> {
         Self {
             model: Decoder::new(config, device),
             lm_head,
+        }
+    }
+
+    /// The model with fresh LoRA adapters on `config.targets`, everything else frozen
+    /// (embeddings and head too, as PEFT leaves them).
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Self {
+        Self {
+            model: self.model.with_lora(config, device),
+            lm_head: self.lm_head.map(Module::no_grad),
+        }
+    }
+
+    /// The adapters merged into the base weights (PEFT's `merge_and_unload`).
+    pub fn merge_lora(self) -> Self {
+        Self {
+            model: self.model.merge_lora(),
+            ..self
+        }
+    }
+
+    /// The base model with its adapters switched off, sharing the base tensors: the DPO
+    /// reference of a LoRA run without a second copy of the weights.
+    pub fn without_lora(self) -> Self {
+        Self {
+            model: self.model.without_lora(),
+            ..self
         }
     }
 

@@ -2,32 +2,34 @@
 //! embeddings, pre-norm layers of attention and SwiGLU, and a final RMSNorm.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use super::attention::{Attention, KeyValues};
 use super::config::DecoderConfig;
+use super::lora::{LoraConfig, LoraLinear, LoraTarget};
 use super::rotary::RotaryTables;
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `hidden → intermediate`, through SiLU.
-    pub gate_proj: Linear<B>,
+    pub gate_proj: LoraLinear<B>,
     /// `hidden → intermediate`.
-    pub up_proj: Linear<B>,
+    pub up_proj: LoraLinear<B>,
     /// `intermediate → hidden`.
-    pub down_proj: Linear<B>,
+    pub down_proj: LoraLinear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
     fn new(config: &DecoderConfig, device: &B::Device) -> Self {
-        let linear = |d_in, d_out| {
+        let linear = |d_in, d_out| -> LoraLinear<B> {
             LinearConfig::new(d_in, d_out)
                 .with_bias(config.mlp_bias)
                 .with_initializer(super::normal_init(config))
                 .init(device)
+                .into()
         };
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
         Self {
@@ -72,6 +74,45 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+impl<B: Backend> DecoderLayer<B> {
+    /// The layer's projections, by PEFT's module names.
+    pub fn projections(&self) -> [(LoraTarget, &LoraLinear<B>); 7] {
+        let (attn, mlp) = (&self.self_attn, &self.mlp);
+        [
+            (LoraTarget::QProj, &attn.q_proj),
+            (LoraTarget::KProj, &attn.k_proj),
+            (LoraTarget::VProj, &attn.v_proj),
+            (LoraTarget::OProj, &attn.o_proj),
+            (LoraTarget::GateProj, &mlp.gate_proj),
+            (LoraTarget::UpProj, &mlp.up_proj),
+            (LoraTarget::DownProj, &mlp.down_proj),
+        ]
+    }
+
+    /// The layer with `f` applied to each projection.
+    fn map_projections(
+        mut self,
+        mut f: impl FnMut(LoraTarget, LoraLinear<B>) -> LoraLinear<B>,
+    ) -> Self {
+        let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
+        let slots = [
+            (LoraTarget::QProj, &mut attn.q_proj),
+            (LoraTarget::KProj, &mut attn.k_proj),
+            (LoraTarget::VProj, &mut attn.v_proj),
+            (LoraTarget::OProj, &mut attn.o_proj),
+            (LoraTarget::GateProj, &mut mlp.gate_proj),
+            (LoraTarget::UpProj, &mut mlp.up_proj),
+            (LoraTarget::DownProj, &mut mlp.down_proj),
+        ];
+        for (target, slot) in slots {
+            // A placeholder while the projection is moved through `f`: no tensor is copied.
+            let taken = std::mem::replace(slot, slot.clone().without_lora());
+            *slot = f(target, taken);
+        }
+        self
+    }
+}
+
 /// The decoder without an output head (`LlamaModel`, `Qwen2Model`, `MistralModel`): token ids
 /// in, the last hidden state after the final norm out.
 #[derive(Module, Debug)]
@@ -110,6 +151,45 @@ impl<B: Backend> Decoder<B> {
             norm: norm(),
             inverse_frequencies: config.inverse_frequencies(),
         }
+    }
+
+    /// Every layer's projections in `config.targets` with a fresh adapter, and every other
+    /// parameter frozen (no gradient, hence no optimizer state): PEFT's `get_peft_model`.
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Self {
+        self.no_grad().map_layers(|target, projection| {
+            if config.targets.contains(&target) {
+                projection.with_lora(config, device)
+            } else {
+                projection
+            }
+        })
+    }
+
+    /// The adapters' updates merged into the base weights, and the adapters removed (PEFT's
+    /// `merge_and_unload`).
+    pub fn merge_lora(self) -> Self {
+        self.map_layers(|_, projection| projection.merge())
+    }
+
+    /// The base decoder with every adapter switched off; it shares the base tensors.
+    pub fn without_lora(self) -> Self {
+        self.map_layers(|_, projection| projection.without_lora())
+    }
+
+    /// Whether any projection carries an adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|layer| layer.projections().iter().any(|(_, p)| p.lora.is_some()))
+    }
+
+    fn map_layers(mut self, mut f: impl FnMut(LoraTarget, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|layer| layer.map_projections(&mut f))
+            .collect();
+        self
     }
 
     /// `input_ids`, `attention_mask`: `[batch, len]` (mask true on real tokens; padding may

@@ -9,6 +9,7 @@ mod causal_lm;
 mod config;
 mod decoder;
 mod generate;
+mod lora;
 mod reward;
 mod rotary;
 
@@ -17,6 +18,7 @@ pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput};
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::{Decoder, DecoderCache, DecoderLayer, Mlp};
 pub use generate::{generate_greedy, left_padded};
+pub use lora::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};
 pub use rotary::RotaryTables;

@@ -7,6 +7,7 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::Decoder;
+use super::lora::LoraConfig;
 
 /// A decoder with a scalar reward head (`score.weight`, no bias).
 #[derive(Module, Debug)]
@@ -35,6 +36,27 @@ impl<B: Backend> RewardModel<B> {
         Self {
             model: Decoder::new(config, device),
             score: new_score_head(config, device),
+        }
+    }
+
+    /// The model with fresh LoRA adapters on `config.targets` and the `score` head trained in
+    /// full (PEFT's `modules_to_save` for sequence classification); the rest frozen.
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Self {
+        let score = self.score.no_grad();
+        Self {
+            model: self.model.with_lora(config, device),
+            score: Linear {
+                weight: score.weight.set_require_grad(true),
+                bias: score.bias.map(|b| b.set_require_grad(true)),
+            },
+        }
+    }
+
+    /// The adapters merged into the base weights.
+    pub fn merge_lora(self) -> Self {
+        Self {
+            model: self.model.merge_lora(),
+            ..self
         }
     }
 

@@ -1,5 +1,5 @@
-//! What both trainers do the same way: the model folder or the built-in model, the data, the
-//! batch order, the metrics file and the log lines, and Ctrl-C.
+//! What both trainers do the same way: the data, the batch order, the metrics file and the
+//! log lines, and Ctrl-C.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -15,51 +15,8 @@ use serde_json::{json, Map, Value};
 use super::config::CommonConfig;
 use crate::data::{read_jsonl, tokenize_dataset, Dataset, LengthLimits, TokenizedPair};
 use crate::error::{Error, Result};
-use crate::hub::ModelFolder;
-use crate::model::DecoderConfig;
 use crate::task::{self, SplitMix64, TaskConfig};
 use crate::tokenizer::Tokenizer;
-
-/// The model source: a Hugging Face folder, or the built-in architecture.
-pub enum ModelSource {
-    /// A folder to load from and to take the tokenizer and config from when saving.
-    Folder(ModelFolder),
-    /// The built-in small Llama.
-    BuiltIn(DecoderConfig),
-}
-
-impl ModelSource {
-    /// The architecture.
-    pub fn config(&self) -> &DecoderConfig {
-        match self {
-            ModelSource::Folder(folder) => folder.config(),
-            ModelSource::BuiltIn(config) => config,
-        }
-    }
-}
-
-/// Opens `--model` (or describes the built-in model) and its tokenizer.
-pub fn model_and_tokenizer(config: &CommonConfig) -> Result<(ModelSource, Tokenizer)> {
-    match &config.model {
-        Some(path) => {
-            let folder = ModelFolder::open(path)?;
-            let tokenizer = folder.tokenizer()?;
-            Ok((ModelSource::Folder(folder), tokenizer))
-        }
-        None => {
-            let vocabulary = task::vocabulary();
-            let model = DecoderConfig::tiny(
-                vocabulary.len(),
-                config.builtin_hidden,
-                config.builtin_layers,
-            );
-            Ok((
-                ModelSource::BuiltIn(model),
-                Tokenizer::characters(vocabulary),
-            ))
-        }
-    }
-}
 
 /// Training and held-out pairs: the files given, or the built-in task.
 pub fn datasets(config: &CommonConfig) -> Result<(Dataset, Dataset)> {

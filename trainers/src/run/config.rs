@@ -9,6 +9,9 @@ use clap::{ArgMatches, Args, ValueEnum};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::hub::is_adapter_folder;
+use crate::model::{LoraConfig, LoraTarget};
+
 /// Where to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -17,6 +20,76 @@ pub enum DeviceKind {
     Cpu,
     /// An NVIDIA GPU (the binary must be built with `--features cuda`).
     Cuda,
+}
+
+/// LoRA settings (PEFT's `LoraConfig` as flags). `--lora-rank 0` (the default) trains every
+/// parameter.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct LoraArgs {
+    /// Train LoRA adapters of this rank instead of every parameter (0: full fine-tuning). The
+    /// base weights are frozen; the DPO reference is the base with the adapters off.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub lora_rank: usize,
+    /// LoRA's alpha: the update is scaled by alpha / rank (PEFT's default 8).
+    #[arg(long, default_value_t = 8.0)]
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' inputs while training.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// The projections that get adapters, by PEFT's module names, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = LoraTarget::ATTENTION)]
+    #[serde(default = "default_lora_targets")]
+    pub lora_targets: Vec<LoraTarget>,
+    /// Rank-stabilised LoRA: scale by alpha / √rank (PEFT's `use_rslora`).
+    #[arg(long)]
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Save the trained model as a full Hugging Face folder with the adapters merged in,
+    /// instead of a PEFT adapter folder.
+    #[arg(long)]
+    #[serde(default)]
+    pub merge_adapters: bool,
+}
+
+fn default_lora_alpha() -> f64 {
+    8.0
+}
+
+fn default_lora_targets() -> Vec<LoraTarget> {
+    LoraTarget::ATTENTION.to_vec()
+}
+
+impl LoraArgs {
+    /// The adapters' settings, when `--lora-rank` is set.
+    pub fn config(&self) -> Option<LoraConfig> {
+        (self.lora_rank > 0).then(|| LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            use_rslora: self.use_rslora,
+            targets: self.lora_targets.clone(),
+        })
+    }
+
+    fn validate(&self, model: Option<&Path>) -> Result<(), String> {
+        let adapter = model.is_some_and(is_adapter_folder);
+        if adapter && self.lora_rank > 0 {
+            return Err(format!(
+                "--model {} is a PEFT adapter folder, whose adapter_config.json sets the LoRA                  settings; leave out --lora-rank",
+                model.unwrap_or(Path::new("")).display()
+            ));
+        }
+        match self.config() {
+            Some(config) => config.validate(),
+            None if self.merge_adapters && !adapter => {
+                Err("--merge-adapters needs LoRA adapters: give --lora-rank".into())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Settings both trainers share.
@@ -95,6 +168,10 @@ pub struct CommonConfig {
     /// Checkpoints kept (the newest).
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// LoRA adapters instead of full fine-tuning.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraArgs,
 }
 
 impl CommonConfig {
@@ -165,6 +242,7 @@ impl CommonConfig {
                 ));
             }
         }
+        self.lora.validate(self.model.as_deref())?;
         if self.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
             return Err(
                 "--device cuda: this program was built without CUDA; rebuild with `--features cuda`"

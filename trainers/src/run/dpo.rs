@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 
 use super::common::{
-    add_means, check_finite, datasets, interrupt_flag, model_and_tokenizer, prepare_output, scalar,
-    tokenize, BatchOrder, MetricsLog, ModelSource, Progress,
+    add_means, check_finite, datasets, interrupt_flag, prepare_output, scalar, tokenize,
+    BatchOrder, MetricsLog, Progress,
 };
 use super::config::CommonConfig;
+use super::model_source::model_and_tokenizer;
 use crate::data::{collate_pairs, PairBatch, Text, TokenizedPair};
 use crate::error::Result;
-use crate::hub::{self, LoadOptions, SaveOptions};
 use crate::methods::{DpoLoss, DpoMethod, MethodSettings};
 use crate::model::{generate_greedy, next_token_logps, CausalLm};
 use crate::task::Problem;
@@ -225,10 +225,9 @@ where
     B::seed(device, common.seed);
 
     let model_config = source.config().clone();
-    let mut policy: CausalLm<B> = match &source {
-        ModelSource::Folder(folder) => folder.load_causal_lm(&LoadOptions::default(), device)?,
-        ModelSource::BuiltIn(built_in) => CausalLm::new(built_in, device),
-    };
+    let loaded = source.load_policy::<B>(common.lora.config().as_ref(), device)?;
+    let (mut policy, lora) = (loaded.model, loaded.lora);
+    println!("{}", crate::training::ParameterCounts::of(&policy));
     let new_optimizer = || {
         AdamWConfig::new()
             .with_weight_decay(common.weight_decay as f32)
@@ -246,8 +245,9 @@ where
                 let state: RunState;
                 (policy, optimizer, state) = Checkpoints::load(&folder, policy, optimizer, device)?;
                 (start, num_tokens) = (state.step, state.num_tokens);
-                // The reference is saved as the first DPO step starts.
-                if start > config.sft_steps {
+                // The reference is saved as the first DPO step starts (with LoRA it is the
+                // frozen base, in the checkpoint already).
+                if start > config.sft_steps && lora.is_none() {
                     let empty = CausalLm::new(&model_config, device);
                     reference = Some(load_module(empty, &reference_path, device)?);
                 }
@@ -279,15 +279,35 @@ where
     let mut stopped_early = false;
 
     for step in start..total {
+        if lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+            // The adapters' dropout masks depend on the step only: a resumed run draws the same.
+            B::seed(
+                device,
+                common.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+        }
         let in_dpo = step >= config.sft_steps;
         if in_dpo && reference.is_none() {
-            // The reference is the model as DPO starts: after warm-up, or as loaded.
-            let frozen = policy.valid();
-            save_module(&frozen, &reference_path)?;
-            reference = Some(frozen);
             if step == config.sft_steps {
+                if let (Some(lora), true) = (&lora, config.sft_steps > 0) {
+                    // The warm-up's adapters become part of the frozen base, and DPO trains
+                    // fresh ones on top (as one merges an SFT adapter before DPO with PEFT).
+                    // Seeded by the step so that a resumed run draws the same adapters.
+                    B::seed(device, common.seed.wrapping_add(step as u64));
+                    policy = policy.merge_lora().with_lora(lora, device);
+                }
                 optimizer = new_optimizer();
             }
+            reference = Some(match lora {
+                // The base with the adapters off: it shares the policy's frozen weights.
+                Some(_) => policy.valid().without_lora(),
+                // The model as DPO starts: after warm-up, or as loaded.
+                None => {
+                    let frozen = policy.valid();
+                    save_module(&frozen, &reference_path)?;
+                    frozen
+                }
+            });
         }
         if in_dpo && config.precompute_ref && precomputed.is_none() {
             let frozen = reference.as_ref().expect("set above");
@@ -464,18 +484,12 @@ where
     let title = format!("{:?} token weights on held-out pairs", config.method);
     super::report::write_weights_page(&common.output.join("weights.html"), &title, &examples)?;
     let model_dir = common.output.join("model");
-    match &source {
-        ModelSource::Folder(folder) => {
-            folder.save_causal_lm(&trained, &model_dir, &SaveOptions::default())?
-        }
-        ModelSource::BuiltIn(built_in) => hub::save_causal_lm(
-            &trained,
-            built_in,
-            None,
-            &model_dir,
-            &SaveOptions::default(),
-        )?,
-    }
+    source.save_policy(
+        &trained,
+        lora.as_ref(),
+        common.lora.merge_adapters,
+        &model_dir,
+    )?;
     let summary = DpoSummary {
         method: config.method,
         held_out,

@@ -5,6 +5,7 @@ pub mod common;
 pub mod config;
 pub mod curves;
 pub mod dpo;
+pub mod model_source;
 pub mod report;
 pub mod reward;
 

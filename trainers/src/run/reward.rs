@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::common::{
-    add_means, check_finite, datasets, interrupt_flag, model_and_tokenizer, prepare_output, scalar,
-    tokenize, BatchOrder, MetricsLog, ModelSource, Progress,
+    add_means, check_finite, datasets, interrupt_flag, prepare_output, scalar, tokenize,
+    BatchOrder, MetricsLog, Progress,
 };
 use super::config::CommonConfig;
+use super::model_source::model_and_tokenizer;
 use crate::data::{collate_pairs, PairBatch, TokenizedPair};
 use crate::error::{Error, Result};
-use crate::hub::{self, LoadOptions, SaveOptions};
 use crate::model::RewardModel;
 use crate::task::SplitMix64;
 use crate::training::{clip_global_norm, Checkpoints, RunState, WarmupCosine};
@@ -209,15 +209,9 @@ where
     prepare_output(&common.output, config)?;
     B::seed(device, common.seed);
 
-    let mut model: RewardModel<B> = match &source {
-        ModelSource::Folder(folder) if folder.is_reward_model() => {
-            folder.load_reward_model(&LoadOptions::default(), device)?
-        }
-        ModelSource::Folder(folder) => {
-            folder.load_reward_model_from_base(&LoadOptions::default(), device)?
-        }
-        ModelSource::BuiltIn(built_in) => RewardModel::new(built_in, device),
-    };
+    let loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
+    let (mut model, lora) = (loaded.model, loaded.lora);
+    println!("{}", crate::training::ParameterCounts::of(&model));
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(common.weight_decay as f32)
         .init::<B, RewardModel<B>>();
@@ -258,6 +252,13 @@ where
     let mut stopped_early = false;
 
     for step in start..common.steps {
+        if lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+            // The adapters' dropout masks depend on the step only: a resumed run draws the same.
+            B::seed(
+                device,
+                common.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+        }
         let lr = schedule.at(step);
         let started = Instant::now();
         let mut accumulator = GradientsAccumulator::<RewardModel<B>>::new();
@@ -358,18 +359,12 @@ where
         &points,
     )?;
     summary.model_dir = common.output.join("model");
-    match &source {
-        ModelSource::Folder(folder) => {
-            folder.save_reward_model(&trained, &summary.model_dir, &SaveOptions::default())?
-        }
-        ModelSource::BuiltIn(built_in) => hub::save_reward_model(
-            &trained,
-            built_in,
-            None,
-            &summary.model_dir,
-            &SaveOptions::default(),
-        )?,
-    }
+    source.save_reward_model(
+        &trained,
+        lora.as_ref(),
+        common.lora.merge_adapters,
+        &summary.model_dir,
+    )?;
     crate::training::write_json(&common.output.join("summary.json"), &summary)?;
     // A plot that cannot be drawn must not cost the run its results.
     if let Err(e) = super::curves::write_curves(&common.output) {

@@ -2,8 +2,10 @@
 
 mod checkpoint;
 mod clip;
+mod parameters;
 mod schedule;
 
 pub use checkpoint::{load_module, read_json, save_module, write_json, Checkpoints, RunState};
 pub use clip::clip_global_norm;
+pub use parameters::ParameterCounts;
 pub use schedule::WarmupCosine;

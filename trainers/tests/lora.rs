@@ -1,0 +1,235 @@
+//! LoRA adapters against PEFT itself: adapters that `peft` made on the tiny fixtures
+//! (`tests/fixtures/hf/peft_generate.py`, random non-zero `lora_A` and `lora_B`) give the
+//! logits and rewards `peft` computed; saved adapters have PEFT's names, layouts and values;
+//! merging, switching adapters off and freezing do what PEFT's do.
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::Tensor;
+use common::{fixture, max_diff_at_real_positions, Expected, ScratchFolder, B};
+use otpref_trainers::hub::{
+    load_adapted_causal_lm, load_adapted_reward_model, save_adapter, AdapterFolder, AdapterTask,
+    LoadOptions, ModelFolder, ADAPTER_WEIGHTS,
+};
+use otpref_trainers::model::{CausalLm, LoraConfig, LoraTarget};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn adapted_policy() -> CausalLm<B> {
+    let adapter = AdapterFolder::open(fixture("llama-lora")).unwrap();
+    load_adapted_causal_lm::<B>(&adapter, &LoadOptions::default(), &Default::default())
+        .unwrap()
+        .1
+}
+
+fn logits_diff(model: &CausalLm<B>, expected: &Expected, side: &str) -> f32 {
+    let batch = expected.batch(side);
+    let (logits, _) = expected.f32(&format!("logits_{side}"));
+    let out = model.forward(batch.ids, batch.mask);
+    max_diff_at_real_positions(out.logits, &logits, &batch.rows)
+}
+
+#[test]
+fn peft_adapter_on_a_policy_gives_peft_logits() {
+    let adapter = AdapterFolder::open(fixture("llama-lora")).unwrap();
+    assert_eq!(adapter.config().rank, 4);
+    assert_eq!(adapter.config().targets, LoraTarget::ALL.to_vec());
+    let model = adapted_policy();
+    let expected = Expected::read(&fixture("llama-lora").join("expected.safetensors"));
+    for side in ["right", "left"] {
+        let diff = logits_diff(&model, &expected, side);
+        assert!(
+            diff < TOLERANCE,
+            "{side} padding: logits differ from peft's by {diff}"
+        );
+    }
+}
+
+#[test]
+fn peft_adapter_on_a_reward_model_gives_peft_rewards() {
+    let adapter = AdapterFolder::open(fixture("llama-reward-lora")).unwrap();
+    assert!(adapter.is_reward_model() && adapter.config().use_rslora);
+    let (_, model) =
+        load_adapted_reward_model::<B>(&adapter, &LoadOptions::default(), &Default::default())
+            .unwrap();
+    let expected = Expected::read(&fixture("llama-reward-lora").join("expected.safetensors"));
+    for side in ["right", "left"] {
+        let batch = expected.batch(side);
+        let (rewards, _) = expected.f32(&format!("rewards_{side}"));
+        let actual = model
+            .forward(batch.ids, batch.mask)
+            .rewards
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (a, e) in actual.iter().zip(&rewards) {
+            assert!((a - e).abs() < TOLERANCE, "{side}: reward {a}, peft {e}");
+        }
+    }
+}
+
+#[test]
+fn switching_adapters_off_gives_the_base_model_and_merging_keeps_the_logits() {
+    let model = adapted_policy();
+    // The base's logits as transformers computed them (generate.py), with adapters off.
+    let base_expected = Expected::read(&fixture("llama").join("expected.safetensors"));
+    let diff = logits_diff(&model.clone().without_lora(), &base_expected, "right");
+    assert!(diff < TOLERANCE, "adapters off: {diff} from the base model");
+    let expected = Expected::read(&fixture("llama-lora").join("expected.safetensors"));
+    let merged = model.merge_lora();
+    assert!(!merged.model.has_lora());
+    let diff = logits_diff(&merged, &expected, "left");
+    assert!(
+        diff < TOLERANCE,
+        "merged: logits differ from peft's by {diff}"
+    );
+}
+
+#[test]
+fn saved_adapter_has_peft_names_layouts_and_values_and_loads_back() {
+    let model = adapted_policy();
+    let adapter = AdapterFolder::open(fixture("llama-lora")).unwrap();
+    let out = ScratchFolder::empty("lora-save");
+    let base = std::fs::canonicalize(fixture("llama")).unwrap();
+    save_adapter(
+        &model,
+        adapter.config(),
+        AdapterTask::CausalLm,
+        base.to_str().unwrap(),
+        &out.0,
+    )
+    .unwrap();
+    // The same tensors, by name, shape and value, as in the file peft wrote.
+    let ours = Expected::read(&out.0.join(ADAPTER_WEIGHTS));
+    let peft = Expected::read(&fixture("llama-lora").join(ADAPTER_WEIGHTS));
+    assert_eq!(ours.names(), peft.names());
+    for name in peft.names() {
+        assert_eq!(ours.shape(&name), peft.shape(&name), "{name}");
+        assert_eq!(ours.f32(&name).0, peft.f32(&name).0, "{name}");
+    }
+    // And it loads back: same logits as peft's.
+    let reopened = AdapterFolder::open(&out.0).unwrap();
+    assert_eq!(reopened.config(), adapter.config());
+    let (_, loaded) =
+        load_adapted_causal_lm::<B>(&reopened, &LoadOptions::default(), &Default::default())
+            .unwrap();
+    let expected = Expected::read(&fixture("llama-lora").join("expected.safetensors"));
+    let diff = logits_diff(&loaded, &expected, "right");
+    assert!(diff < TOLERANCE, "reloaded adapter: {diff}");
+}
+
+#[test]
+fn saved_reward_adapter_keeps_the_score_head() {
+    let adapter = AdapterFolder::open(fixture("llama-reward-lora")).unwrap();
+    let (_, model) =
+        load_adapted_reward_model::<B>(&adapter, &LoadOptions::default(), &Default::default())
+            .unwrap();
+    let out = ScratchFolder::empty("lora-reward-save");
+    let base = std::fs::canonicalize(fixture("llama-reward")).unwrap();
+    save_adapter(
+        &model,
+        adapter.config(),
+        AdapterTask::RewardModel,
+        base.to_str().unwrap(),
+        &out.0,
+    )
+    .unwrap();
+    let ours = Expected::read(&out.0.join(ADAPTER_WEIGHTS));
+    let peft = Expected::read(&fixture("llama-reward-lora").join(ADAPTER_WEIGHTS));
+    assert_eq!(ours.names(), peft.names());
+    let score = "base_model.model.score.weight";
+    assert_eq!(ours.f32(score).0, peft.f32(score).0);
+}
+
+/// Counts the parameters that require a gradient.
+struct Trainable(usize);
+
+impl<BB: burn::tensor::backend::Backend> ModuleVisitor<BB> for Trainable {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<BB, D>>) {
+        self.0 += param.val().is_require_grad() as usize;
+    }
+}
+
+#[test]
+fn only_adapters_train_and_the_base_stays_bit_identical() {
+    type A = Autodiff<B>;
+    let device = Default::default();
+    let folder = ModelFolder::open(fixture("llama")).unwrap();
+    let config = LoraConfig::new(2);
+    let model = folder
+        .load_causal_lm::<A>(&LoadOptions::default(), &device)
+        .unwrap()
+        .with_lora(&config, &device);
+    let mut trainable = Trainable(0);
+    model.visit(&mut trainable);
+    // Two layers, four attention projections, A and B each.
+    assert_eq!(trainable.0, 2 * 4 * 2);
+
+    let expected = Expected::read(&fixture("llama").join("expected.safetensors"));
+    let batch = expected.batch("right");
+    let ids = Tensor::<A, 2, burn::tensor::Int>::from_data(batch.ids.into_data(), &device);
+    let mask = Tensor::<A, 2, burn::tensor::Bool>::from_data(batch.mask.into_data(), &device);
+    let base_before = model.clone().without_lora().valid();
+    let mut optimizer = AdamWConfig::new().init::<A, CausalLm<A>>();
+    let mut model = model;
+    for _ in 0..2 {
+        let loss = model
+            .forward(ids.clone(), mask.clone())
+            .logits
+            .powi_scalar(2)
+            .mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        assert_eq!(grads.len(), 2 * 4 * 2, "gradients for the adapters only");
+        model = optimizer.step(1e-2, model, grads);
+    }
+    let after = model.clone().without_lora().valid();
+    let weights = |m: &CausalLm<B>| {
+        m.model.layers[0]
+            .self_attn
+            .q_proj
+            .base
+            .weight
+            .val()
+            .into_data()
+    };
+    assert_eq!(weights(&base_before), weights(&after), "the base moved");
+    let embed = |m: &CausalLm<B>| m.model.embed_tokens.weight.val().into_data();
+    assert_eq!(embed(&base_before), embed(&after), "the embeddings moved");
+    // The adapters did move: B started at zero.
+    let b = model.model.layers[0]
+        .self_attn
+        .q_proj
+        .lora
+        .as_ref()
+        .unwrap();
+    let b_max = b.lora_b.weight.val().abs().max().into_scalar();
+    assert!(b_max > 0.0, "lora_B is still zero");
+}
+
+#[test]
+fn adapter_configs_this_decoder_cannot_apply_are_refused_by_name() {
+    let cases: [(&str, serde_json::Value, &str); 3] = [
+        ("use_dora", serde_json::json!(true), "use_dora"),
+        (
+            "target_modules",
+            serde_json::json!(["q_proj", "lm_head"]),
+            "lm_head",
+        ),
+        ("peft_type", serde_json::json!("IA3"), "IA3"),
+    ];
+    for (key, value, named) in cases {
+        let scratch = ScratchFolder::copy_of("llama-lora", key);
+        let path = scratch.0.join("adapter_config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json[key] = value;
+        json["base_model_name_or_path"] =
+            serde_json::json!(std::fs::canonicalize(fixture("llama")).unwrap());
+        std::fs::write(&path, json.to_string()).unwrap();
+        let message = AdapterFolder::open(&scratch.0).unwrap_err().to_string();
+        assert!(message.contains(named), "{key}: {message}");
+    }
+}
