@@ -1,12 +1,12 @@
 //! The DPO trainer as a user runs it: the built-in task and a Hugging Face folder with JSON
-//! lines, metrics and checkpoints, exact resume, a kill during a save, and bad input.
+//! lines, metrics and checkpoints, and bad input (resume and interruptions: interruptions.rs).
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{failure, fixture, metrics, run_ok, Expected, ScratchFolder};
+use common::{failure, fixture, metrics, run_ok, ScratchFolder};
 use serde_json::Value;
 
 fn trainer() -> Command {
@@ -165,77 +165,6 @@ fn loss_falls_on_a_hugging_face_model_with_jsonl_data() {
     // The trained model is saved with the source's tokenizer, as a transformers folder.
     let saved = out.0.join("run/model");
     assert!(saved.join("tokenizer.json").is_file() && saved.join("chat_template.jinja").is_file());
-}
-
-fn model_bytes(run: &Path) -> Vec<(String, Vec<u8>)> {
-    let file = Expected::read(&run.join("model/model.safetensors"));
-    file.names()
-        .into_iter()
-        .map(|n| (n.clone(), file.raw(&n)))
-        .collect()
-}
-
-#[test]
-fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
-    let straight = ScratchFolder::empty("dpo-straight");
-    run_ok(&mut small_run(&straight.0));
-    // The same run, stopped after its step-5 checkpoint: drop what came later and resume.
-    let resumed = ScratchFolder::empty("dpo-resumed");
-    run_ok(&mut small_run(&resumed.0));
-    std::fs::remove_dir_all(resumed.0.join("checkpoints/step-00000010")).unwrap();
-    std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
-    let output = run_ok(small_run(&resumed.0).arg("--resume"));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
-    let (a, b) = (model_bytes(&straight.0), model_bytes(&resumed.0));
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        let floats = |bytes: &[u8]| -> Vec<f32> {
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
-        for (p, q) in floats(x).iter().zip(floats(y)) {
-            assert!((p - q).abs() <= 1e-6, "{name}: {p} vs {q}");
-        }
-    }
-    // The metrics read as one run: each step once.
-    let steps: Vec<u64> = metrics(&resumed.0)
-        .iter()
-        .filter(|r| r.get("phase").is_some())
-        .map(|r| r["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(steps, (1..=10).collect::<Vec<_>>());
-}
-
-#[test]
-fn a_kill_during_saving_leaves_a_checkpoint_to_resume_from() {
-    let out = ScratchFolder::empty("dpo-kill");
-    let mut command = small_run(&out.0);
-    // A checkpoint every step and many steps: the kill lands in or near a save.
-    command.args(["--steps", "400", "--save-every", "1", "--eval-every", "0"]);
-    command.stdout(std::process::Stdio::null());
-    let mut child = command.spawn().unwrap();
-    let checkpoints = out.0.join("checkpoints");
-    let complete = |dir: &PathBuf| {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let started = std::time::Instant::now();
-    while complete(&checkpoints) < 2 && started.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(complete(&checkpoints) >= 1);
-    // Resume and finish a few more steps from whatever was complete.
-    let output = run_ok(small_run(&out.0).args(["--steps", "3", "--resume"]));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
 }
 
 /// `--rpo-alpha α` adds α times the chosen responses' per-token NLL to the loss: on the first

@@ -89,11 +89,33 @@ fn run<S: TrainerSettings>(matches: &clap::ArgMatches) -> std::result::Result<()
 
 #[cfg(feature = "cuda")]
 fn train_on_cuda<S: TrainerSettings>(settings: &S, resume: bool) -> Result<()> {
-    let device = super::common::cuda_device()?;
+    let device = cuda_device()?;
     settings.train::<burn::backend::Autodiff<burn::backend::Cuda>>(resume, &device)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn train_on_cuda<S: TrainerSettings>(_: &S, _: bool) -> Result<()> {
     unreachable!("validate() refuses --device cuda without the cuda feature")
+}
+
+/// The first CUDA device, checked to work: without a usable driver this is a one-line error
+/// instead of a panic deep inside the backend.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> crate::Result<burn::backend::cuda::CudaDevice> {
+    let device = burn::backend::cuda::CudaDevice::default();
+    let probe = device.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let works = std::panic::catch_unwind(move || {
+        let x = burn::tensor::Tensor::<burn::backend::Cuda, 1>::ones([2], &probe);
+        x.sum().into_scalar()
+    });
+    std::panic::set_hook(hook);
+    works.map(|_| device).map_err(|_| {
+        crate::Error::Training(
+            "--device cuda: no usable CUDA device (is the NVIDIA driver installed and a GPU \
+             visible?)"
+                .into(),
+        )
+    })
 }

@@ -9,8 +9,10 @@ use clap::{ArgMatches, Args, ValueEnum};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::error::{Error, Result as TrainResult};
 use crate::hub::is_adapter_folder;
 use crate::model::{LoraConfig, LoraTarget};
+use crate::training::{LoopConfig, Phase, WarmupCosine};
 
 /// Where to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -253,6 +255,38 @@ impl CommonConfig {
     }
 }
 
+impl CommonConfig {
+    /// The training loop's settings for a run trained with `lora` adapters (or none).
+    pub fn loop_config(&self, lora: Option<&LoraConfig>) -> LoopConfig {
+        LoopConfig {
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            log_every: self.log_every,
+            eval_every: self.eval_every,
+            save_every: self.save_every,
+            seed: self.seed,
+            // Adapter dropout draws inside the step: seeded per step, resume stays exact.
+            reseed_every_step: lora.is_some_and(|l| l.dropout > 0.0),
+        }
+    }
+
+    /// A phase of `steps` steps from step `origin` with peak learning rate `peak`: linear
+    /// warm-up over `--warmup-ratio` of it, then cosine decay to `--final-lr-ratio`.
+    pub fn phase(&self, origin: usize, steps: usize, peak: f64) -> Phase {
+        Phase {
+            origin,
+            end: origin + steps,
+            schedule: WarmupCosine {
+                peak,
+                warmup_steps: (self.warmup_ratio * steps as f64).ceil() as usize,
+                total_steps: steps,
+                final_ratio: self.final_lr_ratio,
+            },
+        }
+    }
+}
+
 /// Applies `--config FILE` to `from_cli`, the settings parsed from the command line: the
 /// file's values first, then every flag given explicitly on the command line. `matches` are
 /// the command line's (so that defaults can be told from explicit flags).
@@ -287,4 +321,12 @@ pub fn apply_config_file<C: Serialize + DeserializeOwned>(
         }
     }
     serde_json::from_value(merged).map_err(|e| format!("--config {}: {e}", path.display()))
+}
+
+/// Creates the output folder and writes the run's configuration into it.
+pub fn prepare_output<C: serde::Serialize>(output: &Path, config: &C) -> TrainResult<PathBuf> {
+    std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    let path = output.join("config.json");
+    crate::training::write_json(&path, config)?;
+    Ok(path)
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::optim::AdamWConfig;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use clap::Args;
 use otpref::{
@@ -17,12 +17,9 @@ use otpref::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 
-use super::common::{
-    add_means, check_finite, datasets, interrupt_flag, prepare_output, scalar, tokenize,
-    BatchOrder, MetricsLog, Progress,
-};
-use super::config::CommonConfig;
-use super::model_source::model_and_tokenizer;
+use super::config::{prepare_output, CommonConfig};
+use super::datasets::{datasets, tokenize};
+use super::model_source::{model_and_tokenizer, ModelSource};
 use crate::data::{collate_pairs, PairBatch, Text, TokenizedPair};
 use crate::error::Result;
 use crate::methods::{DpoLoss, DpoMethod, MethodSettings};
@@ -30,7 +27,8 @@ use crate::model::{generate_greedy, next_token_logps, CausalLm};
 use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    clip_global_norm, load_module, save_module, Checkpoints, RunState, WarmupCosine,
+    load_module, save_module, scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts,
+    Trainer,
 };
 
 /// Every setting of the DPO trainer.
@@ -210,7 +208,8 @@ pub struct DpoSummary {
     pub interrupted: bool,
 }
 
-/// Runs the DPO trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`).
+/// Runs the DPO trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`):
+/// SFT then DPO, two fits of the same loop.
 pub fn run<B>(config: &DpoConfig, resume: bool, device: &B::Device) -> Result<DpoSummary>
 where
     B: AutodiffBackend + OtBackend,
@@ -224,254 +223,100 @@ where
     prepare_output(&common.output, config)?;
     B::seed(device, common.seed);
 
-    let model_config = source.config().clone();
     let loaded = source.load_policy::<B>(common.lora.config().as_ref(), device)?;
-    let (mut policy, lora) = (loaded.model, loaded.lora);
-    println!("{}", crate::training::ParameterCounts::of(&policy));
+    let lora = loaded.lora;
+    println!("{}", ParameterCounts::of(&loaded.model));
     let new_optimizer = || {
         AdamWConfig::new()
             .with_weight_decay(common.weight_decay as f32)
             .init::<B, CausalLm<B>>()
     };
-    let mut optimizer = new_optimizer();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
-    let reference_path = common.output.join("reference");
+    let (policy, optimizer, state) =
+        checkpoints.resume(resume, loaded.model, new_optimizer(), device)?;
+    let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
     let total = config.sft_steps + common.steps;
-    let (mut start, mut num_tokens) = (0, 0);
-    let mut reference: Option<CausalLm<B::InnerBackend>> = None;
-    if resume {
-        match checkpoints.latest() {
-            Some((_, folder)) => {
-                let state: RunState;
-                (policy, optimizer, state) = Checkpoints::load(&folder, policy, optimizer, device)?;
-                (start, num_tokens) = (state.step, state.num_tokens);
-                // The reference is saved as the first DPO step starts (with LoRA it is the
-                // frozen base, in the checkpoint already).
-                if start > config.sft_steps && lora.is_none() {
-                    let empty = CausalLm::new(&model_config, device);
-                    reference = Some(load_module(empty, &reference_path, device)?);
-                }
-                println!("resumed from {} (step {start})", folder.display());
-            }
-            None => println!(
-                "no checkpoint in {}: starting from step 0",
-                checkpoints_dir(common)
-            ),
-        }
-    }
-
-    let schedule = |steps: usize, peak: f64| WarmupCosine {
-        peak,
-        warmup_steps: (common.warmup_ratio * steps as f64).ceil() as usize,
-        total_steps: steps,
-        final_ratio: common.final_lr_ratio,
-    };
-    let sft_schedule = schedule(config.sft_steps, config.sft_lr);
-    let dpo_schedule = schedule(common.steps, config.lr);
-    let mut metrics = MetricsLog::open(&common.output, resume.then_some(start))?;
-    let interrupted = interrupt_flag();
-    let mut order = BatchOrder::new(train_pairs.len(), common.seed);
-    let mut progress = Progress::new(start, total);
+    let mut trainer = Trainer::new(
+        common.loop_config(lora.as_ref()),
+        train_pairs.len(),
+        checkpoints,
+        metrics,
+        state,
+        total,
+    );
     let pad = tokenizer.pad_id();
-    let settings = config.settings();
-    let mut precomputed: Option<Vec<ReferenceLogps>> = None;
-    let (mut dpo_time, mut weight_time) = (Duration::ZERO, Duration::ZERO);
-    let mut stopped_early = false;
 
-    for step in start..total {
-        if lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-            // The adapters' dropout masks depend on the step only: a resumed run draws the same.
-            B::seed(
-                device,
-                common.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-        }
-        let in_dpo = step >= config.sft_steps;
-        if in_dpo && reference.is_none() {
-            if step == config.sft_steps {
-                if let (Some(lora), true) = (&lora, config.sft_steps > 0) {
-                    // The warm-up's adapters become part of the frozen base, and DPO trains
-                    // fresh ones on top (as one merges an SFT adapter before DPO with PEFT).
-                    // Seeded by the step so that a resumed run draws the same adapters.
-                    B::seed(device, common.seed.wrapping_add(step as u64));
-                    policy = policy.merge_lora().with_lora(lora, device);
-                }
-                optimizer = new_optimizer();
-            }
-            reference = Some(match lora {
-                // The base with the adapters off: it shares the policy's frozen weights.
-                Some(_) => policy.valid().without_lora(),
-                // The model as DPO starts: after warm-up, or as loaded.
-                None => {
-                    let frozen = policy.valid();
-                    save_module(&frozen, &reference_path)?;
-                    frozen
-                }
-            });
-        }
-        if in_dpo && config.precompute_ref && precomputed.is_none() {
-            let frozen = reference.as_ref().expect("set above");
-            progress.println(&format!(
-                "precomputing the reference's log-probabilities over {} pairs",
-                train_pairs.len()
-            ));
-            precomputed = Some(reference_logps(
-                frozen,
-                &train_pairs,
-                common.batch_size,
-                pad,
-                device,
-            ));
-        }
-        let lr = if in_dpo {
-            dpo_schedule.at(step - config.sft_steps)
-        } else {
-            sft_schedule.at(step)
-        };
-        let started = Instant::now();
-        let mut accumulator = GradientsAccumulator::<CausalLm<B>>::new();
-        let mut record = Map::new();
-        for micro in 0..common.grad_accum {
-            let indices = order.batch(step * common.grad_accum + micro, common.batch_size);
-            let pairs: Vec<TokenizedPair> =
-                indices.iter().map(|&i| train_pairs[i].clone()).collect();
-            let batch = collate_pairs::<B>(&pairs, pad, device);
-            num_tokens += batch.num_tokens;
-            progress.add_tokens(batch.num_tokens);
-            let loss = if in_dpo {
-                let reference = reference.as_ref().expect("set when DPO starts");
-                let precomputed = precomputed
-                    .as_ref()
-                    .map(|all| indices.iter().map(|&i| all[i].clone()).collect::<Vec<_>>());
-                let outcome = dpo_loss(
-                    config,
-                    &settings,
-                    step,
-                    &policy,
-                    reference,
-                    precomputed.as_deref(),
-                    batch,
-                    device,
-                )?;
-                weight_time += outcome.weight_time;
-                add_means(&mut record, &outcome.metrics, common.grad_accum);
-                outcome.loss
-            } else {
-                let loss = sft_loss(&policy, batch);
-                add_means(
-                    &mut record,
-                    &[("loss", scalar(loss.clone()))],
-                    common.grad_accum,
-                );
-                loss
-            };
-            let grads = (loss / common.grad_accum as f64).backward();
-            accumulator.accumulate(&policy, GradientsParams::from_grads(grads, &policy));
-        }
-        // Every step, before the update: a NaN must stop the run, not be trained on.
-        check_finite(&record, step)?;
-        let clip = (common.max_grad_norm > 0.0).then_some(common.max_grad_norm);
-        let (grads, grad_norm) = clip_global_norm(&policy, accumulator.grads(), clip);
-        policy = optimizer.step(lr, policy, grads);
-        if in_dpo {
-            dpo_time += started.elapsed();
-        }
-
-        let last = step + 1 == total;
-        let label = if in_dpo { "dpo" } else { "sft" };
-        let shown: Vec<String> = ["loss", "rewards/accuracies", "rewards/margins"]
-            .iter()
-            .filter_map(|k| {
-                Some(format!(
-                    "{} {:.4}",
-                    k.rsplit('/').next()?,
-                    record.get(*k)?.as_f64()?
-                ))
-            })
-            .collect();
-        let shown = shown.join(" ");
-        progress.update(step, label, &shown);
-        if (step + 1) % common.log_every == 0 || last || step + 1 == config.sft_steps {
-            record.insert("step".into(), json!(step + 1));
-            record.insert("phase".into(), json!(label));
-            record.insert("grad_norm".into(), json!(grad_norm));
-            record.insert("learning_rate".into(), json!(lr));
-            record.insert("num_tokens".into(), json!(num_tokens));
-            if in_dpo {
-                record.insert(
-                    "otpref/weight_time_share".into(),
-                    json!(weight_time.as_secs_f64() / dpo_time.as_secs_f64().max(1e-9)),
-                );
-            }
-            progress.line(step, label, &shown);
-            metrics.write(&record);
-        }
-        if in_dpo
-            && common.eval_every > 0
-            && (step + 1 - config.sft_steps).is_multiple_of(common.eval_every)
-            && !last
-        {
-            let reference = reference.as_ref().expect("set when DPO starts");
-            let held_out = held_out(
-                config,
-                &settings,
-                &policy.valid(),
-                reference,
-                &eval_pairs,
-                pad,
-                device,
-            )?;
-            progress.println(&log_held_out(&mut metrics, step + 1, &held_out));
-        }
-        let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-        let periodic = common.save_every > 0 && (step + 1) % common.save_every == 0;
-        if periodic || stop || last {
-            let state = RunState {
-                step: step + 1,
-                num_tokens,
-            };
-            let saved = checkpoints.save(step + 1, &policy, &optimizer, &state)?;
-            if stop {
-                progress.println(&format!(
-                    "checkpoint saved to {}; resume with --resume",
-                    saved.display()
-                ));
-                stopped_early = !last;
-                break;
-            }
-        }
-    }
-    progress.finish();
-
-    let frozen = match reference {
-        Some(reference) if !stopped_early => reference,
-        _ => {
-            println!("stopped before the last step: no final evaluation, no model saved");
-            return Ok(DpoSummary {
-                method: config.method,
-                held_out: HeldOut::default(),
-                reference: Generations::default(),
-                policy: Generations::default(),
-                weight_time_share: 0.0,
-                model_dir: PathBuf::new(),
-                interrupted: true,
-            });
-        }
+    let sft = common.phase(0, config.sft_steps, config.sft_lr);
+    let mut warm_up = SftStep {
+        pairs: &train_pairs,
+        pad,
+        device,
     };
-    let trained = policy.valid();
+    let fitted = trainer.fit(&mut warm_up, policy, optimizer, &sft, device)?;
+    if fitted.interrupted {
+        trainer.finish();
+        return Ok(DpoSummary::stopped(config.method));
+    }
+    let (mut policy, mut optimizer) = (fitted.model, fitted.optimizer);
+    let starts_dpo = trainer.next_step() == config.sft_steps;
+    if starts_dpo {
+        if let (Some(lora), true) = (&lora, config.sft_steps > 0) {
+            // The warm-up's adapters become part of the frozen base, and DPO trains fresh ones
+            // on top (as one merges an SFT adapter before DPO with PEFT). Seeded by the step,
+            // so that a resumed run draws the same adapters.
+            B::seed(device, common.seed.wrapping_add(config.sft_steps as u64));
+            policy = policy.merge_lora().with_lora(lora, device);
+        }
+        optimizer = new_optimizer();
+    }
+    let reference = reference_model(config, &source, &policy, lora.is_some(), starts_dpo, device)?;
+    let precomputed = config.precompute_ref.then(|| {
+        trainer.println(&format!(
+            "precomputing the reference's log-probabilities over {} pairs",
+            train_pairs.len()
+        ));
+        reference_logps(&reference, &train_pairs, common.batch_size, pad, device)
+    });
+
+    let dpo = common.phase(config.sft_steps, common.steps, config.lr);
+    let mut method = DpoStep {
+        config,
+        settings: config.settings(),
+        reference: &reference,
+        precomputed,
+        pairs: &train_pairs,
+        eval_pairs: &eval_pairs,
+        pad,
+        device,
+        weight_time: Duration::ZERO,
+    };
+    let fitted = trainer.fit(&mut method, policy, optimizer, &dpo, device)?;
+    trainer.finish();
+    if fitted.interrupted {
+        return Ok(DpoSummary::stopped(config.method));
+    }
+    let weight_time_share =
+        method.weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
+
+    let trained = fitted.model.valid();
     let held_out = held_out(
         config,
-        &settings,
+        &method.settings,
         &trained,
-        &frozen,
+        &reference,
         &eval_pairs,
         pad,
         device,
     )?;
-    println!("{}", log_held_out(&mut metrics, total, &held_out));
+    println!("{}", log_held_out(trainer.metrics(), total, &held_out));
     let prompts = eval_prompts(&eval, config.eval_prompts, &tokenizer)?;
-    let reference_generations =
-        generations(&frozen, &prompts, &tokenizer, config.max_new_tokens, device)?;
+    let reference_generations = generations(
+        &reference,
+        &prompts,
+        &tokenizer,
+        config.max_new_tokens,
+        device,
+    )?;
     let policy_generations = generations(
         &trained,
         &prompts,
@@ -480,7 +325,14 @@ where
         device,
     )?;
 
-    let examples = weighted_examples(config, &settings, &trained, &eval_pairs, &tokenizer, device)?;
+    let examples = weighted_examples(
+        config,
+        &method.settings,
+        &trained,
+        &eval_pairs,
+        &tokenizer,
+        device,
+    )?;
     let title = format!("{:?} token weights on held-out pairs", config.method);
     super::report::write_weights_page(&common.output.join("weights.html"), &title, &examples)?;
     let model_dir = common.output.join("model");
@@ -495,9 +347,9 @@ where
         held_out,
         reference: reference_generations,
         policy: policy_generations,
-        weight_time_share: weight_time.as_secs_f64() / dpo_time.as_secs_f64().max(1e-9),
+        weight_time_share,
         model_dir,
-        interrupted: stopped_early,
+        interrupted: false,
     };
     crate::training::write_json(&common.output.join("summary.json"), &summary)?;
     // A plot that cannot be drawn must not cost the run its results.
@@ -508,8 +360,162 @@ where
     Ok(summary)
 }
 
-fn checkpoints_dir(common: &CommonConfig) -> String {
-    common.output.join("checkpoints").display().to_string()
+impl DpoSummary {
+    /// The summary of a run stopped (Ctrl-C) before its last step.
+    fn stopped(method: DpoMethod) -> Self {
+        println!("stopped before the last step: no final evaluation, no model saved");
+        Self {
+            method,
+            held_out: HeldOut::default(),
+            reference: Generations::default(),
+            policy: Generations::default(),
+            weight_time_share: 0.0,
+            model_dir: PathBuf::new(),
+            interrupted: true,
+        }
+    }
+}
+
+/// The frozen reference as DPO starts (`starts_dpo`) or resumes. With LoRA: the base with the
+/// adapters off, sharing the policy's frozen weights. Without: the policy as DPO starts (after
+/// the warm-up, or as loaded), saved to `OUTPUT/reference` for a resumed run to read back.
+fn reference_model<B: AutodiffBackend>(
+    config: &DpoConfig,
+    source: &ModelSource,
+    policy: &CausalLm<B>,
+    lora: bool,
+    starts_dpo: bool,
+    device: &B::Device,
+) -> Result<CausalLm<B::InnerBackend>> {
+    let path = config.common.output.join("reference");
+    if lora {
+        return Ok(policy.valid().without_lora());
+    }
+    if starts_dpo {
+        let frozen = policy.valid();
+        save_module(&frozen, &path)?;
+        return Ok(frozen);
+    }
+    load_module(CausalLm::new(source.config(), device), &path, device)
+}
+
+/// The supervised warm-up as a [`Method`]: the chosen responses' NLL.
+struct SftStep<'a, B: Backend> {
+    pairs: &'a [TokenizedPair],
+    pad: u32,
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> Method<B> for SftStep<'_, B> {
+    type Model = CausalLm<B>;
+
+    fn phase(&self) -> &'static str {
+        "sft"
+    }
+
+    fn loss(&mut self, model: &CausalLm<B>, indices: &[usize], _: usize) -> Result<MicroStep<B>> {
+        let batch = collate_indices::<B>(self.pairs, indices, self.pad, self.device);
+        let tokens = batch.num_tokens;
+        let loss = sft_loss(model, batch);
+        Ok(MicroStep {
+            metrics: vec![("loss", scalar(loss.clone()))],
+            loss,
+            tokens,
+        })
+    }
+}
+
+/// The DPO phase as a [`Method`]: token weights, the weighted DPO loss, held-out pairs.
+struct DpoStep<'a, B: AutodiffBackend> {
+    config: &'a DpoConfig,
+    settings: MethodSettings,
+    reference: &'a CausalLm<B::InnerBackend>,
+    precomputed: Option<Vec<ReferenceLogps>>,
+    pairs: &'a [TokenizedPair],
+    eval_pairs: &'a [TokenizedPair],
+    pad: u32,
+    device: &'a B::Device,
+    weight_time: Duration,
+}
+
+impl<B> Method<B> for DpoStep<'_, B>
+where
+    B: AutodiffBackend + OtBackend,
+    B::InnerBackend: OtBackend,
+{
+    type Model = CausalLm<B>;
+
+    fn phase(&self) -> &'static str {
+        "dpo"
+    }
+
+    fn shown(&self) -> &'static [&'static str] {
+        &["loss", "rewards/accuracies", "rewards/margins"]
+    }
+
+    fn loss(
+        &mut self,
+        model: &CausalLm<B>,
+        indices: &[usize],
+        step: usize,
+    ) -> Result<MicroStep<B>> {
+        let batch = collate_indices::<B>(self.pairs, indices, self.pad, self.device);
+        let tokens = batch.num_tokens;
+        let precomputed = self
+            .precomputed
+            .as_ref()
+            .map(|all| indices.iter().map(|&i| all[i].clone()).collect::<Vec<_>>());
+        let outcome = dpo_loss(
+            self.config,
+            &self.settings,
+            step,
+            model,
+            self.reference,
+            precomputed.as_deref(),
+            batch,
+            self.device,
+        )?;
+        self.weight_time += outcome.weight_time;
+        Ok(MicroStep {
+            loss: outcome.loss,
+            metrics: outcome.metrics,
+            tokens,
+        })
+    }
+
+    fn timing_metrics(&self, step_time: Duration) -> Vec<(&'static str, f64)> {
+        let share = self.weight_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9);
+        vec![("otpref/weight_time_share", share)]
+    }
+
+    fn evaluate(
+        &mut self,
+        model: &CausalLm<B>,
+        step: usize,
+        metrics: &mut MetricsLog,
+    ) -> Result<Option<String>> {
+        let held_out = held_out(
+            self.config,
+            &self.settings,
+            &model.valid(),
+            self.reference,
+            self.eval_pairs,
+            self.pad,
+            self.device,
+        )?;
+        Ok(Some(log_held_out(metrics, step, &held_out)))
+    }
+}
+
+/// The pairs `indices` of `pairs` collated into one batch.
+fn collate_indices<B: Backend>(
+    pairs: &[TokenizedPair],
+    indices: &[usize],
+    pad: u32,
+    device: &B::Device,
+) -> PairBatch<B> {
+    let chosen: Vec<TokenizedPair> = indices.iter().map(|&i| pairs[i].clone()).collect();
+    collate_pairs::<B>(&chosen, pad, device)
 }
 
 /// Reference log-probabilities of one pair, `[len - 1]` per response row, computed once.

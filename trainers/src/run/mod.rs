@@ -1,9 +1,9 @@
 //! The trainer programs' bodies; `src/bin/*` only parse the command line and call in.
 
 pub mod cli;
-pub mod common;
 pub mod config;
 pub mod curves;
+pub mod datasets;
 pub mod dpo;
 pub mod model_source;
 pub mod report;

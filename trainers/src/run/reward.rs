@@ -6,26 +6,25 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use clap::{Args, ValueEnum};
 use otpref::aplot::hard_margins;
 use otpref::{aplot_margins, bt_margin_loss, AplotConfig, BtLossConfig, OtBackend};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
-use super::common::{
-    add_means, check_finite, datasets, interrupt_flag, prepare_output, scalar, tokenize,
-    BatchOrder, MetricsLog, Progress,
-};
-use super::config::CommonConfig;
+use super::config::{prepare_output, CommonConfig};
+use super::datasets::{datasets, tokenize};
 use super::model_source::model_and_tokenizer;
 use crate::data::{collate_pairs, PairBatch, TokenizedPair};
 use crate::error::{Error, Result};
 use crate::model::RewardModel;
 use crate::task::SplitMix64;
-use crate::training::{clip_global_norm, Checkpoints, RunState, WarmupCosine};
+use crate::training::{
+    scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, Trainer,
+};
 
 /// The reward model's loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -210,27 +209,13 @@ where
     B::seed(device, common.seed);
 
     let loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
-    let (mut model, lora) = (loaded.model, loaded.lora);
-    println!("{}", crate::training::ParameterCounts::of(&model));
-    let mut optimizer = AdamWConfig::new()
+    let lora = loaded.lora;
+    println!("{}", ParameterCounts::of(&loaded.model));
+    let optimizer = AdamWConfig::new()
         .with_weight_decay(common.weight_decay as f32)
         .init::<B, RewardModel<B>>();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
-    let (mut start, mut num_tokens) = (0, 0);
-    if resume {
-        match checkpoints.latest() {
-            Some((_, folder)) => {
-                let state: RunState;
-                (model, optimizer, state) = Checkpoints::load(&folder, model, optimizer, device)?;
-                (start, num_tokens) = (state.step, state.num_tokens);
-                println!("resumed from {} (step {start})", folder.display());
-            }
-            None => println!(
-                "no checkpoint in {}: starting from step 0",
-                common.output.join("checkpoints").display()
-            ),
-        }
-    }
+    let (model, optimizer, state) = checkpoints.resume(resume, loaded.model, optimizer, device)?;
     let pad = tokenizer.pad_id();
     let before = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
     println!(
@@ -238,100 +223,30 @@ where
         before.accuracy(),
         before.ties
     );
-    let schedule = WarmupCosine {
-        peak: config.lr,
-        warmup_steps: (common.warmup_ratio * common.steps as f64).ceil() as usize,
-        total_steps: common.steps,
-        final_ratio: common.final_lr_ratio,
+    let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
+    let mut trainer = Trainer::new(
+        common.loop_config(lora.as_ref()),
+        train_pairs.len(),
+        checkpoints,
+        metrics,
+        state,
+        common.steps,
+    );
+    let mut method = RewardStep {
+        config,
+        pairs: &train_pairs,
+        eval_pairs: &eval_pairs,
+        pad,
+        device,
+        margin_time: Duration::ZERO,
     };
-    let mut metrics = MetricsLog::open(&common.output, resume.then_some(start))?;
-    let interrupted = interrupt_flag();
-    let mut order = BatchOrder::new(train_pairs.len(), common.seed);
-    let mut progress = Progress::new(start, common.steps);
-    let (mut step_time, mut margin_time) = (Duration::ZERO, Duration::ZERO);
-    let mut stopped_early = false;
-
-    for step in start..common.steps {
-        if lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
-            // The adapters' dropout masks depend on the step only: a resumed run draws the same.
-            B::seed(
-                device,
-                common.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-        }
-        let lr = schedule.at(step);
-        let started = Instant::now();
-        let mut accumulator = GradientsAccumulator::<RewardModel<B>>::new();
-        let mut record = Map::new();
-        for micro in 0..common.grad_accum {
-            let indices = order.batch(step * common.grad_accum + micro, common.batch_size);
-            let pairs: Vec<TokenizedPair> =
-                indices.iter().map(|&i| train_pairs[i].clone()).collect();
-            let batch = collate_pairs::<B>(&pairs, pad, device);
-            num_tokens += batch.num_tokens;
-            progress.add_tokens(batch.num_tokens);
-            let outcome = reward_loss(config, &model, batch)?;
-            margin_time += outcome.margin_time;
-            add_means(&mut record, &outcome.metrics, common.grad_accum);
-            let grads = (outcome.loss / common.grad_accum as f64).backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
-        }
-        // Every step, before the update: a NaN must stop the run, not be trained on.
-        check_finite(&record, step)?;
-        let clip = (common.max_grad_norm > 0.0).then_some(common.max_grad_norm);
-        let (grads, grad_norm) = clip_global_norm(&model, accumulator.grads(), clip);
-        model = optimizer.step(lr, model, grads);
-        step_time += started.elapsed();
-
-        let last = step + 1 == common.steps;
-        let shown = format!(
-            "loss {:.4} accuracy {:.3}",
-            record
-                .get("loss")
-                .and_then(Value::as_f64)
-                .unwrap_or(f64::NAN),
-            record
-                .get("accuracy")
-                .and_then(Value::as_f64)
-                .unwrap_or(f64::NAN)
-        );
-        progress.update(step, "reward", &shown);
-        if (step + 1) % common.log_every == 0 || last {
-            record.insert("step".into(), json!(step + 1));
-            record.insert("phase".into(), json!("reward"));
-            record.insert("grad_norm".into(), json!(grad_norm));
-            record.insert("learning_rate".into(), json!(lr));
-            record.insert("num_tokens".into(), json!(num_tokens));
-            record.insert(
-                "otpref/margin_time_share".into(),
-                json!(margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9)),
-            );
-            progress.line(step, "reward", &shown);
-            metrics.write(&record);
-        }
-        if common.eval_every > 0 && (step + 1).is_multiple_of(common.eval_every) && !last {
-            let held_out = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
-            progress.println(&log_accuracy(&mut metrics, step + 1, &held_out));
-        }
-        let stop = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-        let periodic = common.save_every > 0 && (step + 1).is_multiple_of(common.save_every);
-        if periodic || stop || last {
-            let state = RunState {
-                step: step + 1,
-                num_tokens,
-            };
-            let saved = checkpoints.save(step + 1, &model, &optimizer, &state)?;
-            if stop && !last {
-                progress.println(&format!(
-                    "checkpoint saved to {}; resume with --resume",
-                    saved.display()
-                ));
-                stopped_early = true;
-                break;
-            }
-        }
-    }
-    progress.finish();
+    let phase = common.phase(0, common.steps, config.lr);
+    let fitted = trainer.fit(&mut method, model, optimizer, &phase, device)?;
+    trainer.finish();
+    let stopped_early = fitted.interrupted;
+    let model = fitted.model;
+    let step_time = fitted.step_time;
+    let margin_time = method.margin_time;
 
     let trained = model.valid();
     let mut summary = RewardSummary {
@@ -350,7 +265,7 @@ where
     summary.after = accuracy(&trained, &eval_pairs, common.batch_size, pad, device);
     println!(
         "{}",
-        log_accuracy(&mut metrics, common.steps, &summary.after)
+        log_accuracy(trainer.metrics(), common.steps, &summary.after)
     );
     let points = margin_points(config, &trained, &eval_pairs, pad, device)?;
     super::report::write_margins_page(
@@ -372,6 +287,72 @@ where
     }
     print_summary(&summary);
     Ok(summary)
+}
+
+/// The reward model's training as a [`Method`]: the chosen and rejected rewards, the run's
+/// margins (APLOT's from OT over the batch), the Bradley-Terry loss; held-out accuracy.
+struct RewardStep<'a, B: Backend> {
+    config: &'a RewardConfig,
+    pairs: &'a [TokenizedPair],
+    eval_pairs: &'a [TokenizedPair],
+    pad: u32,
+    device: &'a B::Device,
+    margin_time: Duration,
+}
+
+impl<B> Method<B> for RewardStep<'_, B>
+where
+    B: AutodiffBackend + OtBackend,
+{
+    type Model = RewardModel<B>;
+
+    fn phase(&self) -> &'static str {
+        "reward"
+    }
+
+    fn shown(&self) -> &'static [&'static str] {
+        &["loss", "accuracy"]
+    }
+
+    fn loss(
+        &mut self,
+        model: &RewardModel<B>,
+        indices: &[usize],
+        _: usize,
+    ) -> Result<MicroStep<B>> {
+        let pairs: Vec<TokenizedPair> = indices.iter().map(|&i| self.pairs[i].clone()).collect();
+        let batch = collate_pairs::<B>(&pairs, self.pad, self.device);
+        let tokens = batch.num_tokens;
+        let outcome = reward_loss(self.config, model, batch)?;
+        self.margin_time += outcome.margin_time;
+        Ok(MicroStep {
+            loss: outcome.loss,
+            metrics: outcome.metrics,
+            tokens,
+        })
+    }
+
+    fn timing_metrics(&self, step_time: Duration) -> Vec<(&'static str, f64)> {
+        let share = self.margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9);
+        vec![("otpref/margin_time_share", share)]
+    }
+
+    fn evaluate(
+        &mut self,
+        model: &RewardModel<B>,
+        step: usize,
+        metrics: &mut MetricsLog,
+    ) -> Result<Option<String>> {
+        let batch_size = self.config.common.batch_size;
+        let held_out = accuracy(
+            &model.valid(),
+            self.eval_pairs,
+            batch_size,
+            self.pad,
+            self.device,
+        );
+        Ok(Some(log_accuracy(metrics, step, &held_out)))
+    }
 }
 
 /// Swaps chosen and rejected in a `share` of the pairs (drawn with `seed`); returns how many.

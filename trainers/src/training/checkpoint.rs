@@ -127,6 +127,44 @@ impl Checkpoints {
         Ok((model, optimizer, state))
     }
 
+    /// With `resume`, loads the newest checkpoint into `model` and `optimizer` and returns its
+    /// state; without (or with no checkpoint yet), returns them as they are at step 0.
+    pub fn resume<B, M, O>(
+        &self,
+        resume: bool,
+        model: M,
+        optimizer: O,
+        device: &B::Device,
+    ) -> Result<(M, O, RunState)>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+        O: Optimizer<M, B>,
+    {
+        let fresh = RunState {
+            step: 0,
+            num_tokens: 0,
+        };
+        if !resume {
+            return Ok((model, optimizer, fresh));
+        }
+        match self.latest() {
+            Some((_, folder)) => {
+                let (model, optimizer, state): (M, O, RunState) =
+                    Self::load(&folder, model, optimizer, device)?;
+                println!("resumed from {} (step {})", folder.display(), state.step);
+                Ok((model, optimizer, state))
+            }
+            None => {
+                println!(
+                    "no checkpoint in {}: starting from step 0",
+                    self.dir.display()
+                );
+                Ok((model, optimizer, fresh))
+            }
+        }
+    }
+
     /// Removes all but the newest `keep` checkpoints, and leftovers of interrupted saves.
     fn prune(&self) -> Result<()> {
         for entry in std::fs::read_dir(&self.dir)

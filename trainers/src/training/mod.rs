@@ -1,11 +1,22 @@
-//! The training loop's parts that burn 0.21 does not provide in the form the trainers need.
+//! The training loop ([`Trainer`], one for every method and phase) and its parts that burn
+//! 0.21 does not provide in the form the trainers need.
 
 mod checkpoint;
 mod clip;
+mod interrupt;
+mod metrics;
+mod order;
 mod parameters;
+mod progress;
 mod schedule;
+mod trainer;
 
 pub use checkpoint::{load_module, read_json, save_module, write_json, Checkpoints, RunState};
 pub use clip::clip_global_norm;
+pub use interrupt::interrupt_flag;
+pub use metrics::{add_means, check_finite, scalar, MetricsLog};
+pub use order::BatchOrder;
 pub use parameters::ParameterCounts;
+pub use progress::{format_duration, Progress};
 pub use schedule::WarmupCosine;
+pub use trainer::{Fitted, LoopConfig, Method, MicroStep, Phase, Trainer};

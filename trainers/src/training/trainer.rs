@@ -1,0 +1,341 @@
+//! The one training loop both trainers run: micro-batches and gradient accumulation, the
+//! finite-metrics check, global-norm clipping, the learning-rate schedule, the optimizer step,
+//! log lines and metric records, evaluation cadence, checkpoints, and Ctrl-C.
+//!
+//! What varies between SFT, the DPO family and the reward model is a [`Method`]: the loss of
+//! one micro-batch and the held-out evaluation, as burn-train's `TrainStep`/`ValidStep` and
+//! TRL's `compute_loss`/`evaluate` split it. A program with several phases (SFT, then DPO)
+//! calls [`Trainer::fit`] once per phase; steps are numbered across phases, so checkpoints,
+//! metrics and the progress bar read as one run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use serde_json::{json, Map};
+
+use super::checkpoint::{Checkpoints, RunState};
+use super::clip::clip_global_norm;
+use super::interrupt::interrupt_flag;
+use super::metrics::{add_means, check_finite, MetricsLog};
+use super::order::BatchOrder;
+use super::progress::Progress;
+use super::schedule::WarmupCosine;
+use crate::error::Result;
+
+/// The loss of one micro-batch, as a method computes it.
+pub struct MicroStep<B: AutodiffBackend> {
+    /// The loss to differentiate (its mean over the micro-batch).
+    pub loss: Tensor<B, 1>,
+    /// Metrics of the micro-batch (averaged over the step's micro-batches when logged).
+    pub metrics: Vec<(&'static str, f64)>,
+    /// Real tokens in the micro-batch.
+    pub tokens: usize,
+}
+
+/// What a training method supplies to the loop.
+pub trait Method<B: AutodiffBackend> {
+    /// The model it trains.
+    type Model: AutodiffModule<B>;
+
+    /// The phase's name in log lines and in the records' `phase`.
+    fn phase(&self) -> &'static str;
+
+    /// The loss of the micro-batch of training pairs `indices` at optimizer step `step`.
+    fn loss(&mut self, model: &Self::Model, indices: &[usize], step: usize)
+        -> Result<MicroStep<B>>;
+
+    /// The metrics shown on the progress bar and in log lines.
+    fn shown(&self) -> &'static [&'static str] {
+        &["loss"]
+    }
+
+    /// Metrics added to every logged record, given the time the phase's steps took so far
+    /// (e.g. the share of it spent in optimal transport).
+    fn timing_metrics(&self, _step_time: Duration) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+
+    /// Evaluates `model` on held-out data after step `step` (its records written to `metrics`);
+    /// returns the log line, or `None` when the phase has no evaluation.
+    fn evaluate(
+        &mut self,
+        _model: &Self::Model,
+        _step: usize,
+        _metrics: &mut MetricsLog,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// The loop's settings (the command line's, for the bundled trainers).
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Clip to this global gradient norm (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// A log line and a record every N steps (and at each phase's end).
+    pub log_every: usize,
+    /// Evaluate every N steps of a phase (0: only when the program does at the end).
+    pub eval_every: usize,
+    /// A checkpoint every N steps (0: only on Ctrl-C and at the run's end).
+    pub save_every: usize,
+    /// The run's seed (data order; per-step random streams).
+    pub seed: u64,
+    /// Reseed the backend at every step from the seed and the step, so that random draws
+    /// inside a step (adapter dropout) replay exactly on resume.
+    pub reseed_every_step: bool,
+}
+
+/// One phase of a run: steps `origin..end` of the run, with its schedule counted from
+/// `origin` (its evaluation cadence too).
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// The phase's first step in the run.
+    pub origin: usize,
+    /// The step after its last.
+    pub end: usize,
+    /// The learning rate at each step of the phase.
+    pub schedule: WarmupCosine,
+}
+
+/// A model and optimizer after a fit, and whether Ctrl-C stopped it before the run's end.
+pub struct Fitted<M, O> {
+    /// The trained model.
+    pub model: M,
+    /// The optimizer, with its state.
+    pub optimizer: O,
+    /// Whether the run stopped early (a checkpoint was saved to resume from).
+    pub interrupted: bool,
+    /// The time this fit's steps took.
+    pub step_time: Duration,
+}
+
+/// The training loop of one run (all of its phases).
+pub struct Trainer {
+    config: LoopConfig,
+    order: BatchOrder,
+    checkpoints: Checkpoints,
+    metrics: MetricsLog,
+    progress: Progress,
+    interrupted: Arc<AtomicBool>,
+    state: RunState,
+    total: usize,
+}
+
+impl Trainer {
+    /// A loop over `total` steps on `train_len` pairs, starting from `state` (step 0 for a
+    /// fresh run, the checkpoint's for a resumed one), writing to `checkpoints` and `metrics`.
+    pub fn new(
+        config: LoopConfig,
+        train_len: usize,
+        checkpoints: Checkpoints,
+        metrics: MetricsLog,
+        state: RunState,
+        total: usize,
+    ) -> Self {
+        Self {
+            order: BatchOrder::new(train_len, config.seed),
+            progress: Progress::new(state.step, total),
+            interrupted: interrupt_flag(),
+            config,
+            checkpoints,
+            metrics,
+            state,
+            total,
+        }
+    }
+
+    /// The next step to run (the run's progress so far).
+    pub fn next_step(&self) -> usize {
+        self.state.step
+    }
+
+    /// The metrics file, for a program's own records (final evaluations).
+    pub fn metrics(&mut self) -> &mut MetricsLog {
+        &mut self.metrics
+    }
+
+    /// Prints a line above the progress bar.
+    pub fn println(&self, line: &str) {
+        self.progress.println(line);
+    }
+
+    /// Closes the progress bar.
+    pub fn finish(&self) {
+        self.progress.finish();
+    }
+
+    /// Trains `model` with `method` over the steps of `phase` that are still to run.
+    pub fn fit<B, M, O>(
+        &mut self,
+        method: &mut M,
+        mut model: M::Model,
+        mut optimizer: O,
+        phase: &Phase,
+        device: &B::Device,
+    ) -> Result<Fitted<M::Model, O>>
+    where
+        B: AutodiffBackend,
+        M: Method<B>,
+        O: Optimizer<M::Model, B>,
+    {
+        let mut step_time = Duration::ZERO;
+        for step in self.state.step.max(phase.origin)..phase.end {
+            let started = Instant::now();
+            let lr = phase.schedule.at(step - phase.origin);
+            let (grads, record) = self.gradients(method, &model, step, device)?;
+            let (grads, grad_norm) = clip_global_norm(&model, grads, self.config.max_grad_norm);
+            model = optimizer.step(lr, model, grads);
+            step_time += started.elapsed();
+            self.state.step = step + 1;
+            self.report(method, step, phase, record, grad_norm, lr, step_time);
+            if let Some(line) = self.evaluation(method, &model, step, phase)? {
+                self.progress.println(&line);
+            }
+            if self.checkpoint(&model, &optimizer, step)? {
+                return Ok(Fitted {
+                    model,
+                    optimizer,
+                    interrupted: true,
+                    step_time,
+                });
+            }
+        }
+        Ok(Fitted {
+            model,
+            optimizer,
+            interrupted: false,
+            step_time,
+        })
+    }
+
+    /// The accumulated gradients of step `step`'s micro-batches and their mean metrics,
+    /// checked to be finite (a NaN must stop the run, not be trained on).
+    fn gradients<B, M>(
+        &mut self,
+        method: &mut M,
+        model: &M::Model,
+        step: usize,
+        device: &B::Device,
+    ) -> Result<(GradientsParams, Map<String, serde_json::Value>)>
+    where
+        B: AutodiffBackend,
+        M: Method<B>,
+    {
+        if self.config.reseed_every_step {
+            B::seed(
+                device,
+                self.config.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+        }
+        let accum = self.config.grad_accum;
+        let mut accumulator = GradientsAccumulator::<M::Model>::new();
+        let mut record = Map::new();
+        for micro in 0..accum {
+            let indices = self
+                .order
+                .batch(step * accum + micro, self.config.batch_size);
+            let out = method.loss(model, &indices, step)?;
+            self.state.num_tokens += out.tokens;
+            self.progress.add_tokens(out.tokens);
+            add_means(&mut record, &out.metrics, accum);
+            let grads = (out.loss / accum as f64).backward();
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        check_finite(&record, step)?;
+        Ok((accumulator.grads(), record))
+    }
+
+    /// Redraws the progress bar; every `log_every` steps and at the phase's end, a log line
+    /// and a record in `metrics.jsonl`.
+    #[allow(clippy::too_many_arguments)]
+    fn report<B: AutodiffBackend, M: Method<B>>(
+        &mut self,
+        method: &M,
+        step: usize,
+        phase: &Phase,
+        mut record: Map<String, serde_json::Value>,
+        grad_norm: f64,
+        lr: f64,
+        step_time: Duration,
+    ) {
+        let shown: Vec<String> = method
+            .shown()
+            .iter()
+            .filter_map(|k| {
+                let value = record.get(*k)?.as_f64()?;
+                Some(format!("{} {value:.4}", k.rsplit('/').next()?))
+            })
+            .collect();
+        let shown = shown.join(" ");
+        let label = method.phase();
+        self.progress.update(step, label, &shown);
+        let logged = (step + 1).is_multiple_of(self.config.log_every) || step + 1 == phase.end;
+        if !logged {
+            return;
+        }
+        record.insert("step".into(), json!(step + 1));
+        record.insert("phase".into(), json!(label));
+        record.insert("grad_norm".into(), json!(grad_norm));
+        record.insert("learning_rate".into(), json!(lr));
+        record.insert("num_tokens".into(), json!(self.state.num_tokens));
+        for (name, value) in method.timing_metrics(step_time) {
+            record.insert(name.into(), json!(value));
+        }
+        self.progress.line(step, label, &shown);
+        self.metrics.write(&record);
+    }
+
+    /// The method's evaluation every `eval_every` steps of the phase (not after the run's last
+    /// step: the program evaluates the final model itself).
+    fn evaluation<B: AutodiffBackend, M: Method<B>>(
+        &mut self,
+        method: &mut M,
+        model: &M::Model,
+        step: usize,
+        phase: &Phase,
+    ) -> Result<Option<String>> {
+        let every = self.config.eval_every;
+        let due = every > 0 && (step + 1 - phase.origin).is_multiple_of(every);
+        if !due || step + 1 == self.total {
+            return Ok(None);
+        }
+        method.evaluate(model, step + 1, &mut self.metrics)
+    }
+
+    /// Saves a checkpoint every `save_every` steps, at the run's last step, and on Ctrl-C;
+    /// returns whether the run must stop here (Ctrl-C before its last step).
+    fn checkpoint<B, M, O>(&mut self, model: &M, optimizer: &O, step: usize) -> Result<bool>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+        O: Optimizer<M, B>,
+    {
+        let stop = self.interrupted.load(Ordering::SeqCst);
+        let last = step + 1 == self.total;
+        let every = self.config.save_every;
+        let periodic = every > 0 && (step + 1).is_multiple_of(every);
+        if !(periodic || stop || last) {
+            return Ok(false);
+        }
+        let saved = self
+            .checkpoints
+            .save(step + 1, model, optimizer, &self.state)?;
+        if stop && !last {
+            self.progress.println(&format!(
+                "checkpoint saved to {}; resume with --resume",
+                saved.display()
+            ));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,213 @@
+//! Both programs through the one training loop: a resumed run ends where an uninterrupted one
+//! does, Ctrl-C (SIGINT) saves a checkpoint that resumes exactly, and a SIGKILL during a save
+//! leaves a checkpoint to resume from.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{metrics, run_ok, Expected, ScratchFolder};
+
+#[derive(Clone, Copy, Debug)]
+enum Program {
+    Dpo,
+    Reward,
+}
+
+const PROGRAMS: [Program; 2] = [Program::Dpo, Program::Reward];
+
+impl Program {
+    /// A small built-in run of `steps` steps (DPO: 4 of them SFT).
+    fn run(self, output: &Path, steps: usize) -> Command {
+        let (binary, phase_flags): (&str, Vec<String>) = match self {
+            Program::Dpo => (
+                env!("CARGO_BIN_EXE_dpo_trainer"),
+                vec![
+                    "--sft-steps".into(),
+                    "4".into(),
+                    "--steps".into(),
+                    (steps - 4).to_string(),
+                    "--eval-prompts".into(),
+                    "2".into(),
+                    "--max-new-tokens".into(),
+                    "4".into(),
+                ],
+            ),
+            Program::Reward => (
+                env!("CARGO_BIN_EXE_reward_trainer"),
+                vec!["--steps".into(), steps.to_string()],
+            ),
+        };
+        let mut command = Command::new(binary);
+        command.args(["--output", output.to_str().unwrap()]);
+        command.args([
+            "--builtin-hidden",
+            "16",
+            "--builtin-layers",
+            "1",
+            "--builtin-train-pairs",
+            "64",
+            "--builtin-eval-pairs",
+            "16",
+            "--batch-size",
+            "4",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "0",
+        ]);
+        command.args(phase_flags);
+        command
+    }
+}
+
+/// The saved model's tensors as floats, by name.
+fn model_floats(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let file = Expected::read(&run.join("model/model.safetensors"));
+    file.names()
+        .into_iter()
+        .map(|n| {
+            let floats = file
+                .raw(&n)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (n, floats)
+        })
+        .collect()
+}
+
+fn assert_same_models(a: &Path, b: &Path, program: Program) {
+    let (a, b) = (model_floats(a), model_floats(b));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= 1e-6, "{program:?} {name}: {p} vs {q}");
+        }
+    }
+}
+
+fn checkpoint_steps(run: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_prefix("step-")?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort();
+    steps
+}
+
+/// Waits until `OUTPUT/metrics.jsonl` has `records` lines (or 120 s pass).
+fn wait_for_records(output: &Path, records: usize) {
+    let path = output.join("metrics.jsonl");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
+        if lines >= records {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{} never reached {records} records", path.display());
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    for program in PROGRAMS {
+        let straight = ScratchFolder::empty(&format!("{program:?}-straight"));
+        run_ok(&mut program.run(&straight.0, 10));
+        let resumed = ScratchFolder::empty(&format!("{program:?}-resumed"));
+        run_ok(program.run(&resumed.0, 10).args(["--save-every", "5"]));
+        std::fs::remove_dir_all(resumed.0.join("checkpoints/step-00000010")).unwrap();
+        std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
+        let output = run_ok(program.run(&resumed.0, 10).arg("--resume"));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
+        assert_same_models(&straight.0, &resumed.0, program);
+        let steps: Vec<u64> = metrics(&resumed.0)
+            .iter()
+            .filter(|r| r.get("phase").is_some())
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "{program:?}");
+    }
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
+    const STEPS: usize = 300;
+    for program in PROGRAMS {
+        let straight = ScratchFolder::empty(&format!("{program:?}-uninterrupted"));
+        run_ok(program.run(&straight.0, STEPS).args(["--save-every", "0"]));
+
+        let out = ScratchFolder::empty(&format!("{program:?}-sigint"));
+        let child = program
+            .run(&out.0, STEPS)
+            .args(["--save-every", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_records(&out.0, 6);
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("resume with --resume"),
+            "{program:?}: {stdout}"
+        );
+        let saved = checkpoint_steps(&out.0);
+        assert_eq!(saved.len(), 1, "{program:?}: {saved:?}");
+        assert!(saved[0] >= 6 && saved[0] < STEPS, "{program:?}: {saved:?}");
+        assert!(!out.0.join("model").exists(), "no model from a stopped run");
+
+        run_ok(
+            program
+                .run(&out.0, STEPS)
+                .args(["--save-every", "0", "--resume"]),
+        );
+        assert_same_models(&straight.0, &out.0, program);
+    }
+}
+
+#[test]
+fn a_kill_during_saving_leaves_a_checkpoint_to_resume_from() {
+    for program in PROGRAMS {
+        let out = ScratchFolder::empty(&format!("{program:?}-sigkill"));
+        let mut command = program.run(&out.0, 400);
+        // A checkpoint every step: the kill lands in or near a save.
+        command.args(["--save-every", "1"]).stdout(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let checkpoints: PathBuf = out.0.join("checkpoints");
+        let complete = |dir: &PathBuf| {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let started = Instant::now();
+        while complete(&checkpoints) < 2 && started.elapsed().as_secs() < 120 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(complete(&checkpoints) >= 1, "{program:?}");
+        let output = run_ok(program.run(&out.0, 12).arg("--resume"));
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("resumed from"),
+            "{program:?}"
+        );
+    }
+}
