@@ -4,28 +4,28 @@
 //! generations for the policy beside its reference.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
 use clap::Args;
-use otpref::{
-    token_weights, weighted_dpo_loss, DpoInputs, DpoLossConfig, OtBackend, ResponseTokens,
-};
+use otpref::OtBackend;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map};
 
 use super::config::{prepare_output, CommonConfig};
 use super::datasets::{datasets, tokenize};
+use super::dpo_eval::{
+    eval_prompts, generations, held_out, log_held_out, weighted_examples, Generations, HeldOut,
+};
 use super::model_source::{model_and_tokenizer, ModelSource};
-use crate::data::{collate_pairs, PairBatch, Text, TokenizedPair};
+use crate::data::{collate_pairs, PairBatch, TokenizedPair};
 use crate::error::Result;
-use crate::methods::{DpoLoss, DpoMethod, MethodSettings};
-use crate::model::{generate_greedy, next_token_logps, CausalLm};
-use crate::task::Problem;
-use crate::tokenizer::Tokenizer;
+use crate::methods::{
+    dpo_loss, reference_logps, sft_loss, DpoLoss, DpoMethod, DpoObjective, MethodSettings,
+    ReferenceLogps,
+};
+use crate::model::CausalLm;
 use crate::training::{
     load_module, save_module, scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts,
     Trainer,
@@ -135,12 +135,21 @@ impl DpoConfig {
         Ok(())
     }
 
-    pub(crate) fn settings(&self) -> MethodSettings {
-        MethodSettings {
-            simpo_gamma: self.simpo_gamma,
-            ld_alpha: self.ld_alpha,
-            otpo_epsilon: self.otpo_epsilon,
-            otpo_marginal_penalty: self.otpo_marginal_penalty,
+    /// What the DPO family's loss reads from these settings.
+    pub fn objective(&self) -> DpoObjective {
+        DpoObjective {
+            method: self.method,
+            loss: self.loss,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            rpo_alpha: self.rpo_alpha,
+            seed: self.common.seed,
+            settings: MethodSettings {
+                simpo_gamma: self.simpo_gamma,
+                ld_alpha: self.ld_alpha,
+                otpo_epsilon: self.otpo_epsilon,
+                otpo_marginal_penalty: self.otpo_marginal_penalty,
+            },
         }
     }
 }
@@ -161,32 +170,6 @@ impl super::cli::TrainerSettings for DpoConfig {
     {
         run::<B>(self, resume, device).map(|_| ())
     }
-}
-
-/// How the policy and the reference compare on held-out data.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct HeldOut {
-    /// Pairs whose chosen implicit reward is higher.
-    pub wins: usize,
-    /// Pairs whose implicit rewards are equal (policy = reference gives only ties).
-    pub ties: usize,
-    /// Pairs whose rejected implicit reward is higher.
-    pub losses: usize,
-    /// Mean DPO loss.
-    pub loss: f64,
-    /// Mean reward margin.
-    pub margin: f64,
-}
-
-/// Greedy generations on held-out prompts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Generations {
-    /// Share of prompts answered correctly (built-in task only).
-    pub success_rate: Option<f64>,
-    /// Mean generated length in tokens.
-    pub mean_length: f64,
-    /// A few (prompt, generation) examples.
-    pub examples: Vec<(String, String)>,
 }
 
 /// The end-of-run summary (also written to `OUTPUT/summary.json`).
@@ -281,7 +264,7 @@ where
     let dpo = common.phase(config.sft_steps, common.steps, config.lr);
     let mut method = DpoStep {
         config,
-        settings: config.settings(),
+        objective: config.objective(),
         reference: &reference,
         precomputed,
         pairs: &train_pairs,
@@ -300,8 +283,8 @@ where
 
     let trained = fitted.model.valid();
     let held_out = held_out(
-        config,
-        &method.settings,
+        &method.objective,
+        common.batch_size,
         &trained,
         &reference,
         &eval_pairs,
@@ -325,14 +308,7 @@ where
         device,
     )?;
 
-    let examples = weighted_examples(
-        config,
-        &method.settings,
-        &trained,
-        &eval_pairs,
-        &tokenizer,
-        device,
-    )?;
+    let examples = weighted_examples(&method.objective, &trained, &eval_pairs, &tokenizer, device)?;
     let title = format!("{:?} token weights on held-out pairs", config.method);
     super::report::write_weights_page(&common.output.join("weights.html"), &title, &examples)?;
     let model_dir = common.output.join("model");
@@ -428,7 +404,7 @@ impl<B: AutodiffBackend> Method<B> for SftStep<'_, B> {
 /// The DPO phase as a [`Method`]: token weights, the weighted DPO loss, held-out pairs.
 struct DpoStep<'a, B: AutodiffBackend> {
     config: &'a DpoConfig,
-    settings: MethodSettings,
+    objective: DpoObjective,
     reference: &'a CausalLm<B::InnerBackend>,
     precomputed: Option<Vec<ReferenceLogps>>,
     pairs: &'a [TokenizedPair],
@@ -466,8 +442,7 @@ where
             .as_ref()
             .map(|all| indices.iter().map(|&i| all[i].clone()).collect::<Vec<_>>());
         let outcome = dpo_loss(
-            self.config,
-            &self.settings,
+            &self.objective,
             step,
             model,
             self.reference,
@@ -495,8 +470,8 @@ where
         metrics: &mut MetricsLog,
     ) -> Result<Option<String>> {
         let held_out = held_out(
-            self.config,
-            &self.settings,
+            &self.objective,
+            self.config.common.batch_size,
             &model.valid(),
             self.reference,
             self.eval_pairs,
@@ -516,412 +491,6 @@ fn collate_indices<B: Backend>(
 ) -> PairBatch<B> {
     let chosen: Vec<TokenizedPair> = indices.iter().map(|&i| pairs[i].clone()).collect();
     collate_pairs::<B>(&chosen, pad, device)
-}
-
-/// Reference log-probabilities of one pair, `[len - 1]` per response row, computed once.
-#[derive(Debug, Clone)]
-struct ReferenceLogps {
-    chosen: Vec<f32>,
-    rejected: Vec<f32>,
-}
-
-/// Reference log-probabilities of every pair (in its own collation), for `--precompute-ref`.
-fn reference_logps<B: burn::tensor::backend::Backend>(
-    reference: &CausalLm<B>,
-    pairs: &[TokenizedPair],
-    batch_size: usize,
-    pad: u32,
-    device: &B::Device,
-) -> Vec<ReferenceLogps> {
-    let mut all = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch_size) {
-        let batch = collate_pairs::<B>(chunk, pad, device);
-        let out = reference.forward(batch.input_ids.clone(), batch.attention_mask);
-        let logps = next_token_logps(out.logits, batch.input_ids);
-        let [rows, width] = logps.dims();
-        let values = logps
-            .into_data()
-            .to_vec::<f32>()
-            .expect("f32 log-probabilities");
-        let row = |r: usize| values[r * width..(r + 1) * width].to_vec();
-        let half = rows / 2;
-        for i in 0..half {
-            all.push(ReferenceLogps {
-                chosen: row(i),
-                rejected: row(half + i),
-            });
-        }
-    }
-    all
-}
-
-/// Precomputed rows laid out as the batch's `[2·pairs, len - 1]` (each row's own positions are
-/// the same in any collation: prompt then response, right padding).
-fn precomputed_tensor<B: burn::tensor::backend::Backend>(
-    rows: &[ReferenceLogps],
-    width: usize,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let fit = |row: &Vec<f32>| {
-        let mut row = row.clone();
-        row.resize(width, 0.0);
-        row.truncate(width);
-        row
-    };
-    let flat: Vec<f32> = rows
-        .iter()
-        .map(|r| fit(&r.chosen))
-        .chain(rows.iter().map(|r| fit(&r.rejected)))
-        .flatten()
-        .collect();
-    Tensor::from_data(
-        burn::tensor::TensorData::new(flat, [2 * rows.len(), width]),
-        device,
-    )
-}
-
-/// Supervised loss: mean negative log-likelihood of the chosen responses' tokens.
-fn sft_loss<B: AutodiffBackend>(policy: &CausalLm<B>, batch: PairBatch<B>) -> Tensor<B, 1> {
-    let pairs = batch.pairs;
-    let [_, len] = batch.input_ids.dims();
-    let ids = batch.input_ids.slice([0..pairs, 0..len]);
-    let mask = batch.attention_mask.slice([0..pairs, 0..len]);
-    let response = batch.response_mask.slice([0..pairs, 0..len - 1]);
-    let out = policy.forward(ids.clone(), mask);
-    response_nll(next_token_logps(out.logits, ids), response)
-}
-
-struct StepOutcome<B: AutodiffBackend> {
-    loss: Tensor<B, 1>,
-    metrics: Vec<(&'static str, f64)>,
-    weight_time: Duration,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn dpo_loss<B>(
-    config: &DpoConfig,
-    settings: &MethodSettings,
-    step: usize,
-    policy: &CausalLm<B>,
-    reference: &CausalLm<B::InnerBackend>,
-    precomputed: Option<&[ReferenceLogps]>,
-    batch: PairBatch<B>,
-    device: &B::Device,
-) -> Result<StepOutcome<B>>
-where
-    B: AutodiffBackend + OtBackend,
-{
-    let b = batch.pairs;
-    let [rows, len] = batch.input_ids.dims();
-    let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-    let logps = next_token_logps(out.logits, batch.input_ids.clone());
-    let reference_logps = config.method.uses_reference().then(|| match precomputed {
-        Some(rows) => precomputed_tensor::<B>(rows, len - 1, device),
-        None => {
-            let out = reference.forward(
-                batch.input_ids.clone().inner(),
-                batch.attention_mask.clone().inner(),
-            );
-            Tensor::from_inner(next_token_logps(out.logits, batch.input_ids.inner()))
-        }
-    });
-    // The hidden state at position t predicts token t + 1, as the log-probabilities do.
-    let hidden = config
-        .method
-        .needs_hidden_states()
-        .then(|| out.hidden.slice([0..rows, 0..len - 1]).detach());
-    let mask = batch.response_mask;
-    let chosen_nll = chosen_nll(logps.clone(), mask.clone());
-    let (out, weights, weight_time) = weighted_loss(
-        config,
-        settings,
-        step,
-        logps,
-        reference_logps,
-        hidden,
-        mask.clone(),
-    )?;
-    let loss = out.loss.clone() + chosen_nll.clone().mul_scalar(config.rpo_alpha);
-    let weight_mean =
-        |w: Tensor<B, 2>, m: Tensor<B, 2>| scalar((w * m.clone()).sum() / m.sum().clamp_min(1.0));
-    let metrics = vec![
-        ("loss", scalar(loss.clone())),
-        ("nll_loss", scalar(chosen_nll)),
-        ("rewards/chosen", scalar(out.chosen_rewards.mean())),
-        ("rewards/rejected", scalar(out.rejected_rewards.mean())),
-        ("rewards/margins", scalar(out.reward_margins.mean())),
-        ("rewards/accuracies", scalar(out.accuracy)),
-        ("logps/chosen", scalar(out.chosen_logps.mean())),
-        ("logps/rejected", scalar(out.rejected_logps.mean())),
-        (
-            "otpref/weights_chosen_mean",
-            weight_mean(weights.chosen, mask.clone().narrow(0, 0, b)),
-        ),
-        (
-            "otpref/weights_rejected_mean",
-            weight_mean(weights.rejected, mask.narrow(0, b, b)),
-        ),
-    ];
-    Ok(StepOutcome {
-        loss,
-        metrics,
-        weight_time,
-    })
-}
-
-/// The chosen responses' negative log-likelihood per response token (TRL's `nll_loss`): rows
-/// `0..b` of `logps` `[2b, len - 1]` over their response `mask`.
-fn chosen_nll<B: burn::tensor::backend::Backend>(
-    logps: Tensor<B, 2>,
-    mask: Tensor<B, 2>,
-) -> Tensor<B, 1> {
-    let b = mask.dims()[0] / 2;
-    response_nll(logps.narrow(0, 0, b), mask.narrow(0, 0, b))
-}
-
-/// Mean negative log-likelihood over the tokens where `mask` is 1 (the SFT loss).
-fn response_nll<B: burn::tensor::backend::Backend>(
-    logps: Tensor<B, 2>,
-    mask: Tensor<B, 2>,
-) -> Tensor<B, 1> {
-    (logps * mask.clone()).sum().neg() / mask.sum().clamp_min(1.0)
-}
-
-/// The method's token weights for a batch whose rows `0..b` are chosen and `b..2b` rejected
-/// responses (`mask`: the response masks, `hidden`: the shifted hidden states when needed).
-fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
-    config: &DpoConfig,
-    settings: &MethodSettings,
-    step: usize,
-    hidden: Option<Tensor<B, 3>>,
-    mask: Tensor<B, 2>,
-) -> Result<otpref::TokenWeights<B>> {
-    let b = mask.dims()[0] / 2;
-    Ok(token_weights(
-        &config.method.weighting(settings, config.common.seed, step),
-        ResponseTokens {
-            chosen_mask: mask.clone().narrow(0, 0, b),
-            rejected_mask: mask.narrow(0, b, b),
-            chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
-            rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
-        },
-    )?)
-}
-
-/// Token weights for the pairs of one batch (rows `0..b` chosen, `b..2b` rejected) and the
-/// weighted DPO loss over them; also the time the weights took.
-fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
-    config: &DpoConfig,
-    settings: &MethodSettings,
-    step: usize,
-    logps: Tensor<B, 2>,
-    reference_logps: Option<Tensor<B, 2>>,
-    hidden: Option<Tensor<B, 3>>,
-    mask: Tensor<B, 2>,
-) -> Result<(otpref::DpoLoss<B>, otpref::TokenWeights<B>, Duration)> {
-    let b = mask.dims()[0] / 2;
-    let started = Instant::now();
-    let weights = pair_weights(config, settings, step, hidden, mask)?;
-    let weight_time = started.elapsed();
-    let inputs = DpoInputs {
-        policy_chosen: logps.clone().narrow(0, 0, b),
-        policy_rejected: logps.narrow(0, b, b),
-        reference: reference_logps.map(|r| otpref::ReferenceLogps {
-            chosen: r.clone().narrow(0, 0, b),
-            rejected: r.narrow(0, b, b),
-        }),
-    };
-    let loss_config = DpoLossConfig::new()
-        .with_beta(config.beta)
-        .with_loss_type(config.method.loss_type(config.loss, settings))
-        .with_label_smoothing(config.label_smoothing);
-    let out = weighted_dpo_loss(inputs, weights.clone(), &loss_config)?;
-    Ok((out, weights, weight_time))
-}
-
-/// The method's token weights on the first few held-out pairs, for `weights.html`.
-fn weighted_examples<B: burn::tensor::backend::Backend + OtBackend>(
-    config: &DpoConfig,
-    settings: &MethodSettings,
-    policy: &CausalLm<B>,
-    pairs: &[TokenizedPair],
-    tokenizer: &Tokenizer,
-    device: &B::Device,
-) -> Result<Vec<super::report::WeightedPair>> {
-    let pairs = &pairs[..pairs.len().min(6)];
-    let batch = collate_pairs::<B>(pairs, tokenizer.pad_id(), device);
-    let [rows, len] = batch.input_ids.dims();
-    let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-    let hidden = config
-        .method
-        .needs_hidden_states()
-        .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-    let weights = pair_weights(config, settings, 0, hidden, batch.response_mask)?;
-    let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-    let (chosen, rejected) = (host(weights.chosen), host(weights.rejected));
-    let width = len - 1;
-    let mut examples = Vec::new();
-    for (i, pair) in pairs.iter().enumerate() {
-        // Response token k sits at position prompt + k; its weight at the position before it.
-        let tokens = |ids: &[u32], weights: &[f32]| -> Result<Vec<(String, f32)>> {
-            ids.iter()
-                .enumerate()
-                .map(|(k, &id)| {
-                    let weight = (pair.prompt.len() + k)
-                        .checked_sub(1)
-                        .map_or(0.0, |at| weights[i * width + at]);
-                    Ok((tokenizer.decode(&[id], false)?, weight))
-                })
-                .collect()
-        };
-        examples.push(super::report::WeightedPair {
-            prompt: tokenizer.decode(&pair.prompt, false)?,
-            chosen: tokens(&pair.chosen, &chosen)?,
-            rejected: tokens(&pair.rejected, &rejected)?,
-        });
-    }
-    Ok(examples)
-}
-
-/// Held-out implicit-reward comparison of `policy` against `reference`, ties counted apart.
-fn held_out<B>(
-    config: &DpoConfig,
-    settings: &MethodSettings,
-    policy: &CausalLm<B>,
-    reference: &CausalLm<B>,
-    pairs: &[TokenizedPair],
-    pad: u32,
-    device: &B::Device,
-) -> Result<HeldOut>
-where
-    B: burn::tensor::backend::Backend + OtBackend,
-{
-    let mut result = HeldOut::default();
-    let (mut loss_sum, mut margin_sum) = (0.0, 0.0);
-    for chunk in pairs.chunks(config.common.batch_size) {
-        let batch = collate_pairs::<B>(chunk, pad, device);
-        let b = batch.pairs;
-        let [rows, len] = batch.input_ids.dims();
-        let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-        let logps = next_token_logps(out.logits, batch.input_ids.clone());
-        let reference_logps = config.method.uses_reference().then(|| {
-            let out = reference.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-            next_token_logps(out.logits, batch.input_ids.clone())
-        });
-        let hidden = config
-            .method
-            .needs_hidden_states()
-            .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-        let mask = batch.response_mask;
-        let (out, _, _) = weighted_loss(config, settings, 0, logps, reference_logps, hidden, mask)?;
-        loss_sum += scalar(out.loss) * b as f64;
-        let margins = out
-            .reward_margins
-            .into_data()
-            .to_vec::<f32>()
-            .expect("f32 margins");
-        for margin in margins {
-            margin_sum += margin as f64;
-            match margin.partial_cmp(&0.0) {
-                Some(std::cmp::Ordering::Greater) => result.wins += 1,
-                Some(std::cmp::Ordering::Less) => result.losses += 1,
-                _ => result.ties += 1,
-            }
-        }
-    }
-    result.loss = loss_sum / pairs.len() as f64;
-    result.margin = margin_sum / pairs.len() as f64;
-    Ok(result)
-}
-
-/// Writes the held-out record and returns its log line.
-fn log_held_out(metrics: &mut MetricsLog, step: usize, held_out: &HeldOut) -> String {
-    let total = (held_out.wins + held_out.ties + held_out.losses).max(1) as f64;
-    let mut record = Map::new();
-    record.insert("step".into(), json!(step));
-    record.insert("eval/loss".into(), json!(held_out.loss));
-    record.insert(
-        "eval/rewards/accuracies".into(),
-        json!(held_out.wins as f64 / total),
-    );
-    record.insert(
-        "eval/rewards/ties".into(),
-        json!(held_out.ties as f64 / total),
-    );
-    record.insert("eval/rewards/margins".into(), json!(held_out.margin));
-    metrics.write(&record);
-    format!(
-        "held-out pairs: {} wins, {} ties, {} losses (policy vs reference implicit rewards), loss {:.4}",
-        held_out.wins, held_out.ties, held_out.losses, held_out.loss
-    )
-}
-
-/// A held-out prompt: its ids, its text and, on the built-in task, its problem.
-struct EvalPrompt {
-    ids: Vec<u32>,
-    text: String,
-    problem: Option<Problem>,
-}
-
-fn eval_prompts(
-    eval: &crate::data::Dataset,
-    count: usize,
-    tokenizer: &Tokenizer,
-) -> Result<Vec<EvalPrompt>> {
-    let built_in = eval.source.starts_with("built-in");
-    let mut prompts = Vec::new();
-    for pair in eval.pairs.iter().take(count) {
-        let text = match &pair.prompt {
-            Text::Plain(text) => text.clone(),
-            Text::Conversation(messages) => tokenizer.apply_chat_template(messages, true)?,
-        };
-        let ids = match &pair.prompt {
-            Text::Plain(text) => tokenizer.encode(text, true)?,
-            Text::Conversation(messages) => tokenizer.encode_chat(messages, true)?,
-        };
-        let problem = built_in.then(|| parse_problem(&text)).flatten();
-        prompts.push(EvalPrompt { ids, text, problem });
-    }
-    Ok(prompts)
-}
-
-fn parse_problem(prompt: &str) -> Option<Problem> {
-    let (a, b) = prompt.strip_suffix('=')?.split_once('+')?;
-    Some(Problem {
-        a: a.parse().ok()?,
-        b: b.parse().ok()?,
-    })
-}
-
-fn generations<B: burn::tensor::backend::Backend>(
-    model: &CausalLm<B>,
-    prompts: &[EvalPrompt],
-    tokenizer: &Tokenizer,
-    max_new_tokens: usize,
-    device: &B::Device,
-) -> Result<Generations> {
-    let (mut solved, mut scored, mut length) = (0, 0, 0);
-    let mut examples = Vec::new();
-    for chunk in prompts.chunks(64) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-        let outputs = generate_greedy(model, &ids, max_new_tokens, tokenizer.eos_id(), device);
-        for (prompt, output) in chunk.iter().zip(outputs) {
-            length += output.len();
-            let text = tokenizer.decode(&output, true)?;
-            if let Some(problem) = &prompt.problem {
-                scored += 1;
-                solved += usize::from(problem.is_solved_by(&text));
-            }
-            if examples.len() < 4 {
-                examples.push((prompt.text.clone(), text));
-            }
-        }
-    }
-    Ok(Generations {
-        success_rate: (scored > 0).then(|| solved as f64 / scored as f64),
-        mean_length: length as f64 / prompts.len().max(1) as f64,
-        examples,
-    })
 }
 
 fn print_summary(summary: &DpoSummary) {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod curves;
 pub mod datasets;
 pub mod dpo;
+pub mod dpo_eval;
 pub mod model_source;
 pub mod report;
 pub mod reward;

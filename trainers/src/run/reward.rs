@@ -3,42 +3,27 @@
 //! centering; held-out pairwise accuracy with ties counted as ties.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use clap::{Args, ValueEnum};
-use otpref::aplot::hard_margins;
-use otpref::{aplot_margins, bt_margin_loss, AplotConfig, BtLossConfig, OtBackend};
+use clap::Args;
+use otpref::{aplot_margins, AplotConfig, OtBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 
 use super::config::{prepare_output, CommonConfig};
 use super::datasets::{datasets, tokenize};
 use super::model_source::model_and_tokenizer;
-use crate::data::{collate_pairs, PairBatch, TokenizedPair};
+use crate::data::{collate_pairs, TokenizedPair};
 use crate::error::{Error, Result};
+pub use crate::methods::RewardLoss;
+use crate::methods::{reward_loss, RewardObjective};
 use crate::model::RewardModel;
 use crate::task::SplitMix64;
-use crate::training::{
-    scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, Trainer,
-};
-
-/// The reward model's loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RewardLoss {
-    /// Bradley-Terry: −log σ(r_c − r_r).
-    Bt,
-    /// −log σ(r_c − r_r − m) with one margin m for every pair (--hard-margin).
-    HardMargin,
-    /// −log σ(r_c − r_r − m) with the data's `margin` column (TRL's reward trainer).
-    PointMargin,
-    /// APLOT: margins from OT over the batch's representations and rewards.
-    Aplot,
-}
+use crate::training::{Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, Trainer};
 
 /// Every setting of the reward trainer.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -80,6 +65,16 @@ impl RewardConfig {
             .with_gamma(self.aplot_gamma)
             .with_epsilon(self.aplot_epsilon)
             .with_scale(self.aplot_scale)
+    }
+
+    /// What the reward model's loss reads from these settings.
+    pub fn objective(&self) -> RewardObjective {
+        RewardObjective {
+            loss: self.loss,
+            hard_margin: self.hard_margin,
+            aplot: self.aplot(),
+            center_rewards: self.center_rewards,
+        }
     }
 
     /// Checks every setting.
@@ -234,6 +229,7 @@ where
     );
     let mut method = RewardStep {
         config,
+        objective: config.objective(),
         pairs: &train_pairs,
         eval_pairs: &eval_pairs,
         pad,
@@ -293,6 +289,7 @@ where
 /// margins (APLOT's from OT over the batch), the Bradley-Terry loss; held-out accuracy.
 struct RewardStep<'a, B: Backend> {
     config: &'a RewardConfig,
+    objective: RewardObjective,
     pairs: &'a [TokenizedPair],
     eval_pairs: &'a [TokenizedPair],
     pad: u32,
@@ -323,7 +320,7 @@ where
         let pairs: Vec<TokenizedPair> = indices.iter().map(|&i| self.pairs[i].clone()).collect();
         let batch = collate_pairs::<B>(&pairs, self.pad, self.device);
         let tokens = batch.num_tokens;
-        let outcome = reward_loss(self.config, model, batch)?;
+        let outcome = reward_loss(&self.objective, model, batch)?;
         self.margin_time += outcome.margin_time;
         Ok(MicroStep {
             loss: outcome.loss,
@@ -366,66 +363,6 @@ fn flip_labels(pairs: &mut [TokenizedPair], share: f64, seed: u64) -> usize {
         }
     }
     flipped
-}
-
-struct StepOutcome<B: AutodiffBackend> {
-    loss: Tensor<B, 1>,
-    metrics: Vec<(&'static str, f64)>,
-    margin_time: Duration,
-}
-
-fn reward_loss<B>(
-    config: &RewardConfig,
-    model: &RewardModel<B>,
-    batch: PairBatch<B>,
-) -> Result<StepOutcome<B>>
-where
-    B: AutodiffBackend + OtBackend,
-{
-    let b = batch.pairs;
-    let out = model.forward(batch.input_ids, batch.attention_mask);
-    let chosen = out.rewards.clone().narrow(0, 0, b);
-    let rejected = out.rewards.narrow(0, b, b);
-    let started = Instant::now();
-    let margin = match config.loss {
-        RewardLoss::Bt => None,
-        RewardLoss::HardMargin => Some(hard_margins::<B>(b, config.hard_margin, &chosen.device())),
-        RewardLoss::PointMargin => Some(batch.margins.expect("checked before training")),
-        RewardLoss::Aplot => {
-            let pooled = out.pooled.detach();
-            Some(aplot_margins(
-                pooled.clone().narrow(0, 0, b),
-                pooled.narrow(0, b, b),
-                chosen.clone().detach(),
-                rejected.clone().detach(),
-                &config.aplot(),
-            )?)
-        }
-    };
-    let margin_time = started.elapsed();
-    let margin_mean = margin.clone().map_or(0.0, |m| scalar(m.mean()));
-    let loss = bt_margin_loss(
-        chosen.clone(),
-        rejected.clone(),
-        margin,
-        &BtLossConfig::new().with_center_rewards_coefficient(config.center_rewards),
-    )?;
-    let all = Tensor::cat(vec![chosen.clone(), rejected.clone()], 0).detach();
-    let metrics = vec![
-        ("loss", scalar(loss.loss.clone())),
-        ("accuracy", scalar(loss.accuracy)),
-        ("margin", scalar(loss.reward_margins.mean())),
-        ("rewards/chosen", scalar(chosen.mean())),
-        ("rewards/rejected", scalar(rejected.mean())),
-        ("rewards/mean", scalar(all.clone().mean())),
-        ("rewards/std", scalar(all.var(0).sqrt().reshape([1]))),
-        ("otpref/margin_mean", margin_mean),
-    ];
-    Ok(StepOutcome {
-        loss: loss.loss,
-        metrics,
-        margin_time,
-    })
 }
 
 /// (reward gap, APLOT margin) of the first held-out batch, as APLOT would set the margins
