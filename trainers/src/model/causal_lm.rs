@@ -2,8 +2,10 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::linear;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::{Decoder, DecoderCache};
@@ -63,6 +65,15 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
+    /// Activation checkpointing on (see [`super::checkpointing`]): differentiate losses with
+    /// [`CausalLm::backward`].
+    pub fn with_gradient_checkpointing(self) -> Self {
+        Self {
+            model: self.model.with_gradient_checkpointing(),
+            ..self
+        }
+    }
+
     /// The base model with its adapters switched off, sharing the base tensors: the DPO
     /// reference of a LoRA run without a second copy of the weights.
     pub fn without_lora(self) -> Self {
@@ -100,6 +111,14 @@ impl<B: Backend> CausalLm<B> {
             ),
         };
         CausalLmOutput { logits, hidden }
+    }
+}
+
+impl<B: AutodiffBackend> CausalLm<B> {
+    /// The parameters' gradients of `loss`, recomputing checkpointed layers where the forward
+    /// passes that led to it ran with checkpointing.
+    pub fn backward(&self, loss: Tensor<B, 1>) -> GradientsParams {
+        super::checkpointing::backward(self, &self.model, loss)
     }
 }
 

@@ -10,6 +10,7 @@ use super::attention::{Attention, KeyValues};
 use super::config::DecoderConfig;
 use super::lora::{LoraConfig, LoraLinear, LoraTarget};
 use super::rotary::RotaryTables;
+use super::tape::{draw_seed, reseed_layer, Checkpointing, LayerTape};
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Module, Debug)]
@@ -59,7 +60,7 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    fn forward(
+    pub(super) fn forward(
         &self,
         x: Tensor<B, 3>,
         rotary: &RotaryTables<B>,
@@ -126,6 +127,10 @@ pub struct Decoder<B: Backend> {
     /// Rotary inverse frequencies, derived from the config (not a parameter).
     #[module(skip)]
     inverse_frequencies: Vec<f32>,
+    /// Set by [`Decoder::with_gradient_checkpointing`]: training forwards keep only each
+    /// layer's input, and the backward recomputes the layers.
+    #[module(skip)]
+    checkpointing: Option<Checkpointing>,
 }
 
 impl<B: Backend> Decoder<B> {
@@ -150,6 +155,7 @@ impl<B: Backend> Decoder<B> {
                 .collect(),
             norm: norm(),
             inverse_frequencies: config.inverse_frequencies(),
+            checkpointing: None,
         }
     }
 
@@ -224,7 +230,7 @@ impl<B: Backend> Decoder<B> {
         let [batch, new] = input_ids.dims();
         let (past, total) = (cache.len, cache.len + new);
         let device = input_ids.device();
-        let x = self.embed_tokens.forward(input_ids);
+        let x = self.embed_tokens.forward(input_ids.clone());
         let rotary = RotaryTables::new(&self.inverse_frequencies, past..total, &x);
         // Query `i` (position `past + i`) may not see a later position, nor a padded key.
         let future = Tensor::<B, 2, Bool>::tril_mask([new, total], past as i64, &device)
@@ -235,15 +241,79 @@ impl<B: Backend> Decoder<B> {
             .reshape([batch, 1, 1, total])
             .expand([batch, 1, new, total]);
         let masked = future.bool_or(padded_key);
+        let training = past == 0 && B::ad_enabled(&device);
+        let seed = (training && self.has_dropout()).then(|| draw_seed::<B>(&device));
+        if let Some(checkpointing) = self.checkpointing.as_ref().filter(|_| training) {
+            return self.forward_checkpointed(input_ids, x, rotary, masked, seed, checkpointing);
+        }
         let x = self
             .layers
             .iter()
             .zip(cache.layers.iter_mut())
-            .fold(x, |x, (layer, layer_cache)| {
+            .enumerate()
+            .fold(x, |x, (index, (layer, layer_cache))| {
+                reseed_layer::<B>(&device, seed, index);
                 layer.forward(x, &rotary, masked.clone(), layer_cache)
             });
         cache.len = total;
         self.norm.forward(x)
+    }
+
+    /// Whether any adapter has dropout (random draws that a checkpointed backward replays).
+    fn has_dropout(&self) -> bool {
+        self.layers.iter().any(|layer| {
+            layer
+                .projections()
+                .iter()
+                .any(|(_, p)| p.lora.as_ref().is_some_and(|a| a.dropout.prob > 0.0))
+        })
+    }
+
+    /// The layers run without being recorded for autodiff (`seed`: their random draws'); their
+    /// inputs are kept on a tape
+    /// that [`checkpointing::backward`](super::checkpointing::backward) recomputes from.
+    fn forward_checkpointed(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        embedded: Tensor<B, 3>,
+        rotary: RotaryTables<B>,
+        masked: Tensor<B, 4, Bool>,
+        seed: Option<u64>,
+        checkpointing: &Checkpointing,
+    ) -> Tensor<B, 3> {
+        let device = embedded.device();
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = embedded.detach();
+        for (index, layer) in self.layers.iter().enumerate() {
+            inputs.push(x.clone());
+            reseed_layer::<B>(&device, seed, index);
+            x = layer
+                .clone()
+                .no_grad()
+                .forward(x, &rotary, masked.clone(), &mut None)
+                .detach();
+        }
+        let leaf = x.require_grad();
+        checkpointing.push(LayerTape {
+            input_ids,
+            inputs,
+            rotary,
+            masked,
+            seed,
+            leaf: leaf.clone(),
+        });
+        self.norm.forward(leaf)
+    }
+
+    /// The decoder with activation checkpointing on for its training forwards.
+    pub fn with_gradient_checkpointing(mut self) -> Self {
+        self.checkpointing = Some(Checkpointing::default());
+        self
+    }
+
+    /// Where checkpointed forwards leave their tapes, when checkpointing is on.
+    pub fn checkpointing(&self) -> Option<&Checkpointing> {
+        self.checkpointing.as_ref()
     }
 }
 

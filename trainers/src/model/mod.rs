@@ -6,12 +6,14 @@
 
 mod attention;
 mod causal_lm;
+pub mod checkpointing;
 mod config;
 mod decoder;
 mod generate;
 mod lora;
 mod reward;
 mod rotary;
+mod tape;
 
 pub use attention::{Attention, KeyValues};
 pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput};
@@ -22,6 +24,7 @@ pub use lora::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};
 pub use rotary::RotaryTables;
+pub use tape::Checkpointing;
 
 use burn::nn::Initializer;
 

@@ -3,7 +3,9 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::Decoder;
@@ -52,6 +54,15 @@ impl<B: Backend> RewardModel<B> {
         }
     }
 
+    /// Activation checkpointing on (see [`super::checkpointing`]): differentiate losses with
+    /// [`RewardModel::backward`].
+    pub fn with_gradient_checkpointing(self) -> Self {
+        Self {
+            model: self.model.with_gradient_checkpointing(),
+            ..self
+        }
+    }
+
     /// The adapters merged into the base weights.
     pub fn merge_lora(self) -> Self {
         Self {
@@ -83,6 +94,14 @@ impl<B: Backend> RewardModel<B> {
             pooled,
             hidden,
         }
+    }
+}
+
+impl<B: AutodiffBackend> RewardModel<B> {
+    /// The parameters' gradients of `loss`, recomputing checkpointed layers where the forward
+    /// passes that led to it ran with checkpointing.
+    pub fn backward(&self, loss: Tensor<B, 1>) -> GradientsParams {
+        super::checkpointing::backward(self, &self.model, loss)
     }
 }
 

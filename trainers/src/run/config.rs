@@ -170,6 +170,11 @@ pub struct CommonConfig {
     /// Checkpoints kept (the newest).
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// Activation checkpointing: keep only each decoder layer's input in the forward pass and
+    /// recompute the layers in the backward pass (less memory, one more forward of the layers).
+    #[arg(long)]
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// LoRA adapters instead of full fine-tuning.
     #[command(flatten)]
     #[serde(flatten)]

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use clap::Args;
 use otpref::OtBackend;
 use serde::{Deserialize, Serialize};
@@ -206,7 +207,10 @@ where
     prepare_output(&common.output, config)?;
     B::seed(device, common.seed);
 
-    let loaded = source.load_policy::<B>(common.lora.config().as_ref(), device)?;
+    let mut loaded = source.load_policy::<B>(common.lora.config().as_ref(), device)?;
+    if common.gradient_checkpointing {
+        loaded.model = loaded.model.with_gradient_checkpointing();
+    }
     let lora = loaded.lora;
     println!("{}", ParameterCounts::of(&loaded.model));
     let new_optimizer = || {
@@ -385,6 +389,10 @@ struct SftStep<'a, B: Backend> {
 impl<B: AutodiffBackend> Method<B> for SftStep<'_, B> {
     type Model = CausalLm<B>;
 
+    fn backward(&self, model: &CausalLm<B>, loss: Tensor<B, 1>) -> GradientsParams {
+        model.backward(loss)
+    }
+
     fn phase(&self) -> &'static str {
         "sft"
     }
@@ -420,6 +428,10 @@ where
     B::InnerBackend: OtBackend,
 {
     type Model = CausalLm<B>;
+
+    fn backward(&self, model: &CausalLm<B>, loss: Tensor<B, 1>) -> GradientsParams {
+        model.backward(loss)
+    }
 
     fn phase(&self) -> &'static str {
         "dpo"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use clap::Args;
@@ -203,7 +203,10 @@ where
     prepare_output(&common.output, config)?;
     B::seed(device, common.seed);
 
-    let loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
+    let mut loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
+    if common.gradient_checkpointing {
+        loaded.model = loaded.model.with_gradient_checkpointing();
+    }
     let lora = loaded.lora;
     println!("{}", ParameterCounts::of(&loaded.model));
     let optimizer = AdamWConfig::new()
@@ -302,6 +305,10 @@ where
     B: AutodiffBackend + OtBackend,
 {
     type Model = RewardModel<B>;
+
+    fn backward(&self, model: &RewardModel<B>, loss: Tensor<B, 1>) -> GradientsParams {
+        model.backward(loss)
+    }
 
     fn phase(&self) -> &'static str {
         "reward"

@@ -49,6 +49,12 @@ pub trait Method<B: AutodiffBackend> {
     fn loss(&mut self, model: &Self::Model, indices: &[usize], step: usize)
         -> Result<MicroStep<B>>;
 
+    /// The parameters' gradients of a micro-batch's loss (a model that recomputes
+    /// checkpointed activations overrides this).
+    fn backward(&self, model: &Self::Model, loss: Tensor<B, 1>) -> GradientsParams {
+        GradientsParams::from_grads(loss.backward(), model)
+    }
+
     /// The metrics shown on the progress bar and in log lines.
     fn shown(&self) -> &'static [&'static str] {
         &["loss"]
@@ -247,8 +253,8 @@ impl Trainer {
             self.state.num_tokens += out.tokens;
             self.progress.add_tokens(out.tokens);
             add_means(&mut record, &out.metrics, accum);
-            let grads = (out.loss / accum as f64).backward();
-            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+            let grads = method.backward(model, out.loss / accum as f64);
+            accumulator.accumulate(model, grads);
         }
         check_finite(&record, step)?;
         Ok((accumulator.grads(), record))

@@ -1,0 +1,67 @@
+//! What a checkpointed forward keeps for its backward (see [`super::checkpointing`]): each
+//! layer's input and the seed of its random draws, on a tape the decoder holds.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Distribution, Int, Tensor};
+
+use super::rotary::RotaryTables;
+
+/// Where a checkpointed forward leaves what its backward needs. The tapes are type-erased
+/// because a module's skipped fields cannot depend on its backend.
+#[derive(Clone, Default)]
+pub struct Checkpointing {
+    tapes: Arc<Mutex<Vec<Box<dyn Any + Send>>>>,
+}
+
+impl std::fmt::Debug for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checkpointing")
+    }
+}
+
+impl Checkpointing {
+    pub(super) fn push<B: Backend>(&self, tape: LayerTape<B>) {
+        self.tapes
+            .lock()
+            .expect("not poisoned")
+            .push(Box::new(tape));
+    }
+
+    pub(super) fn take<B: Backend>(&self) -> Vec<LayerTape<B>> {
+        let tapes = std::mem::take(&mut *self.tapes.lock().expect("not poisoned"));
+        tapes
+            .into_iter()
+            .filter_map(|tape| tape.downcast::<LayerTape<B>>().ok().map(|t| *t))
+            .collect()
+    }
+}
+
+/// What one checkpointed forward of a decoder keeps: the token ids, every layer's input (not
+/// recorded for autodiff), the masks and rotary tables, the seed of each layer's random draws
+/// (adapter dropout, replayed exactly), and the leaf the rest of the graph starts from.
+pub(super) struct LayerTape<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub inputs: Vec<Tensor<B, 3>>,
+    pub rotary: RotaryTables<B>,
+    pub masked: Tensor<B, 4, Bool>,
+    pub seed: Option<u64>,
+    pub leaf: Tensor<B, 3>,
+}
+
+/// A seed for a training forward's layers, drawn from the backend's own stream (so runs stay
+/// reproducible from the run's seed). Each layer's random draws (adapter dropout) start from
+/// it, in the forward and in a checkpointed backward's recomputation alike.
+pub(super) fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
+    let draw = Tensor::<B, 1>::random([1], Distribution::Uniform(0.0, 1.0), device).into_scalar();
+    (burn::tensor::ElementConversion::elem::<f64>(draw) * u32::MAX as f64) as u64
+}
+
+/// Reseeds the backend for layer `index`'s random draws, when the forward has a `seed`.
+pub(super) fn reseed_layer<B: Backend>(device: &B::Device, seed: Option<u64>, index: usize) {
+    if let Some(seed) = seed {
+        B::seed(device, seed.wrapping_add(index as u64));
+    }
+}

@@ -1,0 +1,217 @@
+//! Activation checkpointing gives the gradients of the plain backward (to 1e-5): full
+//! fine-tuning with untied and tied heads, LoRA adapters with dropout (the recomputation
+//! replays the dropout masks), and the reward model.
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor};
+use common::{fixture, Expected, B};
+use otpref_trainers::hub::{LoadOptions, ModelFolder};
+use otpref_trainers::model::{next_token_logps, CausalLm, LoraConfig, LoraTarget, RewardModel};
+
+type A = Autodiff<B>;
+
+/// The backend's random stream is global to the process: tests that seed it and draw from it
+/// (adapter dropout) take turns.
+static RANDOM_STREAM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    RANDOM_STREAM.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn batch(name: &str) -> (Tensor<A, 2, Int>, Tensor<A, 2, Bool>) {
+    let expected = Expected::read(&fixture(name).join("expected.safetensors"));
+    let batch = expected.batch("right");
+    let device = Default::default();
+    (
+        Tensor::from_data(batch.ids.into_data(), &device),
+        Tensor::from_data(batch.mask.into_data(), &device),
+    )
+}
+
+/// Every parameter's gradient (zeros where none), in visiting order.
+struct Collect<'a> {
+    grads: &'a GradientsParams,
+    out: Vec<Vec<f32>>,
+}
+
+impl ModuleVisitor<A> for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let grad = self
+            .grads
+            .get::<<A as AutodiffBackend>::InnerBackend, D>(param.id);
+        self.out.push(match grad {
+            Some(g) => g.into_data().to_vec().unwrap(),
+            None => vec![0.0; param.shape().num_elements()],
+        });
+    }
+}
+
+fn all_grads<M: Module<A>>(model: &M, grads: &GradientsParams) -> Vec<Vec<f32>> {
+    let mut collect = Collect {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut collect);
+    collect.out
+}
+
+fn assert_close(plain: &[Vec<f32>], checkpointed: &[Vec<f32>], what: &str) {
+    assert_eq!(plain.len(), checkpointed.len());
+    let mut nonzero = 0;
+    for (p, c) in plain.iter().zip(checkpointed) {
+        let scale = p.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        for (x, y) in p.iter().zip(c) {
+            assert!((x - y).abs() <= 1e-5 * scale.max(1.0), "{what}: {x} vs {y}");
+        }
+        nonzero += p.iter().any(|x| *x != 0.0) as usize;
+    }
+    assert!(nonzero > 0, "{what}: no gradient at all");
+}
+
+/// A DPO-like loss through log-probabilities and hidden states.
+fn policy_loss(
+    model: &CausalLm<A>,
+    ids: Tensor<A, 2, Int>,
+    mask: Tensor<A, 2, Bool>,
+) -> Tensor<A, 1> {
+    let out = model.forward(ids.clone(), mask);
+    next_token_logps(out.logits, ids).mean() + out.hidden.powi_scalar(2).mean().mul_scalar(0.1)
+}
+
+fn check_policy(model: CausalLm<A>, name: &str, what: &str, seed: u64) {
+    let (ids, mask) = batch(name);
+    let device = Default::default();
+    A::seed(&device, seed);
+    let plain = model.backward(policy_loss(&model, ids.clone(), mask.clone()));
+    let plain = all_grads(&model, &plain);
+    let checkpointed_model = model.clone().with_gradient_checkpointing();
+    A::seed(&device, seed);
+    let loss = policy_loss(&checkpointed_model, ids, mask);
+    let checkpointed = checkpointed_model.backward(loss);
+    assert_close(&plain, &all_grads(&checkpointed_model, &checkpointed), what);
+}
+
+fn policy(name: &str) -> CausalLm<A> {
+    ModelFolder::open(fixture(name))
+        .unwrap()
+        .load_causal_lm::<A>(&LoadOptions::default(), &Default::default())
+        .unwrap()
+}
+
+#[test]
+fn full_fine_tuning_gradients_match_untied_and_tied() {
+    let _turn = take_turn();
+    check_policy(policy("llama"), "llama", "llama (untied head)", 1);
+    check_policy(policy("smollm"), "smollm", "smollm (tied embeddings)", 2);
+}
+
+#[test]
+fn lora_gradients_match_with_adapter_dropout() {
+    let _turn = take_turn();
+    let device = Default::default();
+    let mut config = LoraConfig::new(4);
+    config.dropout = 0.2;
+    config.targets = LoraTarget::ALL.to_vec();
+    let model = policy("llama").with_lora(&config, &device);
+    // Non-zero B, so that the adapters' gradients flow into A too.
+    let model = model.map(&mut NonZeroB);
+    check_policy(model, "llama", "llama LoRA with dropout", 4);
+}
+
+struct NonZeroB;
+
+impl burn::module::ModuleMapper<A> for NonZeroB {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<A, D>>) -> Param<Tensor<A, D>> {
+        let all_zero = param.val().abs().max().into_scalar() == 0.0;
+        match all_zero {
+            true => param.map(|t| (t.ones_like() * 0.05).require_grad()),
+            false => param,
+        }
+    }
+}
+
+#[test]
+fn reward_model_gradients_match() {
+    let _turn = take_turn();
+    let model: RewardModel<A> = ModelFolder::open(fixture("llama-reward"))
+        .unwrap()
+        .load_reward_model(&LoadOptions::default(), &Default::default())
+        .unwrap();
+    let (ids, mask) = batch("llama-reward");
+    let loss = |m: &RewardModel<A>| {
+        m.forward(ids.clone(), mask.clone())
+            .rewards
+            .powi_scalar(2)
+            .mean()
+    };
+    let plain = all_grads(&model, &model.backward(loss(&model)));
+    let checkpointed_model = model.clone().with_gradient_checkpointing();
+    let grads = checkpointed_model.backward(loss(&checkpointed_model));
+    assert_close(
+        &plain,
+        &all_grads(&checkpointed_model, &grads),
+        "reward model",
+    );
+}
+
+/// A small built-in run of `program` (DPO: 3 SFT steps then 3 DPO steps).
+fn small_run(program: &str, output: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    command.args(["--output", output.to_str().unwrap()]);
+    command.args([
+        "--builtin-hidden",
+        "16",
+        "--builtin-layers",
+        "2",
+        "--builtin-train-pairs",
+        "32",
+        "--builtin-eval-pairs",
+        "8",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--steps",
+        "3",
+        "--eval-every",
+        "0",
+    ]);
+    if program.ends_with("dpo_trainer") {
+        command.args([
+            "--sft-steps",
+            "3",
+            "--eval-prompts",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ]);
+    }
+    command
+}
+
+#[test]
+fn both_trainers_train_the_same_model_with_gradient_checkpointing() {
+    for program in [
+        env!("CARGO_BIN_EXE_dpo_trainer"),
+        env!("CARGO_BIN_EXE_reward_trainer"),
+    ] {
+        let plain = common::ScratchFolder::empty("ckpt-plain");
+        common::run_ok(&mut small_run(program, &plain.0));
+        let checkpointed = common::ScratchFolder::empty("ckpt-on");
+        common::run_ok(small_run(program, &checkpointed.0).arg("--gradient-checkpointing"));
+        let read = |dir: &std::path::Path| Expected::read(&dir.join("model/model.safetensors"));
+        let (a, b) = (read(&plain.0), read(&checkpointed.0));
+        assert_eq!(a.names(), b.names());
+        for name in a.names() {
+            let (x, y) = (a.f32(&name).0, b.f32(&name).0);
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() <= 1e-5, "{program} {name}: {p} vs {q}");
+            }
+        }
+    }
+}
