@@ -1,6 +1,7 @@
-//! Activation checkpointing gives the gradients of the plain backward (to 1e-5): full
-//! fine-tuning with untied and tied heads, LoRA adapters with dropout (the recomputation
-//! replays the dropout masks), and the reward model.
+//! Activation checkpointing and the chunked head give the gradients of the plain backward (to
+//! 1e-5): full fine-tuning with untied and tied heads, LoRA adapters with dropout (the
+//! recomputation replays the dropout masks), and the reward model; the chunked head's
+//! log-probabilities are `transformers`' logits' log-softmax.
 
 mod common;
 
@@ -214,4 +215,98 @@ fn both_trainers_train_the_same_model_with_gradient_checkpointing() {
             }
         }
     }
+}
+
+/// `log_softmax(logits)[next token]` on the host, from `transformers`' logits.
+fn reference_logps(name: &str) -> (Vec<f32>, Vec<Vec<bool>>, usize) {
+    let expected = Expected::read(&fixture(name).join("expected.safetensors"));
+    let (logits, shape) = expected.f32("logits_right");
+    let (ids, _) = expected.i64("input_ids_right");
+    let [batch, len, vocab] = [shape[0], shape[1], shape[2]];
+    let mut out = Vec::new();
+    for b in 0..batch {
+        for t in 0..len - 1 {
+            let row = &logits[(b * len + t) * vocab..(b * len + t + 1) * vocab];
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|x| ((x - max) as f64).exp()).sum();
+            let target = ids[b * len + t + 1] as usize;
+            out.push(row[target] - max - sum.ln() as f32);
+        }
+    }
+    (out, expected.batch("right").rows, len)
+}
+
+#[test]
+fn chunked_log_probabilities_are_transformers_log_softmax() {
+    for name in ["llama", "smollm"] {
+        let (expected, rows, len) = reference_logps(name);
+        let model = ModelFolder::open(fixture(name))
+            .unwrap()
+            .load_causal_lm::<B>(&LoadOptions::default(), &Default::default())
+            .unwrap()
+            .with_head_chunk_rows(5);
+        let batch = Expected::read(&fixture(name).join("expected.safetensors")).batch("right");
+        let logps: Vec<f32> = model
+            .forward_logps(batch.ids, batch.mask)
+            .logps
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for (b, row) in rows.iter().enumerate() {
+            for t in 0..len - 1 {
+                if row[t + 1] {
+                    let (x, y) = (logps[b * (len - 1) + t], expected[b * (len - 1) + t]);
+                    assert!((x - y).abs() < 1e-4, "{name} [{b}, {t}]: {x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+/// The same loss through the chunked head (`forward_logps`, several chunks) and through the
+/// full logits (`forward` + `next_token_logps`), with the hidden state used directly too.
+fn check_chunked_head(model: CausalLm<A>, under_test: CausalLm<A>, name: &str, what: &str) {
+    let (ids, mask) = batch(name);
+    let out = model.forward(ids.clone(), mask.clone());
+    let plain_loss = next_token_logps(out.logits, ids.clone()).mean()
+        + out.hidden.powi_scalar(2).mean().mul_scalar(0.1);
+    let plain = all_grads(
+        &model,
+        &GradientsParams::from_grads(plain_loss.backward(), &model),
+    );
+    let chunked_model = under_test.with_head_chunk_rows(7);
+    let out = chunked_model.forward_logps(ids, mask);
+    let loss = out.logps.mean() + out.hidden.powi_scalar(2).mean().mul_scalar(0.1);
+    let chunked = chunked_model.backward(loss);
+    assert_close(&plain, &all_grads(&chunked_model, &chunked), what);
+}
+
+#[test]
+fn chunked_head_gradients_match_the_full_logits() {
+    let _turn = take_turn();
+    let device = Default::default();
+    let (llama, smollm) = (policy("llama"), policy("smollm"));
+    check_chunked_head(
+        llama.clone(),
+        llama.clone(),
+        "llama",
+        "chunked head, untied",
+    );
+    check_chunked_head(
+        smollm.clone(),
+        smollm.clone(),
+        "smollm",
+        "chunked head, tied",
+    );
+    let lora = smollm
+        .with_lora(&LoraConfig::new(2), &device)
+        .map(&mut NonZeroB);
+    check_chunked_head(lora.clone(), lora, "smollm", "chunked head, LoRA");
+    let checkpointed = llama.clone().with_gradient_checkpointing();
+    check_chunked_head(
+        llama,
+        checkpointed,
+        "llama",
+        "chunked head and checkpointed layers",
+    );
 }

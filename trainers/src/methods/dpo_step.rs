@@ -15,7 +15,7 @@ use super::reference::{precomputed_tensor, ReferenceLogps};
 use super::sft::chosen_nll;
 use crate::data::PairBatch;
 use crate::error::Result;
-use crate::model::{next_token_logps, CausalLm};
+use crate::model::CausalLm;
 use crate::training::scalar;
 
 /// Everything the DPO family's loss reads from a run's settings.
@@ -64,19 +64,20 @@ where
 {
     let b = batch.pairs;
     let [rows, len] = batch.input_ids.dims();
-    let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-    let logps = next_token_logps(out.logits, batch.input_ids.clone());
+    // Differentiated through `CausalLm::backward` (the head runs in chunks).
+    let out = policy.forward_logps(batch.input_ids.clone(), batch.attention_mask.clone());
+    let logps = out.logps;
     let reference_logps = objective
         .method
         .uses_reference()
         .then(|| match precomputed {
             Some(rows) => precomputed_tensor::<B>(rows, len - 1, device),
             None => {
-                let out = reference.forward(
+                let out = reference.forward_logps(
                     batch.input_ids.clone().inner(),
                     batch.attention_mask.clone().inner(),
                 );
-                Tensor::from_inner(next_token_logps(out.logits, batch.input_ids.inner()))
+                Tensor::from_inner(out.logps)
             }
         });
     // The hidden state at position t predicts token t + 1, as the log-probabilities do.

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 
 use crate::data::{collate_pairs, TokenizedPair};
-use crate::model::{next_token_logps, CausalLm};
+use crate::model::CausalLm;
 
 /// Reference log-probabilities of one pair, `[len - 1]` per response row, computed once.
 #[derive(Debug, Clone)]
@@ -26,8 +26,9 @@ pub fn reference_logps<B: burn::tensor::backend::Backend>(
     let mut all = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size) {
         let batch = collate_pairs::<B>(chunk, pad, device);
-        let out = reference.forward(batch.input_ids.clone(), batch.attention_mask);
-        let logps = next_token_logps(out.logits, batch.input_ids);
+        let logps = reference
+            .forward_logps(batch.input_ids, batch.attention_mask)
+            .logps;
         let [rows, width] = logps.dims();
         let values = logps
             .into_data()

@@ -4,7 +4,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
 use crate::data::PairBatch;
-use crate::model::{next_token_logps, CausalLm};
+use crate::model::CausalLm;
 
 /// Supervised loss: mean negative log-likelihood of the chosen responses' tokens.
 pub fn sft_loss<B: AutodiffBackend>(policy: &CausalLm<B>, batch: PairBatch<B>) -> Tensor<B, 1> {
@@ -13,8 +13,8 @@ pub fn sft_loss<B: AutodiffBackend>(policy: &CausalLm<B>, batch: PairBatch<B>) -
     let ids = batch.input_ids.slice([0..pairs, 0..len]);
     let mask = batch.attention_mask.slice([0..pairs, 0..len]);
     let response = batch.response_mask.slice([0..pairs, 0..len - 1]);
-    let out = policy.forward(ids.clone(), mask);
-    response_nll(next_token_logps(out.logits, ids), response)
+    // Differentiated through `CausalLm::backward` (the head runs in chunks).
+    response_nll(policy.forward_logps(ids, mask).logps, response)
 }
 
 /// The chosen responses' negative log-likelihood per response token (TRL's `nll_loss`): rows

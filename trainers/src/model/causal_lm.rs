@@ -9,7 +9,9 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::{Decoder, DecoderCache};
+use super::head::{chunk_rows, chunked_logps};
 use super::lora::LoraConfig;
+use super::tape::{HeadTape, Tapes};
 
 /// A decoder with a language-model head. With `tie_word_embeddings` the head IS the embedding
 /// matrix (`lm_head` is `None`): one parameter, so training keeps the two tied, as
@@ -20,6 +22,21 @@ pub struct CausalLm<B: Backend> {
     pub model: Decoder<B>,
     /// The untied output head `hidden → vocab` (`lm_head.weight`); `None` when tied.
     pub lm_head: Option<Linear<B>>,
+    /// What training forwards of [`CausalLm::forward_logps`] keep for [`CausalLm::backward`].
+    #[module(skip)]
+    head_tapes: Tapes,
+    /// Positions per chunk of [`CausalLm::forward_logps`] (`None`: 64 MiB of f32 logits).
+    #[module(skip)]
+    head_chunk_rows: Option<usize>,
+}
+
+/// What [`CausalLm::forward_logps`] returns.
+#[derive(Debug, Clone)]
+pub struct TokenLogps<B: Backend> {
+    /// `log p(input_ids[t + 1] | input_ids[..=t])`, `[batch, len - 1]`, in f32.
+    pub logps: Tensor<B, 2>,
+    /// The last hidden state after the final norm, `[batch, len, hidden_size]`.
+    pub hidden: Tensor<B, 3>,
 }
 
 /// What one forward pass of a [`CausalLm`] returns.
@@ -45,6 +62,8 @@ impl<B: Backend> CausalLm<B> {
         Self {
             model: Decoder::new(config, device),
             lm_head,
+            head_tapes: Tapes::default(),
+            head_chunk_rows: None,
         }
     }
 
@@ -54,6 +73,7 @@ impl<B: Backend> CausalLm<B> {
         Self {
             model: self.model.with_lora(config, device),
             lm_head: self.lm_head.map(Module::no_grad),
+            ..self
         }
     }
 
@@ -102,15 +122,71 @@ impl<B: Backend> CausalLm<B> {
         cache: &mut DecoderCache<B>,
     ) -> CausalLmOutput<B> {
         let hidden = self.model.forward_cached(input_ids, attention_mask, cache);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(hidden.clone()),
-            None => linear(
-                hidden.clone(),
-                self.model.embed_tokens.weight.val().transpose(),
-                None,
-            ),
-        };
+        let logits = linear(hidden.clone(), self.head_weight(), None);
         CausalLmOutput { logits, hidden }
+    }
+
+    /// [`CausalLm::forward_logps`] with `rows` positions per chunk of the head (fewer: less
+    /// memory, smaller matrix products).
+    pub fn with_head_chunk_rows(self, rows: usize) -> Self {
+        Self {
+            head_chunk_rows: Some(rows.max(1)),
+            ..self
+        }
+    }
+
+    /// The output head's weight `[hidden, vocab]`: `lm_head`'s, or the embedding matrix's
+    /// transpose when tied.
+    pub fn head_weight(&self) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.model.embed_tokens.weight.val().transpose(),
+        }
+    }
+
+    /// The per-token log-probabilities of `input_ids` (what [`next_token_logps`] computes from
+    /// the logits) and the last hidden state, without the full-vocabulary logits: the head
+    /// runs over chunks of positions ([`super::head`]). On an autodiff backend the result is a
+    /// leaf: differentiate a loss of it with [`CausalLm::backward`], which recomputes the
+    /// chunks (a plain `loss.backward()` would not reach the model's parameters).
+    pub fn forward_logps(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+    ) -> TokenLogps<B> {
+        let [batch, len] = input_ids.dims();
+        let device = input_ids.device();
+        let hidden = self.model.forward(input_ids.clone(), attention_mask);
+        let width = hidden.dims()[2];
+        let targets = input_ids.slice([0..batch, 1..len]);
+        let shifted = |h: Tensor<B, 3>| h.slice([0..batch, 0..len - 1, 0..width]);
+        let step = chunk_rows(
+            self.model.embed_tokens.weight.dims()[0],
+            self.head_chunk_rows,
+        );
+        if !B::ad_enabled(&device) {
+            let logps = chunked_logps(shifted(hidden.clone()), self.head_weight(), targets, step);
+            return TokenLogps { logps, hidden };
+        }
+        let values = chunked_logps(
+            shifted(hidden.clone().detach()),
+            self.head_weight().detach(),
+            targets.clone(),
+            step,
+        );
+        let tape = HeadTape {
+            hidden_leaf: hidden.clone().detach().require_grad(),
+            logps_leaf: values.detach().require_grad(),
+            hidden,
+            targets,
+            chunk_rows: step,
+        };
+        let out = TokenLogps {
+            logps: tape.logps_leaf.clone(),
+            hidden: tape.hidden_leaf.clone(),
+        };
+        self.head_tapes.push(tape);
+        out
     }
 }
 
@@ -118,7 +194,9 @@ impl<B: AutodiffBackend> CausalLm<B> {
     /// The parameters' gradients of `loss`, recomputing checkpointed layers where the forward
     /// passes that led to it ran with checkpointing.
     pub fn backward(&self, loss: Tensor<B, 1>) -> GradientsParams {
-        super::checkpointing::backward(self, &self.model, loss)
+        let weight = || self.head_weight();
+        let head: Option<(&Tapes, &dyn Fn() -> Tensor<B, 2>)> = Some((&self.head_tapes, &weight));
+        super::checkpointing::backward(self, &self.model, head, loss)
     }
 }
 

@@ -11,38 +11,93 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::decoder::Decoder;
-use super::tape::{reseed_layer, LayerTape};
+use super::tape::{reseed_layer, HeadTape, LayerTape, Tapes};
 
-/// `loss.backward()` for a model whose decoder may have run checkpointed: the gradients of
-/// the part of the graph autodiff recorded (head, final norm), then each checkpointed
-/// forward's layers recomputed from the top down, then the embeddings. Without checkpointing
-/// this is `GradientsParams::from_grads(loss.backward(), model)`.
+/// `loss.backward()` for a model whose forward passes recorded tapes: the gradients of the
+/// part of the graph autodiff recorded; then each chunked head's log-probabilities (`head`:
+/// the model's head tapes and weight) recomputed chunk by chunk and their gradient carried into
+/// the decoder's graph; then each checkpointed forward's layers recomputed from the top down,
+/// and the embeddings. Without tapes this is `GradientsParams::from_grads(loss.backward(),
+/// model)`.
 pub fn backward<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     decoder: &Decoder<B>,
+    head: Option<(&Tapes, &dyn Fn() -> Tensor<B, 2>)>,
     loss: Tensor<B, 1>,
 ) -> GradientsParams {
     let mut grads = loss.backward();
-    let tapes = match decoder.checkpointing() {
-        Some(checkpointing) => checkpointing.take::<B>(),
+    let layer_tapes = match decoder.checkpointing() {
+        Some(tapes) => tapes.take::<LayerTape<B>>(),
         None => Vec::new(),
     };
-    let upstream: Vec<_> = tapes
+    let mut upstream: Vec<_> = layer_tapes
         .iter()
         .map(|tape| tape.leaf.grad_remove(&mut grads))
         .collect();
     let mut accumulator = GradientsAccumulator::<M>::new();
+    if let Some((tapes, weight)) = head {
+        for tape in tapes.take::<HeadTape<B>>() {
+            let hidden = head_gradient(model, weight, &tape, &mut grads, &mut accumulator);
+            let Some(hidden) = hidden else { continue };
+            // Into the decoder's graph: its last hidden state takes the gradient found.
+            let mut below = (tape.hidden * Tensor::from_inner(hidden)).sum().backward();
+            for (tape, slot) in layer_tapes.iter().zip(upstream.iter_mut()) {
+                *slot = add(slot.take(), tape.leaf.grad_remove(&mut below));
+            }
+            accumulator.accumulate(model, GradientsParams::from_grads(below, model));
+        }
+    }
     accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
-    for (tape, upstream) in tapes.into_iter().zip(upstream) {
+    for (tape, upstream) in layer_tapes.into_iter().zip(upstream) {
         if let Some(upstream) = upstream {
             recompute(model, decoder, tape, upstream, &mut accumulator);
         }
     }
     accumulator.grads()
+}
+
+/// The gradient of a head tape's hidden state `[batch, len, d]`: what the loss sent to it
+/// directly, plus what its log-probabilities' gradient becomes through the head (recomputed
+/// in chunks; the head weight's share goes to `accumulator`). `None` when the loss used
+/// neither.
+fn head_gradient<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    weight: &dyn Fn() -> Tensor<B, 2>,
+    tape: &HeadTape<B>,
+    grads: &mut B::Gradients,
+    accumulator: &mut GradientsAccumulator<M>,
+) -> Option<Tensor<B::InnerBackend, 3>> {
+    let direct = tape.hidden_leaf.grad_remove(grads);
+    let through_head = tape.logps_leaf.grad_remove(grads).map(|upstream| {
+        let [batch, len, width] = tape.hidden.dims();
+        let shifted = tape.hidden.clone().slice([0..batch, 0..len - 1, 0..width]);
+        let head_tape = HeadTape {
+            hidden: shifted,
+            hidden_leaf: tape.hidden_leaf.clone(),
+            logps_leaf: tape.logps_leaf.clone(),
+            targets: tape.targets.clone(),
+            chunk_rows: tape.chunk_rows,
+        };
+        let grad = super::head::backward(model, weight, &head_tape, upstream, accumulator);
+        // The last position predicts nothing: its share is zero.
+        let last = grad.zeros_like().slice([0..batch, 0..1, 0..width]);
+        Tensor::cat(vec![grad, last], 1)
+    });
+    add(direct, through_head)
+}
+
+fn add<B: Backend, const D: usize>(
+    a: Option<Tensor<B, D>>,
+    b: Option<Tensor<B, D>>,
+) -> Option<Tensor<B, D>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The layers of one checkpointed forward, recomputed from the last down with the gradient

@@ -10,7 +10,7 @@ use super::attention::{Attention, KeyValues};
 use super::config::DecoderConfig;
 use super::lora::{LoraConfig, LoraLinear, LoraTarget};
 use super::rotary::RotaryTables;
-use super::tape::{draw_seed, reseed_layer, Checkpointing, LayerTape};
+use super::tape::{draw_seed, reseed_layer, LayerTape, Tapes};
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Module, Debug)]
@@ -130,7 +130,7 @@ pub struct Decoder<B: Backend> {
     /// Set by [`Decoder::with_gradient_checkpointing`]: training forwards keep only each
     /// layer's input, and the backward recomputes the layers.
     #[module(skip)]
-    checkpointing: Option<Checkpointing>,
+    checkpointing: Option<Tapes>,
 }
 
 impl<B: Backend> Decoder<B> {
@@ -279,7 +279,7 @@ impl<B: Backend> Decoder<B> {
         rotary: RotaryTables<B>,
         masked: Tensor<B, 4, Bool>,
         seed: Option<u64>,
-        checkpointing: &Checkpointing,
+        checkpointing: &Tapes,
     ) -> Tensor<B, 3> {
         let device = embedded.device();
         let mut inputs = Vec::with_capacity(self.layers.len());
@@ -307,12 +307,12 @@ impl<B: Backend> Decoder<B> {
 
     /// The decoder with activation checkpointing on for its training forwards.
     pub fn with_gradient_checkpointing(mut self) -> Self {
-        self.checkpointing = Some(Checkpointing::default());
+        self.checkpointing = Some(Tapes::default());
         self
     }
 
     /// Where checkpointed forwards leave their tapes, when checkpointing is on.
-    pub fn checkpointing(&self) -> Option<&Checkpointing> {
+    pub fn checkpointing(&self) -> Option<&Tapes> {
         self.checkpointing.as_ref()
     }
 }

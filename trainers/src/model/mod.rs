@@ -10,13 +10,14 @@ pub mod checkpointing;
 mod config;
 mod decoder;
 mod generate;
+pub mod head;
 mod lora;
 mod reward;
 mod rotary;
 mod tape;
 
 pub use attention::{Attention, KeyValues};
-pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput};
+pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput, TokenLogps};
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::{Decoder, DecoderCache, DecoderLayer, Mlp};
 pub use generate::{generate_greedy, left_padded};
@@ -24,7 +25,7 @@ pub use lora::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};
 pub use rotary::RotaryTables;
-pub use tape::Checkpointing;
+pub use tape::Tapes;
 
 use burn::nn::Initializer;
 

@@ -101,7 +101,7 @@ impl<B: AutodiffBackend> RewardModel<B> {
     /// The parameters' gradients of `loss`, recomputing checkpointed layers where the forward
     /// passes that led to it ran with checkpointing.
     pub fn backward(&self, loss: Tensor<B, 1>) -> GradientsParams {
-        super::checkpointing::backward(self, &self.model, loss)
+        super::checkpointing::backward(self, &self.model, None, loss)
     }
 }
 

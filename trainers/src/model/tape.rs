@@ -1,5 +1,6 @@
-//! What a checkpointed forward keeps for its backward (see [`super::checkpointing`]): each
-//! layer's input and the seed of its random draws, on a tape the decoder holds.
+//! What a forward keeps for a backward that recomputes (see [`super::checkpointing`]): a
+//! checkpointed decoder's layer inputs and the seeds of their random draws, and the head's
+//! inputs for log-probabilities computed in chunks; on tapes the model holds.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -9,32 +10,33 @@ use burn::tensor::{Bool, Distribution, Int, Tensor};
 
 use super::rotary::RotaryTables;
 
-/// Where a checkpointed forward leaves what its backward needs. The tapes are type-erased
+/// Where a forward leaves what its backward will recompute from. The tapes are type-erased
 /// because a module's skipped fields cannot depend on its backend.
 #[derive(Clone, Default)]
-pub struct Checkpointing {
+pub struct Tapes {
     tapes: Arc<Mutex<Vec<Box<dyn Any + Send>>>>,
 }
 
-impl std::fmt::Debug for Checkpointing {
+impl std::fmt::Debug for Tapes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Checkpointing")
+        f.write_str("Tapes")
     }
 }
 
-impl Checkpointing {
-    pub(super) fn push<B: Backend>(&self, tape: LayerTape<B>) {
+impl Tapes {
+    pub(super) fn push<T: Any + Send>(&self, tape: T) {
         self.tapes
             .lock()
             .expect("not poisoned")
             .push(Box::new(tape));
     }
 
-    pub(super) fn take<B: Backend>(&self) -> Vec<LayerTape<B>> {
+    /// Every tape, oldest first (one store holds one kind of tape).
+    pub(super) fn take<T: Any>(&self) -> Vec<T> {
         let tapes = std::mem::take(&mut *self.tapes.lock().expect("not poisoned"));
         tapes
             .into_iter()
-            .filter_map(|tape| tape.downcast::<LayerTape<B>>().ok().map(|t| *t))
+            .filter_map(|tape| tape.downcast::<T>().ok().map(|t| *t))
             .collect()
     }
 }
@@ -49,6 +51,17 @@ pub(super) struct LayerTape<B: Backend> {
     pub masked: Tensor<B, 4, Bool>,
     pub seed: Option<u64>,
     pub leaf: Tensor<B, 3>,
+}
+
+/// What a training forward's chunked log-probabilities keep: the decoder's last hidden state
+/// as autodiff recorded it, the leaves the loss was computed from instead (the hidden state and
+/// the log-probabilities), and the target tokens.
+pub(super) struct HeadTape<B: Backend> {
+    pub hidden: Tensor<B, 3>,
+    pub hidden_leaf: Tensor<B, 3>,
+    pub logps_leaf: Tensor<B, 2>,
+    pub targets: Tensor<B, 2, Int>,
+    pub chunk_rows: usize,
 }
 
 /// A seed for a training forward's layers, drawn from the backend's own stream (so runs stay

@@ -10,7 +10,7 @@ use serde_json::{json, Map};
 use crate::data::{collate_pairs, Text, TokenizedPair};
 use crate::error::Result;
 use crate::methods::{pair_weights, weighted_loss, DpoObjective};
-use crate::model::{generate_greedy, next_token_logps, CausalLm};
+use crate::model::{generate_greedy, CausalLm};
 use crate::task::Problem;
 use crate::tokenizer::Tokenizer;
 use crate::training::{scalar, MetricsLog};
@@ -103,11 +103,12 @@ where
         let batch = collate_pairs::<B>(chunk, pad, device);
         let b = batch.pairs;
         let [rows, len] = batch.input_ids.dims();
-        let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-        let logps = next_token_logps(out.logits, batch.input_ids.clone());
+        let out = policy.forward_logps(batch.input_ids.clone(), batch.attention_mask.clone());
+        let logps = out.logps;
         let reference_logps = objective.method.uses_reference().then(|| {
-            let out = reference.forward(batch.input_ids.clone(), batch.attention_mask.clone());
-            next_token_logps(out.logits, batch.input_ids.clone())
+            reference
+                .forward_logps(batch.input_ids.clone(), batch.attention_mask.clone())
+                .logps
         });
         let hidden = objective
             .method
