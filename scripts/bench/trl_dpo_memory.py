@@ -55,6 +55,8 @@ config = DPOConfig(
     gradient_checkpointing=checkpointing,
     warmup_steps=0,
     max_grad_norm=0.0,
+    # f32 as dpo_trainer trains (TRL's configs default to bf16 autocast).
+    bf16=False,
 )
 trainer = DPOTrainer(model=model, args=config, train_dataset=dataset,
                      processing_class=tokenizer, peft_config=peft_config)

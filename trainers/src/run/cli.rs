@@ -13,6 +13,7 @@ use super::config::{apply_config_file, CommonConfig, DeviceKind};
 use crate::data::write_jsonl;
 use crate::error::Result;
 use crate::task::{self, TaskConfig};
+use crate::training::plan::{largest_batch, plan, PlanInput};
 
 /// Flags of a trainer program that are not settings of the run.
 #[derive(Debug, Clone, Args)]
@@ -26,6 +27,14 @@ pub struct RunOptions {
     /// Write the built-in task's training pairs to FILE (JSON lines) and exit.
     #[arg(long, value_name = "FILE")]
     pub write_builtin: Option<PathBuf>,
+    /// Print the memory the run needs (parameters, gradients, optimizer state, reference,
+    /// activations; per device) and exit without training.
+    #[arg(long)]
+    pub plan: bool,
+    /// With --plan: the memory available per device, in GiB; the plan says the largest
+    /// --batch-size that fits.
+    #[arg(long, value_name = "GIB")]
+    pub memory_budget: Option<f64>,
 }
 
 /// A trainer's settings, and how to train with them.
@@ -34,6 +43,8 @@ pub trait TrainerSettings: Args + FromArgMatches + Serialize + DeserializeOwned 
     fn common(&self) -> &CommonConfig;
     /// Checks every setting; the message names the flag.
     fn validate(&self) -> std::result::Result<(), String>;
+    /// What the memory plan of this run is computed from.
+    fn plan_input(&self) -> Result<PlanInput>;
     /// Trains on backend `B`.
     fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
     where
@@ -77,6 +88,12 @@ fn run<S: TrainerSettings>(matches: &clap::ArgMatches) -> std::result::Result<()
         return Ok(());
     }
     settings.validate()?;
+    if options.plan {
+        return print_plan(&settings, options.memory_budget).map_err(|e| e.to_string());
+    }
+    if options.memory_budget.is_some() {
+        return Err("--memory-budget goes with --plan".into());
+    }
     let trained = match settings.common().device {
         DeviceKind::Cpu => settings.train::<burn::backend::Autodiff<burn::backend::Flex>>(
             options.resume,
@@ -85,6 +102,39 @@ fn run<S: TrainerSettings>(matches: &clap::ArgMatches) -> std::result::Result<()
         DeviceKind::Cuda => train_on_cuda(&settings, options.resume),
     };
     trained.map_err(|e| e.to_string())
+}
+
+/// `--plan`: the memory plan of the run, and the largest batch that fits a budget.
+fn print_plan<S: TrainerSettings>(settings: &S, budget: Option<f64>) -> Result<()> {
+    let input = settings.plan_input()?;
+    let predicted = plan(&input);
+    println!(
+        "memory plan: batch {} pairs, length {}, {}{}",
+        input.batch_pairs,
+        input.length,
+        match &input.lora {
+            Some(lora) => format!("LoRA r{}", lora.rank),
+            None => "full fine-tuning".into(),
+        },
+        if input.checkpointing {
+            ", gradient checkpointing"
+        } else {
+            ""
+        }
+    );
+    println!("{predicted}");
+    if let Some(gib) = budget {
+        if !(gib.is_finite() && gib > 0.0) {
+            return Err(crate::Error::Training(format!(
+                "--memory-budget must be a positive number of GiB, got {gib}"
+            )));
+        }
+        match largest_batch(&input, gib * 1024.0 * 1024.0 * 1024.0) {
+            Some(batch) => println!("largest --batch-size within {gib} GiB: {batch}"),
+            None => println!("no --batch-size fits within {gib} GiB"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::optim::AdamWConfig;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -54,6 +55,14 @@ pub struct LoraArgs {
     #[arg(long)]
     #[serde(default)]
     pub merge_adapters: bool,
+}
+
+fn default_adam_epsilon() -> f64 {
+    1e-5
+}
+
+fn default_shuffle() -> bool {
+    true
 }
 
 fn default_lora_alpha() -> f64 {
@@ -137,6 +146,14 @@ pub struct CommonConfig {
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// AdamW's ε (burn's default 1e-5; torch's and TRL's is 1e-8).
+    #[arg(long, default_value_t = 1e-5)]
+    #[serde(default = "default_adam_epsilon")]
+    pub adam_epsilon: f64,
+    /// Shuffle the training pairs every epoch (`--shuffle false`: the file's order).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[serde(default = "default_shuffle")]
+    pub shuffle: bool,
     /// Clip gradients to this global L2 norm over all parameters (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
@@ -219,6 +236,12 @@ impl CommonConfig {
                 self.weight_decay
             ));
         }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0) {
+            return Err(format!(
+                "--adam-epsilon must be positive, got {}",
+                self.adam_epsilon
+            ));
+        }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return Err(format!(
                 "--max-grad-norm must be 0 (off) or more, got {}",
@@ -271,9 +294,17 @@ impl CommonConfig {
             eval_every: self.eval_every,
             save_every: self.save_every,
             seed: self.seed,
+            shuffle: self.shuffle,
             // Adapter dropout draws inside the step: seeded per step, resume stays exact.
             reseed_every_step: lora.is_some_and(|l| l.dropout > 0.0),
         }
+    }
+
+    /// AdamW with the run's weight decay and ε (β 0.9 and 0.999, as torch's).
+    pub fn optimizer(&self) -> AdamWConfig {
+        AdamWConfig::new()
+            .with_weight_decay(self.weight_decay as f32)
+            .with_epsilon(self.adam_epsilon as f32)
     }
 
     /// A phase of `steps` steps from step `origin` with peak learning rate `peak`: linear

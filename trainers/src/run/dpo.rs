@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use clap::Args;
@@ -164,6 +164,10 @@ impl super::cli::TrainerSettings for DpoConfig {
         DpoConfig::validate(self)
     }
 
+    fn plan_input(&self) -> Result<crate::training::plan::PlanInput> {
+        super::plan::plan_input(&self.common, true, !self.precompute_ref)
+    }
+
     fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
     where
         B: AutodiffBackend + OtBackend,
@@ -213,11 +217,7 @@ where
     }
     let lora = loaded.lora;
     println!("{}", ParameterCounts::of(&loaded.model));
-    let new_optimizer = || {
-        AdamWConfig::new()
-            .with_weight_decay(common.weight_decay as f32)
-            .init::<B, CausalLm<B>>()
-    };
+    let new_optimizer = || common.optimizer().init::<B, CausalLm<B>>();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let (policy, optimizer, state) =
         checkpoints.resume(resume, loaded.model, new_optimizer(), device)?;

@@ -7,6 +7,7 @@ pub mod datasets;
 pub mod dpo;
 pub mod dpo_eval;
 pub mod model_source;
+pub mod plan;
 pub mod report;
 pub mod reward;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use clap::Args;
@@ -124,6 +124,10 @@ impl super::cli::TrainerSettings for RewardConfig {
         RewardConfig::validate(self)
     }
 
+    fn plan_input(&self) -> Result<crate::training::plan::PlanInput> {
+        super::plan::plan_input(&self.common, false, false)
+    }
+
     fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
     where
         B: AutodiffBackend + OtBackend,
@@ -209,9 +213,7 @@ where
     }
     let lora = loaded.lora;
     println!("{}", ParameterCounts::of(&loaded.model));
-    let optimizer = AdamWConfig::new()
-        .with_weight_decay(common.weight_decay as f32)
-        .init::<B, RewardModel<B>>();
+    let optimizer = common.optimizer().init::<B, RewardModel<B>>();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let (model, optimizer, state) = checkpoints.resume(resume, loaded.model, optimizer, device)?;
     let pad = tokenizer.pad_id();

@@ -7,6 +7,7 @@ mod interrupt;
 mod metrics;
 mod order;
 mod parameters;
+pub mod plan;
 mod progress;
 mod schedule;
 mod trainer;

@@ -3,18 +3,19 @@
 use crate::task::SplitMix64;
 
 /// The order in which training pairs are visited: a fresh shuffle every epoch, a pure function
-/// of the seed and the position, so a resumed run visits the same batches.
+/// of the seed and the position, so a resumed run visits the same batches; or, without
+/// shuffling, the file's order every epoch.
 #[derive(Debug, Clone)]
 pub struct BatchOrder {
     len: usize,
-    seed: u64,
+    seed: Option<u64>,
     epoch: usize,
     order: Vec<usize>,
 }
 
 impl BatchOrder {
-    /// An order over `len` pairs.
-    pub fn new(len: usize, seed: u64) -> Self {
+    /// An order over `len` pairs: shuffled with `seed`, or in file order when `seed` is `None`.
+    pub fn new(len: usize, seed: Option<u64>) -> Self {
         let mut order = Self {
             len,
             seed,
@@ -28,8 +29,10 @@ impl BatchOrder {
     fn shuffle_for(&mut self, epoch: usize) {
         if self.epoch != epoch {
             self.order = (0..self.len).collect();
-            SplitMix64::new(self.seed ^ (epoch as u64).wrapping_mul(0x2545_F491_4F6C_DD1D))
-                .shuffle(&mut self.order);
+            if let Some(seed) = self.seed {
+                SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x2545_F491_4F6C_DD1D))
+                    .shuffle(&mut self.order);
+            }
             self.epoch = epoch;
         }
     }

@@ -95,6 +95,8 @@ pub struct LoopConfig {
     pub save_every: usize,
     /// The run's seed (data order; per-step random streams).
     pub seed: u64,
+    /// Shuffle the pairs every epoch (off: the file's order, as for a step-by-step comparison).
+    pub shuffle: bool,
     /// Reseed the backend at every step from the seed and the step, so that random draws
     /// inside a step (adapter dropout) replay exactly on resume.
     pub reseed_every_step: bool,
@@ -148,7 +150,7 @@ impl Trainer {
         total: usize,
     ) -> Self {
         Self {
-            order: BatchOrder::new(train_len, config.seed),
+            order: BatchOrder::new(train_len, config.shuffle.then_some(config.seed)),
             progress: Progress::new(state.step, total),
             interrupted: interrupt_flag(),
             config,
