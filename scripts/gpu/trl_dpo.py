@@ -42,6 +42,8 @@ config = DPOConfig(
     dataloader_num_workers=0,
     # dpo_trainer keeps every activation; so must the anchor for a like-for-like comparison.
     gradient_checkpointing=False,
+    # dpo_trainer trains in f32; TRL's configs default to bf16 autocast.
+    bf16=False,
 )
 trainer = DPOTrainer(model=model, args=config, train_dataset=dataset,
                      processing_class=tokenizer)
