@@ -20,13 +20,14 @@ use super::dpo_eval::{
     eval_prompts, generations, held_out, log_held_out, weighted_examples, Generations, HeldOut,
 };
 use super::model_source::{model_and_tokenizer, ModelSource};
-use crate::data::{collate_pairs, PairBatch, TokenizedPair};
+use crate::data::{collate_pairs, Dataset, PairBatch, TokenizedPair};
 use crate::error::Result;
 use crate::methods::{
     dpo_loss, reference_logps, sft_loss, DpoLoss, DpoMethod, DpoObjective, MethodSettings,
     ReferenceLogps,
 };
-use crate::model::CausalLm;
+use crate::model::{CausalLm, LoraConfig};
+use crate::tokenizer::Tokenizer;
 use crate::training::{
     load_module, save_module, scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts,
     Trainer,
@@ -196,6 +197,33 @@ pub struct DpoSummary {
     pub interrupted: bool,
 }
 
+/// What a run reads before training: the model source, its tokenizer, the data.
+struct Prepared {
+    source: ModelSource,
+    tokenizer: Tokenizer,
+    eval: Dataset,
+    train_pairs: Vec<TokenizedPair>,
+    eval_pairs: Vec<TokenizedPair>,
+}
+
+impl Prepared {
+    fn read(config: &DpoConfig) -> Result<Self> {
+        let common = &config.common;
+        let (source, tokenizer) = model_and_tokenizer(common)?;
+        let (train, eval) = datasets(common)?;
+        let train_pairs = tokenize(&train, &tokenizer, common)?;
+        let eval_pairs = tokenize(&eval, &tokenizer, common)?;
+        prepare_output(&common.output, config)?;
+        Ok(Self {
+            source,
+            tokenizer,
+            eval,
+            train_pairs,
+            eval_pairs,
+        })
+    }
+}
+
 /// Runs the DPO trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`):
 /// SFT then DPO, two fits of the same loop.
 pub fn run<B>(config: &DpoConfig, resume: bool, device: &B::Device) -> Result<DpoSummary>
@@ -204,14 +232,11 @@ where
     B::InnerBackend: OtBackend,
 {
     let common = &config.common;
-    let (source, tokenizer) = model_and_tokenizer(common)?;
-    let (train, eval) = datasets(common)?;
-    let train_pairs = tokenize(&train, &tokenizer, common)?;
-    let eval_pairs = tokenize(&eval, &tokenizer, common)?;
-    prepare_output(&common.output, config)?;
+    let data = Prepared::read(config)?;
     B::seed(device, common.seed);
-
-    let mut loaded = source.load_policy::<B>(common.lora.config().as_ref(), device)?;
+    let mut loaded = data
+        .source
+        .load_policy::<B>(common.lora.config().as_ref(), device)?;
     if common.gradient_checkpointing {
         loaded.model = loaded.model.with_gradient_checkpointing();
     }
@@ -223,19 +248,20 @@ where
         checkpoints.resume(resume, loaded.model, new_optimizer(), device)?;
     let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
     let total = config.sft_steps + common.steps;
+    let loop_config = common.loop_config(lora.as_ref());
     let mut trainer = Trainer::new(
-        common.loop_config(lora.as_ref()),
-        train_pairs.len(),
+        loop_config,
+        data.train_pairs.len(),
         checkpoints,
         metrics,
         state,
         total,
     );
-    let pad = tokenizer.pad_id();
+    let pad = data.tokenizer.pad_id();
 
     let sft = common.phase(0, config.sft_steps, config.sft_lr);
     let mut warm_up = SftStep {
-        pairs: &train_pairs,
+        pairs: &data.train_pairs,
         pad,
         device,
     };
@@ -256,13 +282,20 @@ where
         }
         optimizer = new_optimizer();
     }
-    let reference = reference_model(config, &source, &policy, lora.is_some(), starts_dpo, device)?;
+    let source = &data.source;
+    let reference = reference_model(config, source, &policy, lora.is_some(), starts_dpo, device)?;
     let precomputed = config.precompute_ref.then(|| {
         trainer.println(&format!(
             "precomputing the reference's log-probabilities over {} pairs",
-            train_pairs.len()
+            data.train_pairs.len()
         ));
-        reference_logps(&reference, &train_pairs, common.batch_size, pad, device)
+        reference_logps(
+            &reference,
+            &data.train_pairs,
+            common.batch_size,
+            pad,
+            device,
+        )
     });
 
     let dpo = common.phase(config.sft_steps, common.steps, config.lr);
@@ -271,8 +304,8 @@ where
         objective: config.objective(),
         reference: &reference,
         precomputed,
-        pairs: &train_pairs,
-        eval_pairs: &eval_pairs,
+        pairs: &data.train_pairs,
+        eval_pairs: &data.eval_pairs,
         pad,
         device,
         weight_time: Duration::ZERO,
@@ -282,52 +315,76 @@ where
     if fitted.interrupted {
         return Ok(DpoSummary::stopped(config.method));
     }
-    let weight_time_share =
-        method.weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
-
+    let share = method.weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
     let trained = fitted.model.valid();
+    let objective = method.objective;
+    let outcome = Outcome {
+        trained: &trained,
+        reference: &reference,
+        objective: &objective,
+        lora: lora.as_ref(),
+        weight_time_share: share,
+    };
+    summarise(config, &data, outcome, trainer.metrics(), device)
+}
+
+/// What the DPO phase ends with.
+struct Outcome<'a, B: Backend> {
+    trained: &'a CausalLm<B>,
+    reference: &'a CausalLm<B>,
+    objective: &'a DpoObjective,
+    lora: Option<&'a LoraConfig>,
+    weight_time_share: f64,
+}
+
+/// The end of a finished run: held-out pairs and generations of the policy beside its
+/// reference, `weights.html`, the saved model, `summary.json`, the curves and the printed
+/// summary.
+fn summarise<B: Backend + OtBackend>(
+    config: &DpoConfig,
+    data: &Prepared,
+    outcome: Outcome<'_, B>,
+    metrics: &mut MetricsLog,
+    device: &B::Device,
+) -> Result<DpoSummary> {
+    let common = &config.common;
+    let (trained, reference, tokenizer) = (outcome.trained, outcome.reference, &data.tokenizer);
+    let pad = tokenizer.pad_id();
     let held_out = held_out(
-        &method.objective,
+        outcome.objective,
         common.batch_size,
-        &trained,
-        &reference,
-        &eval_pairs,
+        trained,
+        reference,
+        &data.eval_pairs,
         pad,
         device,
     )?;
-    println!("{}", log_held_out(trainer.metrics(), total, &held_out));
-    let prompts = eval_prompts(&eval, config.eval_prompts, &tokenizer)?;
-    let reference_generations = generations(
-        &reference,
-        &prompts,
-        &tokenizer,
-        config.max_new_tokens,
-        device,
-    )?;
-    let policy_generations = generations(
-        &trained,
-        &prompts,
-        &tokenizer,
-        config.max_new_tokens,
-        device,
-    )?;
+    let total = config.sft_steps + common.steps;
+    println!("{}", log_held_out(metrics, total, &held_out));
+    let prompts = eval_prompts(&data.eval, config.eval_prompts, tokenizer)?;
+    let new_tokens = config.max_new_tokens;
+    let reference_generations = generations(reference, &prompts, tokenizer, new_tokens, device)?;
+    let policy_generations = generations(trained, &prompts, tokenizer, new_tokens, device)?;
 
-    let examples = weighted_examples(&method.objective, &trained, &eval_pairs, &tokenizer, device)?;
+    let examples = weighted_examples(
+        outcome.objective,
+        trained,
+        &data.eval_pairs,
+        tokenizer,
+        device,
+    )?;
     let title = format!("{:?} token weights on held-out pairs", config.method);
     super::report::write_weights_page(&common.output.join("weights.html"), &title, &examples)?;
     let model_dir = common.output.join("model");
-    source.save_policy(
-        &trained,
-        lora.as_ref(),
-        common.lora.merge_adapters,
-        &model_dir,
-    )?;
+    let merge = common.lora.merge_adapters;
+    data.source
+        .save_policy(trained, outcome.lora, merge, &model_dir)?;
     let summary = DpoSummary {
         method: config.method,
         held_out,
         reference: reference_generations,
         policy: policy_generations,
-        weight_time_share,
+        weight_time_share: outcome.weight_time_share,
         model_dir,
         interrupted: false,
     };
