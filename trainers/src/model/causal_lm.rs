@@ -146,9 +146,10 @@ impl<B: Backend> CausalLm<B> {
 
     /// The per-token log-probabilities of `input_ids` (what [`next_token_logps`] computes from
     /// the logits) and the last hidden state, without the full-vocabulary logits: the head
-    /// runs over chunks of positions ([`super::head`]). On an autodiff backend the result is a
-    /// leaf: differentiate a loss of it with [`CausalLm::backward`], which recomputes the
-    /// chunks (a plain `loss.backward()` would not reach the model's parameters).
+    /// runs over chunks of positions ([`super::head`]) when there is more than one. On an
+    /// autodiff backend the result is then a leaf: differentiate a loss of it with
+    /// [`CausalLm::backward`], which recomputes the chunks (a plain `loss.backward()` would not
+    /// reach the model's parameters).
     pub fn forward_logps(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -158,12 +159,18 @@ impl<B: Backend> CausalLm<B> {
         let device = input_ids.device();
         let hidden = self.model.forward(input_ids.clone(), attention_mask);
         let width = hidden.dims()[2];
-        let targets = input_ids.slice([0..batch, 1..len]);
+        let targets = input_ids.clone().slice([0..batch, 1..len]);
         let shifted = |h: Tensor<B, 3>| h.slice([0..batch, 0..len - 1, 0..width]);
         let step = chunk_rows(
             self.model.embed_tokens.weight.dims()[0],
             self.head_chunk_rows,
         );
+        if batch * (len - 1) <= step {
+            // One chunk holds every position: the plain graph, nothing to recompute.
+            let logits = linear(hidden.clone(), self.head_weight(), None);
+            let logps = next_token_logps(logits, input_ids);
+            return TokenLogps { logps, hidden };
+        }
         if !B::ad_enabled(&device) {
             let logps = chunked_logps(shifted(hidden.clone()), self.head_weight(), targets, step);
             return TokenLogps { logps, hidden };
