@@ -233,3 +233,54 @@ fn adapter_configs_this_decoder_cannot_apply_are_refused_by_name() {
         assert!(message.contains(named), "{key}: {message}");
     }
 }
+
+#[test]
+fn a_bf16_base_computes_what_f32_computes_on_its_rounded_weights() {
+    use burn::tensor::DType;
+    type A = Autodiff<B>;
+    let device = Default::default();
+    let adapter = AdapterFolder::open(fixture("llama-lora")).unwrap();
+    // On autodiff, where the adapters are told apart from the frozen base by their gradients.
+    let (_, model) =
+        load_adapted_causal_lm::<A>(&adapter, &LoadOptions::default(), &device).unwrap();
+    let bf16 = model.clone().with_frozen_dtype(DType::BF16);
+    let layer = &bf16.model.layers[0].self_attn.q_proj;
+    assert_eq!(layer.base.weight.val().dtype(), DType::BF16);
+    let lora_a = &layer.lora.as_ref().unwrap().lora_a.weight;
+    assert_eq!(lora_a.val().dtype(), DType::F32, "adapters stay f32");
+    assert_eq!(
+        bf16.model.norm.gamma.val().dtype(),
+        DType::F32,
+        "norms stay f32"
+    );
+    // The same values in f32: rounded through bf16 and back (exact), computed in f32.
+    let rounded = bf16.clone().with_frozen_dtype(DType::F32);
+    let expected = Expected::read(&fixture("llama-lora").join("expected.safetensors"));
+    let batch = expected.batch("right");
+    let ids = Tensor::<A, 2, burn::tensor::Int>::from_data(batch.ids.into_data(), &device);
+    let mask = Tensor::<A, 2, burn::tensor::Bool>::from_data(batch.mask.into_data(), &device);
+    let logits = |m: &CausalLm<A>| -> Vec<f32> {
+        m.forward(ids.clone(), mask.clone())
+            .logits
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (half, full) = (logits(&bf16), logits(&rounded));
+    assert!(worst(&half, &full) < 1e-5, "bf16 base vs its values in f32");
+    // Rounding the base to bf16 does change the outputs (the comparison above sees a mix-up).
+    assert!(
+        worst(&half, &logits(&model)) > 1e-6,
+        "bf16 rounding changed nothing"
+    );
+    // Merging keeps the base's dtype.
+    let merged = bf16.merge_lora();
+    let base = &merged.model.layers[0].self_attn.q_proj.base.weight;
+    assert_eq!(base.val().dtype(), DType::BF16);
+}

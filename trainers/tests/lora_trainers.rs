@@ -285,7 +285,7 @@ fn lora_reward_model_trains_adapters_and_the_score_head() {
 #[test]
 fn lora_flags_are_checked_before_training() {
     let adapter = fixture("llama-lora");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--lora-rank", "4", "--lora-dropout", "1.5"],
             "--lora-dropout",
@@ -300,6 +300,10 @@ fn lora_flags_are_checked_before_training() {
             "--merge-adapters needs LoRA adapters",
         ),
         (
+            &["--base-dtype", "bf16"],
+            "--base-dtype bf16 needs LoRA adapters",
+        ),
+        (
             &["--model", adapter.to_str().unwrap(), "--lora-rank", "4"],
             "leave out --lora-rank",
         ),
@@ -308,4 +312,29 @@ fn lora_flags_are_checked_before_training() {
         let stderr = failure(env!("CARGO_BIN_EXE_dpo_trainer"), args);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn lora_dpo_with_a_bf16_base_and_checkpointing_trains() {
+    let out = ScratchFolder::empty("lora-bf16");
+    let data = pairs(&out.0);
+    let run = out.0.join("run");
+    let flags = [
+        "--base-dtype",
+        "bf16",
+        "--gradient-checkpointing",
+        "--steps",
+        "4",
+    ];
+    run_ok(&mut lora_dpo(&fixture("smollm"), &data, &run, &flags));
+    let trained = losses(&run);
+    assert!(
+        (trained[0] - std::f64::consts::LN_2).abs() < 1e-4,
+        "{trained:?}"
+    );
+    assert!(trained[3] < trained[0], "{trained:?}");
+    let adapter = AdapterFolder::open(run.join("model")).unwrap();
+    let weights = Expected::read(&run.join("model").join(ADAPTER_WEIGHTS));
+    assert_eq!(weights.dtype(&weights.names()[0]), safetensors::Dtype::F32);
+    assert_eq!(adapter.config().rank, 4);
 }

@@ -138,10 +138,18 @@ impl<B: Backend> CausalLm<B> {
     /// The output head's weight `[hidden, vocab]`: `lm_head`'s, or the embedding matrix's
     /// transpose when tied.
     pub fn head_weight(&self) -> Tensor<B, 2> {
-        match &self.lm_head {
+        let weight = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.model.embed_tokens.weight.val().transpose(),
-        }
+        };
+        // A head held in a lower precision (a bf16 base) multiplies in the activations' dtype.
+        weight.cast(self.model.compute_dtype())
+    }
+
+    /// The model with its frozen matrices held in `dtype` (see
+    /// [`cast_frozen_matrices`](super::lora::cast_frozen_matrices)).
+    pub fn with_frozen_dtype(self, dtype: burn::tensor::DType) -> Self {
+        super::lora::cast_frozen_matrices(self, dtype)
     }
 
     /// The per-token log-probabilities of `input_ids` (what [`next_token_logps`] computes from

@@ -127,6 +127,7 @@ fn recompute<B: AutodiffBackend, M: AutodiffModule<B>>(
     // Frozen embeddings (LoRA) take no gradient.
     if decoder.embed_tokens.weight.is_require_grad() {
         let embedded = decoder.embed_tokens.forward(tape.input_ids);
+        let embedded = embedded.cast(decoder.compute_dtype());
         let grads = (embedded * Tensor::from_inner(upstream)).sum().backward();
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
     }

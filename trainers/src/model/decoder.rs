@@ -230,7 +230,11 @@ impl<B: Backend> Decoder<B> {
         let [batch, new] = input_ids.dims();
         let (past, total) = (cache.len, cache.len + new);
         let device = input_ids.device();
-        let x = self.embed_tokens.forward(input_ids.clone());
+        // Embeddings held in a lower precision (a bf16 base) come out in the norms' dtype.
+        let x = self
+            .embed_tokens
+            .forward(input_ids.clone())
+            .cast(self.compute_dtype());
         let rotary = RotaryTables::new(&self.inverse_frequencies, past..total, &x);
         // Query `i` (position `past + i`) may not see a later position, nor a padded key.
         let future = Tensor::<B, 2, Bool>::tril_mask([new, total], past as i64, &device)
@@ -303,6 +307,12 @@ impl<B: Backend> Decoder<B> {
             leaf: leaf.clone(),
         });
         self.norm.forward(leaf)
+    }
+
+    /// The activations' dtype: the norms' (which stay in it when frozen matrices are held in
+    /// a lower one).
+    pub fn compute_dtype(&self) -> burn::tensor::DType {
+        self.norm.gamma.val().dtype()
     }
 
     /// The decoder with activation checkpointing on for its training forwards.

@@ -12,9 +12,9 @@
 //! is optional (`LoraLinear::lora`), so one model type serves full fine-tuning, LoRA, and the
 //! base with its adapters switched off (the DPO reference, as TRL gets it from PEFT).
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// A projection LoRA can adapt, by PEFT's module name.
@@ -231,9 +231,20 @@ impl<B: Backend> LoraLinear<B> {
     /// `base(x)`, plus the adapter's update when there is one.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lora {
-            Some(adapter) => adapter.forward(x.clone()) + self.base.forward(x),
-            None => self.base.forward(x),
+            Some(adapter) => adapter.forward(x.clone()) + self.base_forward(x),
+            None => self.base_forward(x),
         }
+    }
+
+    /// `base(x)`, the weights upcast to the input's dtype when they are held in a lower one
+    /// (a bf16 base under f32 activations: the product runs in f32).
+    fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        if self.base.weight.val().dtype() == dtype {
+            return self.base.forward(x);
+        }
+        let bias = self.base.bias.as_ref().map(|b| b.val().cast(dtype));
+        burn::tensor::module::linear(x, self.base.weight.val().cast(dtype), bias)
     }
 
     /// `[d_in, d_out]` of the base projection.
@@ -257,7 +268,11 @@ impl<B: Backend> LoraLinear<B> {
             return self;
         };
         let require_grad = self.base.weight.is_require_grad();
-        let merged = (self.base.weight.val() + adapter.delta_weight()).detach();
+        let base = self.base.weight.val();
+        let dtype = base.dtype();
+        // Added in the adapter's precision, stored in the base's.
+        let delta = adapter.delta_weight();
+        let merged = (base.cast(delta.dtype()) + delta).cast(dtype).detach();
         let (id, _, mapper) = self.base.weight.consume();
         let weight = Param::from_mapped_value(id, merged.set_require_grad(require_grad), mapper);
         Self {
@@ -277,4 +292,27 @@ impl<B: Backend> LoraLinear<B> {
             lora: None,
         }
     }
+}
+
+/// `module` with its frozen matrices (the base projections, embeddings and head of a LoRA
+/// model: every 2-D parameter that takes no gradient) held in `dtype`, e.g. bf16 to halve the
+/// base's memory. Norms and everything trained stay as they are; the products run in the
+/// activations' dtype ([`LoraLinear::forward`] upcasts). Trained and frozen are told apart by
+/// their gradients, so call it on the autodiff model (on a plain backend every matrix counts
+/// as frozen).
+pub fn cast_frozen_matrices<B: Backend, M: Module<B>>(module: M, dtype: DType) -> M {
+    struct CastFrozen(DType);
+    impl<B: Backend> ModuleMapper<B> for CastFrozen {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let frozen = !param.val().is_require_grad();
+            match D == 2 && frozen {
+                true => {
+                    let dtype = self.0;
+                    param.map(|t| t.cast(dtype))
+                }
+                false => param,
+            }
+        }
+    }
+    module.map(&mut CastFrozen(dtype))
 }

@@ -21,7 +21,7 @@ pub use causal_lm::{next_token_logps, CausalLm, CausalLmOutput, TokenLogps};
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::{Decoder, DecoderCache, DecoderLayer, Mlp};
 pub use generate::{generate_greedy, left_padded};
-pub use lora::{LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
+pub use lora::{cast_frozen_matrices, LoraAdapter, LoraConfig, LoraLinear, LoraTarget};
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};
 pub use rotary::RotaryTables;

@@ -63,6 +63,12 @@ impl<B: Backend> RewardModel<B> {
         }
     }
 
+    /// The model with its frozen matrices held in `dtype` (see
+    /// [`cast_frozen_matrices`](super::lora::cast_frozen_matrices)).
+    pub fn with_frozen_dtype(self, dtype: burn::tensor::DType) -> Self {
+        super::lora::cast_frozen_matrices(self, dtype)
+    }
+
     /// The adapters merged into the base weights.
     pub fn merge_lora(self) -> Self {
         Self {

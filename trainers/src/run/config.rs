@@ -50,11 +50,34 @@ pub struct LoraArgs {
     #[arg(long)]
     #[serde(default)]
     pub use_rslora: bool,
+    /// The dtype the frozen base weights are held in with LoRA (bf16 halves their memory;
+    /// the adapters, their optimizer state, the norms and every product stay f32).
+    #[arg(long, value_enum, default_value_t = BaseDtype::F32)]
+    #[serde(default)]
+    pub base_dtype: BaseDtype,
     /// Save the trained model as a full Hugging Face folder with the adapters merged in,
     /// instead of a PEFT adapter folder.
     #[arg(long)]
     #[serde(default)]
     pub merge_adapters: bool,
+}
+
+/// The dtype of a LoRA run's frozen base weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseDtype {
+    /// 32-bit floats.
+    #[default]
+    F32,
+    /// bfloat16 (exact for a bf16 checkpoint).
+    Bf16,
+}
+
+impl LoraArgs {
+    /// The frozen weights' dtype to cast to, if not f32.
+    pub fn frozen_dtype(&self) -> Option<burn::tensor::DType> {
+        (self.base_dtype == BaseDtype::Bf16).then_some(burn::tensor::DType::BF16)
+    }
 }
 
 fn default_adam_epsilon() -> f64 {
@@ -92,6 +115,13 @@ impl LoraArgs {
                 "--model {} is a PEFT adapter folder, whose adapter_config.json sets the LoRA                  settings; leave out --lora-rank",
                 model.unwrap_or(Path::new("")).display()
             ));
+        }
+        if self.base_dtype != BaseDtype::F32 && self.lora_rank == 0 && !adapter {
+            return Err(
+                "--base-dtype bf16 needs LoRA adapters (--lora-rank): full fine-tuning \
+                 trains the base weights, in f32"
+                    .into(),
+            );
         }
         match self.config() {
             Some(config) => config.validate(),

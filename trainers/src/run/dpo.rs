@@ -246,6 +246,11 @@ where
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let (policy, optimizer, state) =
         checkpoints.resume(resume, loaded.model, new_optimizer(), device)?;
+    // After any resume: a checkpoint's record reads back in f32.
+    let policy = match common.lora.frozen_dtype() {
+        Some(dtype) => policy.with_frozen_dtype(dtype),
+        None => policy,
+    };
     let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
     let total = config.sft_steps + common.steps;
     let loop_config = common.loop_config(lora.as_ref());

@@ -36,7 +36,11 @@ pub fn plan_input(
         lora,
         checkpointing: common.gradient_checkpointing,
         language_model,
-        frozen_bytes: 4.0,
+        frozen_bytes: if common.lora.frozen_dtype().is_some() {
+            2.0
+        } else {
+            4.0
+        },
         devices: 1,
     })
 }

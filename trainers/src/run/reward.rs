@@ -216,6 +216,11 @@ where
     let optimizer = common.optimizer().init::<B, RewardModel<B>>();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let (model, optimizer, state) = checkpoints.resume(resume, loaded.model, optimizer, device)?;
+    // After any resume: a checkpoint's record reads back in f32.
+    let model = match common.lora.frozen_dtype() {
+        Some(dtype) => model.with_frozen_dtype(dtype),
+        None => model,
+    };
     let pad = tokenizer.pad_id();
     let before = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
     println!(
