@@ -2,12 +2,12 @@
 resident memory and tokens/s in docs/benchmarks.md ("Trainers at scale"). One JSON line.
 
     python3 scripts/bench/trl_dpo_memory.py MODEL_DIR PAIRS_JSONL OUT_DIR STEPS BATCH \
-        MAX_LENGTH LORA_RANK GRADIENT_CHECKPOINTING
+        MAX_LENGTH LORA_RANK GRADIENT_CHECKPOINTING [BASE_DTYPE]
 
 LORA_RANK 0 trains every parameter (TRL then keeps a second copy of the model as the
 reference); otherwise a PEFT LoRA adapter (alpha 2r, the attention projections, as dpo_trainer's
 default targets) and the reference is the base with the adapter off. GRADIENT_CHECKPOINTING is
-0 or 1. Two threads, as the 2-core machine has. Peak memory is the process's maximum resident
+0 or 1. BASE_DTYPE `bf16` loads the model in bf16 (PEFT keeps the adapters in f32). Two threads, as the 2-core machine has. Peak memory is the process's maximum resident
 set (getrusage), as /usr/bin/time reports it for dpo_trainer.
 """
 import json
@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 model_dir, pairs, out, steps, batch, max_length, rank, checkpointing = sys.argv[1:9]
+base_dtype = torch.bfloat16 if len(sys.argv) > 9 and sys.argv[9] == "bf16" else torch.float32
 steps, batch, max_length, rank = int(steps), int(batch), int(max_length), int(rank)
 checkpointing = checkpointing == "1"
 torch.set_num_threads(2)
@@ -31,7 +32,7 @@ dataset = Dataset.from_list(
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 if tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=base_dtype)
 peft_config = None
 if rank > 0:
     from peft import LoraConfig
@@ -72,6 +73,7 @@ print(json.dumps({
     "batch": batch,
     "lora_rank": rank,
     "gradient_checkpointing": checkpointing,
+    "base_dtype": str(base_dtype),
     "seconds": seconds,
     "tokens": tokens,
     "tokens_per_s": tokens / seconds,
