@@ -130,6 +130,17 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         let output = run_ok(program.run(&resumed.0, 10).arg("--resume"));
         assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
         assert_same_models(&straight.0, &resumed.0, program);
+        if let Program::Reward = program {
+            // "before" is the starting model's accuracy, resumed or not.
+            let summary = |dir: &Path| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                    .unwrap()
+            };
+            assert_eq!(
+                summary(&straight.0)["before"],
+                summary(&resumed.0)["before"]
+            );
+        }
         let steps: Vec<u64> = metrics(&resumed.0)
             .iter()
             .filter(|r| r.get("phase").is_some())

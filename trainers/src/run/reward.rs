@@ -214,6 +214,20 @@ where
     let lora = loaded.lora;
     println!("{}", ParameterCounts::of(&loaded.model));
     let optimizer = common.optimizer().init::<B, RewardModel<B>>();
+    // Before any resume: "before" is the model the run started from, not a checkpoint.
+    let pad = tokenizer.pad_id();
+    let before = accuracy(
+        &loaded.model.valid(),
+        &eval_pairs,
+        common.batch_size,
+        pad,
+        device,
+    );
+    println!(
+        "held-out accuracy before training: {:.3} ({} ties)",
+        before.accuracy(),
+        before.ties
+    );
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let (model, optimizer, state) = checkpoints.resume(resume, loaded.model, optimizer, device)?;
     // After any resume: a checkpoint's record reads back in f32.
@@ -221,13 +235,6 @@ where
         Some(dtype) => model.with_frozen_dtype(dtype),
         None => model,
     };
-    let pad = tokenizer.pad_id();
-    let before = accuracy(&model.valid(), &eval_pairs, common.batch_size, pad, device);
-    println!(
-        "held-out accuracy before training: {:.3} ({} ties)",
-        before.accuracy(),
-        before.ties
-    );
     let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
     let mut trainer = Trainer::new(
         common.loop_config(lora.as_ref()),
