@@ -69,3 +69,14 @@ pub fn collate_pairs<B: Backend>(
         pairs: pairs.len(),
     }
 }
+
+/// The pairs `indices` of `pairs` collated into one batch (a training micro-batch).
+pub fn collate_indices<B: Backend>(
+    pairs: &[TokenizedPair],
+    indices: &[usize],
+    pad: u32,
+    device: &B::Device,
+) -> PairBatch<B> {
+    let chosen: Vec<TokenizedPair> = indices.iter().map(|&i| pairs[i].clone()).collect();
+    collate_pairs::<B>(&chosen, pad, device)
+}

@@ -4,6 +4,6 @@ mod batch;
 mod records;
 mod tokenize;
 
-pub use batch::{collate_pairs, PairBatch};
+pub use batch::{collate_indices, collate_pairs, PairBatch};
 pub use records::{read_jsonl, write_jsonl, Dataset, PreferencePair, Text};
 pub use tokenize::{tokenize_dataset, tokenize_pair, LengthLimits, TokenizeReport, TokenizedPair};

@@ -75,16 +75,18 @@ fn head_gradient<B: AutodiffBackend, M: AutodiffModule<B>>(
     let through_head = tape.logps_leaf.grad_remove(grads).map(|upstream| {
         let [batch, len, width] = tape.hidden.dims();
         let shifted = tape.hidden.clone().slice([0..batch, 0..len - 1, 0..width]);
-        let head_tape = HeadTape {
-            hidden: shifted,
-            hidden_leaf: tape.hidden_leaf.clone(),
-            logps_leaf: tape.logps_leaf.clone(),
-            targets: tape.targets.clone(),
-            chunk_rows: tape.chunk_rows,
-        };
-        let grad = super::head::backward(model, weight, &head_tape, upstream, accumulator);
+        let targets = tape.targets.clone();
+        let grad = super::head::backward(
+            model,
+            weight,
+            shifted,
+            targets,
+            tape.chunk_rows,
+            upstream,
+            accumulator,
+        );
         // The last position predicts nothing: its share is zero.
-        let last = grad.zeros_like().slice([0..batch, 0..1, 0..width]);
+        let last = Tensor::zeros([batch, 1, width], &grad.device());
         Tensor::cat(vec![grad, last], 1)
     });
     add(direct, through_head)

@@ -15,8 +15,6 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor};
 
-use super::tape::HeadTape;
-
 /// Logits computed at a time: `rows × vocab` f32 values (64 MiB).
 const CHUNK_VALUES: usize = 1 << 24;
 
@@ -55,22 +53,24 @@ pub fn chunked_logps<B: Backend>(
     Tensor::cat(parts, 0).reshape([batch, n])
 }
 
-/// The gradient of the hidden state `[batch, n, d]` behind a head tape whose log-probabilities
-/// received `upstream` `[batch, n]`; the gradient of the head weight (`weight()`, `[d, vocab]`)
-/// goes to `accumulator`. One chunk of positions is recomputed with autodiff at a time.
+/// The gradient of the hidden state `hidden` `[batch, n, d]` (the positions that predict
+/// `targets` `[batch, n]`) when their log-probabilities received `upstream` `[batch, n]`; the
+/// gradient of the head weight (`weight()`, `[d, vocab]`) goes to `accumulator`. One chunk of
+/// `step` positions is recomputed with autodiff at a time.
 pub(super) fn backward<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     weight: &dyn Fn() -> Tensor<B, 2>,
-    tape: &HeadTape<B>,
+    hidden: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    step: usize,
     upstream: Tensor<B::InnerBackend, 2>,
     accumulator: &mut GradientsAccumulator<M>,
 ) -> Tensor<B::InnerBackend, 3> {
-    let [batch, n, d] = tape.hidden.dims();
+    let [batch, n, d] = hidden.dims();
     let rows = batch * n;
-    let hidden = tape.hidden.clone().detach().reshape([rows, d]);
-    let targets = tape.targets.clone().reshape([rows, 1]);
+    let hidden = hidden.detach().reshape([rows, d]);
+    let targets = targets.reshape([rows, 1]);
     let upstream = upstream.reshape([rows]);
-    let step = tape.chunk_rows;
     // A fresh weight per chunk: a backward consumes the graph it runs through, so a tied
     // head's transpose of the embeddings must be recorded anew each time.
     let mut parts = Vec::new();

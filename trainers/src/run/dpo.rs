@@ -20,7 +20,7 @@ use super::dpo_eval::{
     eval_prompts, generations, held_out, log_held_out, weighted_examples, Generations, HeldOut,
 };
 use super::model_source::{model_and_tokenizer, ModelSource};
-use crate::data::{collate_pairs, Dataset, PairBatch, TokenizedPair};
+use crate::data::{collate_indices, Dataset, TokenizedPair};
 use crate::error::Result;
 use crate::methods::{
     dpo_loss, reference_logps, sft_loss, DpoLoss, DpoMethod, DpoObjective, MethodSettings,
@@ -554,17 +554,6 @@ where
         )?;
         Ok(Some(log_held_out(metrics, step, &held_out)))
     }
-}
-
-/// The pairs `indices` of `pairs` collated into one batch.
-fn collate_indices<B: Backend>(
-    pairs: &[TokenizedPair],
-    indices: &[usize],
-    pad: u32,
-    device: &B::Device,
-) -> PairBatch<B> {
-    let chosen: Vec<TokenizedPair> = indices.iter().map(|&i| pairs[i].clone()).collect();
-    collate_pairs::<B>(&chosen, pad, device)
 }
 
 fn print_summary(summary: &DpoSummary) {

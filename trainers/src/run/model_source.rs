@@ -40,6 +40,23 @@ pub struct Loaded<M> {
     pub lora: Option<LoraConfig>,
 }
 
+impl<M> Loaded<M> {
+    /// `model` with fresh adapters (`with_lora`) when `lora` is given.
+    fn adapted(
+        model: M,
+        lora: Option<&LoraConfig>,
+        with_lora: impl FnOnce(M, &LoraConfig) -> M,
+    ) -> Self {
+        match lora {
+            Some(lora) => Loaded {
+                model: with_lora(model, lora),
+                lora: Some(lora.clone()),
+            },
+            None => Loaded { model, lora: None },
+        }
+    }
+}
+
 impl ModelSource {
     /// The architecture.
     pub fn config(&self) -> &DecoderConfig {
@@ -75,13 +92,7 @@ impl ModelSource {
                 return Ok(Loaded { model, lora });
             }
         };
-        Ok(match lora {
-            Some(lora) => Loaded {
-                model: model.with_lora(lora, device),
-                lora: Some(lora.clone()),
-            },
-            None => Loaded { model, lora: None },
-        })
+        Ok(Loaded::adapted(model, lora, |m, l| m.with_lora(l, device)))
     }
 
     /// The reward model: a reward checkpoint, a language model with a fresh `score` head, an
@@ -104,13 +115,7 @@ impl ModelSource {
                 return Ok(Loaded { model, lora });
             }
         };
-        Ok(match lora {
-            Some(lora) => Loaded {
-                model: model.with_lora(lora, device),
-                lora: Some(lora.clone()),
-            },
-            None => Loaded { model, lora: None },
-        })
+        Ok(Loaded::adapted(model, lora, |m, l| m.with_lora(l, device)))
     }
 
     /// Where a PEFT adapter saved from this source names its base (`None`: the built-in

@@ -17,7 +17,7 @@ use serde_json::{json, Map};
 use super::config::{prepare_output, CommonConfig};
 use super::datasets::{datasets, tokenize};
 use super::model_source::model_and_tokenizer;
-use crate::data::{collate_pairs, TokenizedPair};
+use crate::data::{collate_indices, collate_pairs, TokenizedPair};
 use crate::error::{Error, Result};
 pub use crate::methods::RewardLoss;
 use crate::methods::{reward_loss, RewardObjective};
@@ -338,8 +338,7 @@ where
         indices: &[usize],
         _: usize,
     ) -> Result<MicroStep<B>> {
-        let pairs: Vec<TokenizedPair> = indices.iter().map(|&i| self.pairs[i].clone()).collect();
-        let batch = collate_pairs::<B>(&pairs, self.pad, self.device);
+        let batch = collate_indices::<B>(self.pairs, indices, self.pad, self.device);
         let tokens = batch.num_tokens;
         let outcome = reward_loss(&self.objective, model, batch)?;
         self.margin_time += outcome.margin_time;
