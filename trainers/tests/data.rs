@@ -47,6 +47,18 @@ fn reads_strings_conversations_margins_and_skips_blank_lines() {
 }
 
 #[test]
+fn a_byte_order_mark_is_skipped_and_only_at_the_start() {
+    let line = r#"{"prompt": "2+2=", "chosen": "4", "rejected": "5"}"#;
+    let (_folder, path) = write(&format!("\u{feff}{line}\n{line}\n"), "jsonl-bom");
+    let data = read_jsonl(&path).unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data.pairs[0].prompt, Text::Plain("2+2=".into()));
+    // Inside the file a mark is not whitespace JSON accepts: the line is refused.
+    let err = read_error(&format!("{line}\n\u{feff}{line}\n"), "jsonl-bom-inside");
+    assert!(err.contains("line 2: not valid JSON"), "{err}");
+}
+
+#[test]
 fn malformed_lines_name_file_line_and_problem() {
     let good = r#"{"prompt": "a", "chosen": "b", "rejected": "c"}"#;
     let cases = [

@@ -1,6 +1,7 @@
 //! Both programs through the one training loop: a resumed run ends where an uninterrupted one
-//! does, Ctrl-C (SIGINT) saves a checkpoint that resumes exactly, and a SIGKILL during a save
-//! leaves a checkpoint to resume from.
+//! does, Ctrl-C (SIGINT) and a scheduler's SIGTERM save a checkpoint that resumes exactly (with
+//! exit codes 130 and 143), a SIGKILL during a save leaves a checkpoint to resume from, and
+//! `--resume` refuses what it cannot continue.
 
 mod common;
 
@@ -150,44 +151,128 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     }
 }
 
+/// Sends `signal` (`INT`, `TERM`) to a run of `program` once it has logged 6 steps; checks
+/// that it saved one checkpoint, made no model and exited with 128 + the signal's number.
+fn stop_with(program: Program, signal: &str, out: &Path, steps: usize) {
+    let child = program
+        .run(out, steps)
+        .args(["--save-every", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_records(out, 6);
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("SIG{signal}: checkpoint saved"))
+            && stdout.contains("resume with --resume"),
+        "{program:?} {signal}: {stdout}"
+    );
+    let code = if signal == "INT" { 130 } else { 143 };
+    assert_eq!(output.status.code(), Some(code), "{program:?} {signal}");
+    let saved = checkpoint_steps(out);
+    assert_eq!(saved.len(), 1, "{program:?} {signal}: {saved:?}");
+    assert!(saved[0] >= 6 && saved[0] < steps, "{program:?}: {saved:?}");
+    assert!(!out.join("model").exists(), "no model from a stopped run");
+}
+
 #[test]
-fn ctrl_c_saves_a_checkpoint_that_resumes_exactly() {
+fn ctrl_c_and_sigterm_save_a_checkpoint_that_resumes_exactly() {
     const STEPS: usize = 300;
     for program in PROGRAMS {
         let straight = ScratchFolder::empty(&format!("{program:?}-uninterrupted"));
-        run_ok(program.run(&straight.0, STEPS).args(["--save-every", "0"]));
-
-        let out = ScratchFolder::empty(&format!("{program:?}-sigint"));
-        let child = program
-            .run(&out.0, STEPS)
-            .args(["--save-every", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_records(&out.0, 6);
-        let sent = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            stdout.contains("resume with --resume"),
-            "{program:?}: {stdout}"
-        );
-        let saved = checkpoint_steps(&out.0);
-        assert_eq!(saved.len(), 1, "{program:?}: {saved:?}");
-        assert!(saved[0] >= 6 && saved[0] < STEPS, "{program:?}: {saved:?}");
-        assert!(!out.0.join("model").exists(), "no model from a stopped run");
-
-        run_ok(
-            program
-                .run(&out.0, STEPS)
-                .args(["--save-every", "0", "--resume"]),
-        );
-        assert_same_models(&straight.0, &out.0, program);
+        let finished = run_ok(program.run(&straight.0, STEPS).args(["--save-every", "0"]));
+        assert_eq!(finished.status.code(), Some(0));
+        // Ctrl-C at a terminal, then `--resume`; a scheduler's SIGTERM, then the requeued
+        // job's `--resume auto`.
+        for (signal, resume) in [("INT", "--resume"), ("TERM", "auto")] {
+            let out = ScratchFolder::empty(&format!("{program:?}-sig{signal}"));
+            stop_with(program, signal, &out.0, STEPS);
+            let mut resumed = program.run(&out.0, STEPS);
+            resumed.args(["--save-every", "0", "--resume"]);
+            if resume == "auto" {
+                resumed.arg("auto");
+            }
+            let output = run_ok(&mut resumed);
+            assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
+            assert_same_models(&straight.0, &out.0, program);
+        }
     }
+}
+
+#[test]
+fn resume_with_nothing_to_resume_fails_and_resume_auto_starts_fresh() {
+    let out = ScratchFolder::empty("reward-nothing-to-resume");
+    let output = Program::Reward
+        .run(&out.0, 2)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: --resume: no checkpoint in") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        !out.0.join("metrics.jsonl").exists(),
+        "refused before training"
+    );
+    let output = run_ok(Program::Reward.run(&out.0, 2).args(["--resume", "auto"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("starting from step 0"), "{stdout}");
+    assert_eq!(checkpoint_steps(&out.0), vec![2]);
+}
+
+#[test]
+fn a_resume_that_changes_the_run_is_refused_and_one_that_changes_logging_is_not() {
+    let out = ScratchFolder::empty("dpo-mismatched-resume");
+    run_ok(&mut Program::Dpo.run(&out.0, 6));
+    for (flag, value, message) in [
+        ("--batch-size", "2", "--batch-size is 2 here but 4"),
+        ("--method", "dpo", "--method is dpo here but otpo"),
+        ("--seed", "7", "--seed is 7 here but 42"),
+    ] {
+        let output = Program::Dpo
+            .run(&out.0, 6)
+            .args(["--resume", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(message) && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+    let output = run_ok(Program::Dpo.run(&out.0, 6).args([
+        "--resume",
+        "--log-every",
+        "3",
+        "--eval-prompts",
+        "1",
+    ]));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
+}
+
+#[test]
+fn a_checkpoint_is_saved_once_the_minutes_have_passed() {
+    let out = ScratchFolder::empty("reward-timed-checkpoints");
+    // 0.6 ms: every step ends after it; without the timer only the last step would be saved.
+    run_ok(Program::Reward.run(&out.0, 4).args([
+        "--save-every",
+        "0",
+        "--save-every-minutes",
+        "0.00001",
+        "--keep-checkpoints",
+        "10",
+    ]));
+    assert_eq!(checkpoint_steps(&out.0), vec![1, 2, 3, 4]);
 }
 
 #[test]
@@ -215,7 +300,11 @@ fn a_kill_during_saving_leaves_a_checkpoint_to_resume_from() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(complete(&checkpoints) >= 1, "{program:?}");
-        let output = run_ok(program.run(&out.0, 12).arg("--resume"));
+        let output = run_ok(
+            program
+                .run(&out.0, 400)
+                .args(["--save-every", "0", "--resume"]),
+        );
         assert!(
             String::from_utf8_lossy(&output.stdout).contains("resumed from"),
             "{program:?}"

@@ -72,9 +72,11 @@ impl Dataset {
 }
 
 /// Reads a JSON-lines file of preference pairs. Blank lines are skipped; any other line that
-/// is not a valid pair is an error naming the file, the line and what is wrong.
+/// is not a valid pair is an error naming the file, the line and what is wrong. A UTF-8
+/// byte-order mark at the start (as Windows tools write one) is skipped.
 pub fn read_jsonl(path: &Path) -> Result<Dataset> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut pairs = Vec::new();
     let mut lines = Vec::new();
     for (index, line) in text.lines().enumerate() {

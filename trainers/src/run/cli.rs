@@ -1,5 +1,6 @@
 //! The command line both programs share: the run's settings as flags, plus `--config`,
-//! `--resume` and `--write-builtin`; errors as one line on stderr with exit code 2.
+//! `--resume` and `--write-builtin`; errors as one line on stderr with exit code 2, a run
+//! stopped by a signal (its checkpoint saved) with 130 (SIGINT) or 143 (SIGTERM).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,10 +11,12 @@ use otpref::OtBackend;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::config::{apply_config_file, CommonConfig, DeviceKind};
+use super::resume::{resolve, ResumeMode};
 use crate::data::write_jsonl;
 use crate::error::Result;
 use crate::task::{self, TaskConfig};
 use crate::training::plan::{largest_batch, plan, PlanInput};
+use crate::training::{Checkpoints, StopSignal};
 
 /// Flags of a trainer program that are not settings of the run.
 #[derive(Debug, Clone, Args)]
@@ -21,9 +24,10 @@ pub struct RunOptions {
     /// A JSON configuration (as written to OUTPUT/config.json); flags given here override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Resume from the newest complete checkpoint in --output.
-    #[arg(long)]
-    pub resume: bool,
+    /// Resume from the newest complete checkpoint in --output (an error when there is none);
+    /// `--resume auto`: resume when there is one, start fresh when there is none.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "required", value_name = "auto")]
+    pub resume: Option<ResumeMode>,
     /// Write the built-in task's training pairs to FILE (JSON lines) and exit.
     #[arg(long, value_name = "FILE")]
     pub write_builtin: Option<PathBuf>,
@@ -45,8 +49,9 @@ pub trait TrainerSettings: Args + FromArgMatches + Serialize + DeserializeOwned 
     fn validate(&self) -> std::result::Result<(), String>;
     /// What the memory plan of this run is computed from.
     fn plan_input(&self) -> Result<PlanInput>;
-    /// Trains on backend `B`.
-    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
+    /// Trains on backend `B` (from the newest checkpoint when `resume`); returns the signal
+    /// that stopped the run before its end, if one did.
+    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend + OtBackend,
         B::InnerBackend: OtBackend;
@@ -61,7 +66,8 @@ pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> Exit
         .allow_negative_numbers(true);
     let matches = RunOptions::augment_args(S::augment_args(command)).get_matches();
     match run::<S>(&matches) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(signal)) => ExitCode::from(signal.exit_code()),
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
@@ -69,7 +75,10 @@ pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> Exit
     }
 }
 
-fn run<S: TrainerSettings>(matches: &clap::ArgMatches) -> std::result::Result<(), String> {
+/// Runs the program; returns the signal that stopped the run early, if one did.
+fn run<S: TrainerSettings>(
+    matches: &clap::ArgMatches,
+) -> std::result::Result<Option<StopSignal>, String> {
     let options = RunOptions::from_arg_matches(matches).map_err(|e| e.to_string())?;
     let settings = S::from_arg_matches(matches).map_err(|e| e.to_string())?;
     let settings = match &options.config {
@@ -85,21 +94,24 @@ fn run<S: TrainerSettings>(matches: &clap::ArgMatches) -> std::result::Result<()
         );
         write_jsonl(path, &pairs).map_err(|e| e.to_string())?;
         println!("wrote {} built-in pairs to {}", pairs.len(), path.display());
-        return Ok(());
+        return Ok(None);
     }
     settings.validate()?;
     if options.plan {
-        return print_plan(&settings, options.memory_budget).map_err(|e| e.to_string());
+        print_plan(&settings, options.memory_budget).map_err(|e| e.to_string())?;
+        return Ok(None);
     }
     if options.memory_budget.is_some() {
         return Err("--memory-budget goes with --plan".into());
     }
-    let trained = match settings.common().device {
-        DeviceKind::Cpu => settings.train::<burn::backend::Autodiff<burn::backend::Flex>>(
-            options.resume,
-            &Default::default(),
-        ),
-        DeviceKind::Cuda => train_on_cuda(&settings, options.resume),
+    let common = settings.common();
+    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
+    let as_json = serde_json::to_value(&settings).expect("configurations serialise");
+    let resume = resolve(options.resume, &checkpoints, &as_json).map_err(|e| e.to_string())?;
+    let trained = match common.device {
+        DeviceKind::Cpu => settings
+            .train::<burn::backend::Autodiff<burn::backend::Flex>>(resume, &Default::default()),
+        DeviceKind::Cuda => train_on_cuda(&settings, resume),
     };
     trained.map_err(|e| e.to_string())
 }
@@ -138,13 +150,13 @@ fn print_plan<S: TrainerSettings>(settings: &S, budget: Option<f64>) -> Result<(
 }
 
 #[cfg(feature = "cuda")]
-fn train_on_cuda<S: TrainerSettings>(settings: &S, resume: bool) -> Result<()> {
+fn train_on_cuda<S: TrainerSettings>(settings: &S, resume: bool) -> Result<Option<StopSignal>> {
     let device = cuda_device()?;
     settings.train::<burn::backend::Autodiff<burn::backend::Cuda>>(resume, &device)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn train_on_cuda<S: TrainerSettings>(_: &S, _: bool) -> Result<()> {
+fn train_on_cuda<S: TrainerSettings>(_: &S, _: bool) -> Result<Option<StopSignal>> {
     unreachable!("validate() refuses --device cuda without the cuda feature")
 }
 

@@ -112,7 +112,8 @@ impl LoraArgs {
         let adapter = model.is_some_and(is_adapter_folder);
         if adapter && self.lora_rank > 0 {
             return Err(format!(
-                "--model {} is a PEFT adapter folder, whose adapter_config.json sets the LoRA                  settings; leave out --lora-rank",
+                "--model {} is a PEFT adapter folder, whose adapter_config.json sets the LoRA \
+                 settings; leave out --lora-rank",
                 model.unwrap_or(Path::new("")).display()
             ));
         }
@@ -211,9 +212,14 @@ pub struct CommonConfig {
     /// Evaluate on the held-out pairs every N steps (0: only at the end).
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
-    /// Save a checkpoint every N steps (0: only on Ctrl-C and at the end).
+    /// Save a checkpoint every N steps (0: only on Ctrl-C, SIGTERM and at the end).
     #[arg(long, default_value_t = 100)]
     pub save_every: usize,
+    /// Also save a checkpoint at the first step end M minutes after the last one (0: off),
+    /// bounding the work a SIGKILL can lose on slow steps.
+    #[arg(long, default_value_t = 0.0, value_name = "M")]
+    #[serde(default)]
+    pub save_every_minutes: f64,
     /// Checkpoints kept (the newest).
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
@@ -272,6 +278,12 @@ impl CommonConfig {
                 self.adam_epsilon
             ));
         }
+        if !(self.save_every_minutes.is_finite() && self.save_every_minutes >= 0.0) {
+            return Err(format!(
+                "--save-every-minutes must be 0 (off) or more, got {}",
+                self.save_every_minutes
+            ));
+        }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return Err(format!(
                 "--max-grad-norm must be 0 (off) or more, got {}",
@@ -323,6 +335,8 @@ impl CommonConfig {
             log_every: self.log_every,
             eval_every: self.eval_every,
             save_every: self.save_every,
+            save_every_time: (self.save_every_minutes > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.save_every_minutes * 60.0)),
             seed: self.seed,
             shuffle: self.shuffle,
             // Adapter dropout draws inside the step: seeded per step, resume stays exact.

@@ -30,7 +30,7 @@ use crate::model::{CausalLm, LoraConfig};
 use crate::tokenizer::Tokenizer;
 use crate::training::{
     load_module, save_module, scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts,
-    Trainer,
+    StopSignal, Trainer,
 };
 
 /// Every setting of the DPO trainer.
@@ -169,12 +169,12 @@ impl super::cli::TrainerSettings for DpoConfig {
         super::plan::plan_input(&self.common, true, !self.precompute_ref)
     }
 
-    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
+    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend + OtBackend,
         B::InnerBackend: OtBackend,
     {
-        run::<B>(self, resume, device).map(|_| ())
+        run::<B>(self, resume, device).map(|summary| summary.stopped_by)
     }
 }
 
@@ -193,8 +193,8 @@ pub struct DpoSummary {
     pub weight_time_share: f64,
     /// Where the trained model was saved (a Hugging Face folder).
     pub model_dir: PathBuf,
-    /// Whether the run was interrupted (Ctrl-C) before its last step.
-    pub interrupted: bool,
+    /// The signal (Ctrl-C, SIGTERM) that stopped the run before its last step, if one did.
+    pub stopped_by: Option<StopSignal>,
 }
 
 /// What a run reads before training: the model source, its tokenizer, the data.
@@ -243,7 +243,8 @@ where
     let lora = loaded.lora;
     println!("{}", ParameterCounts::of(&loaded.model));
     let new_optimizer = || common.optimizer().init::<B, CausalLm<B>>();
-    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
+    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints)
+        .with_settings(serde_json::to_value(config).expect("configurations serialise"));
     let (policy, optimizer, state) =
         checkpoints.resume(resume, loaded.model, new_optimizer(), device)?;
     // After any resume: a checkpoint's record reads back in f32.
@@ -271,9 +272,9 @@ where
         device,
     };
     let fitted = trainer.fit(&mut warm_up, policy, optimizer, &sft, device)?;
-    if fitted.interrupted {
+    if let Some(signal) = fitted.stopped {
         trainer.finish();
-        return Ok(DpoSummary::stopped(config.method));
+        return Ok(DpoSummary::stopped(config.method, signal));
     }
     let (mut policy, mut optimizer) = (fitted.model, fitted.optimizer);
     let starts_dpo = trainer.next_step() == config.sft_steps;
@@ -317,8 +318,8 @@ where
     };
     let fitted = trainer.fit(&mut method, policy, optimizer, &dpo, device)?;
     trainer.finish();
-    if fitted.interrupted {
-        return Ok(DpoSummary::stopped(config.method));
+    if let Some(signal) = fitted.stopped {
+        return Ok(DpoSummary::stopped(config.method, signal));
     }
     let share = method.weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
     let trained = fitted.model.valid();
@@ -391,7 +392,7 @@ fn summarise<B: Backend + OtBackend>(
         policy: policy_generations,
         weight_time_share: outcome.weight_time_share,
         model_dir,
-        interrupted: false,
+        stopped_by: None,
     };
     crate::training::write_json(&common.output.join("summary.json"), &summary)?;
     // A plot that cannot be drawn must not cost the run its results.
@@ -403,8 +404,8 @@ fn summarise<B: Backend + OtBackend>(
 }
 
 impl DpoSummary {
-    /// The summary of a run stopped (Ctrl-C) before its last step.
-    fn stopped(method: DpoMethod) -> Self {
+    /// The summary of a run stopped by `signal` before its last step.
+    fn stopped(method: DpoMethod, signal: StopSignal) -> Self {
         println!("stopped before the last step: no final evaluation, no model saved");
         Self {
             method,
@@ -413,7 +414,7 @@ impl DpoSummary {
             policy: Generations::default(),
             weight_time_share: 0.0,
             model_dir: PathBuf::new(),
-            interrupted: true,
+            stopped_by: Some(signal),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod dpo_eval;
 pub mod model_source;
 pub mod plan;
 pub mod report;
+pub mod resume;
 pub mod reward;
 
 pub use config::{apply_config_file, CommonConfig, DeviceKind};

@@ -23,7 +23,9 @@ pub use crate::methods::RewardLoss;
 use crate::methods::{reward_loss, RewardObjective};
 use crate::model::RewardModel;
 use crate::task::SplitMix64;
-use crate::training::{Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, Trainer};
+use crate::training::{
+    Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, StopSignal, Trainer,
+};
 
 /// Every setting of the reward trainer.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -128,12 +130,12 @@ impl super::cli::TrainerSettings for RewardConfig {
         super::plan::plan_input(&self.common, false, false)
     }
 
-    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<()>
+    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend + OtBackend,
         B::InnerBackend: OtBackend,
     {
-        run::<B>(self, resume, device).map(|_| ())
+        run::<B>(self, resume, device).map(|summary| summary.stopped_by)
     }
 }
 
@@ -175,8 +177,8 @@ pub struct RewardSummary {
     pub margin_time_share: f64,
     /// Where the trained model was saved (a Hugging Face folder).
     pub model_dir: PathBuf,
-    /// Whether the run was interrupted (Ctrl-C) before its last step.
-    pub interrupted: bool,
+    /// The signal (Ctrl-C, SIGTERM) that stopped the run before its last step, if one did.
+    pub stopped_by: Option<StopSignal>,
 }
 
 /// Runs the reward trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`).
@@ -228,7 +230,8 @@ where
         before.accuracy(),
         before.ties
     );
-    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
+    let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints)
+        .with_settings(serde_json::to_value(config).expect("configurations serialise"));
     let (model, optimizer, state) = checkpoints.resume(resume, loaded.model, optimizer, device)?;
     // After any resume: a checkpoint's record reads back in f32.
     let model = match common.lora.frozen_dtype() {
@@ -256,7 +259,7 @@ where
     let phase = common.phase(0, common.steps, config.lr);
     let fitted = trainer.fit(&mut method, model, optimizer, &phase, device)?;
     trainer.finish();
-    let stopped_early = fitted.interrupted;
+    let stopped_by = fitted.stopped;
     let model = fitted.model;
     let step_time = fitted.step_time;
     let margin_time = method.margin_time;
@@ -269,9 +272,9 @@ where
         after: PairwiseAccuracy::default(),
         margin_time_share: margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9),
         model_dir: PathBuf::new(),
-        interrupted: stopped_early,
+        stopped_by,
     };
-    if stopped_early {
+    if stopped_by.is_some() {
         println!("stopped before the last step: no final evaluation, no model saved");
         return Ok(summary);
     }

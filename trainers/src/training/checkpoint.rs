@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 
 const PREFIX: &str = "step-";
 const PARTIAL: &str = ".partial";
+/// The run's settings, saved in every checkpoint so that a resume can be checked against them.
+pub const SETTINGS_FILE: &str = "settings.json";
 
 /// What a checkpoint records besides the model and the optimizer. The data order and every
 /// random draw are functions of the seed and the step, so the step is all it takes to replay.
@@ -41,6 +43,7 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
 pub struct Checkpoints {
     dir: PathBuf,
     keep: usize,
+    settings: Option<serde_json::Value>,
 }
 
 impl Checkpoints {
@@ -49,7 +52,19 @@ impl Checkpoints {
         Self {
             dir: output.join("checkpoints"),
             keep: keep.max(1),
+            settings: None,
         }
+    }
+
+    /// Saves `settings` (the run's configuration) in every checkpoint, as `settings.json`.
+    pub fn with_settings(mut self, settings: serde_json::Value) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// The folder the checkpoints are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The newest complete checkpoint: its step and folder.
@@ -93,6 +108,9 @@ impl Checkpoints {
             .record(optimizer.to_record(), optimizer_path.clone())
             .map_err(|e| Error::invalid(&optimizer_path, format!("could not be written: {e}")))?;
         write_json(&partial.join("state.json"), state)?;
+        if let Some(settings) = &self.settings {
+            write_json(&partial.join(SETTINGS_FILE), settings)?;
+        }
         sync_dir(&partial);
         if done.exists() {
             std::fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;
@@ -128,7 +146,8 @@ impl Checkpoints {
     }
 
     /// With `resume`, loads the newest checkpoint into `model` and `optimizer` and returns its
-    /// state; without (or with no checkpoint yet), returns them as they are at step 0.
+    /// state (an error when there is none: a mistyped folder must not silently start over);
+    /// without, returns them as they are at step 0.
     pub fn resume<B, M, O>(
         &self,
         resume: bool,
@@ -155,14 +174,17 @@ impl Checkpoints {
                 println!("resumed from {} (step {})", folder.display(), state.step);
                 Ok((model, optimizer, state))
             }
-            None => {
-                println!(
-                    "no checkpoint in {}: starting from step 0",
-                    self.dir.display()
-                );
-                Ok((model, optimizer, fresh))
-            }
+            None => Err(self.nothing_to_resume()),
         }
+    }
+
+    /// The error of a resume with no checkpoint to resume from.
+    pub fn nothing_to_resume(&self) -> Error {
+        Error::Training(format!(
+            "--resume: no checkpoint in {} to resume from (check --output, or give \
+             --resume auto to start fresh when there is none)",
+            self.dir.display()
+        ))
     }
 
     /// Removes all but the newest `keep` checkpoints, and leftovers of interrupted saves.

@@ -12,9 +12,11 @@ mod progress;
 mod schedule;
 mod trainer;
 
-pub use checkpoint::{load_module, read_json, save_module, write_json, Checkpoints, RunState};
+pub use checkpoint::{
+    load_module, read_json, save_module, write_json, Checkpoints, RunState, SETTINGS_FILE,
+};
 pub use clip::clip_global_norm;
-pub use interrupt::interrupt_flag;
+pub use interrupt::{stop_requests, StopRequests, StopSignal};
 pub use metrics::{add_means, check_finite, scalar, MetricsLog};
 pub use order::BatchOrder;
 pub use parameters::ParameterCounts;

@@ -1,6 +1,7 @@
 //! The one training loop both trainers run: micro-batches and gradient accumulation, the
 //! finite-metrics check, global-norm clipping, the learning-rate schedule, the optimizer step,
-//! log lines and metric records, evaluation cadence, checkpoints, and Ctrl-C.
+//! log lines and metric records, evaluation cadence, checkpoints (every N steps or minutes),
+//! and stop requests (Ctrl-C, SIGTERM).
 //!
 //! What varies between SFT, the DPO family and the reward model is a [`Method`]: the loss of
 //! one micro-batch and the held-out evaluation, as burn-train's `TrainStep`/`ValidStep` and
@@ -8,8 +9,6 @@
 //! calls [`Trainer::fit`] once per phase; steps are numbered across phases, so checkpoints,
 //! metrics and the progress bar read as one run.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
@@ -20,7 +19,7 @@ use serde_json::{json, Map};
 
 use super::checkpoint::{Checkpoints, RunState};
 use super::clip::clip_global_norm;
-use super::interrupt::interrupt_flag;
+use super::interrupt::{stop_requests, StopRequests, StopSignal};
 use super::metrics::{add_means, check_finite, MetricsLog};
 use super::order::BatchOrder;
 use super::progress::Progress;
@@ -91,8 +90,10 @@ pub struct LoopConfig {
     pub log_every: usize,
     /// Evaluate every N steps of a phase (0: only when the program does at the end).
     pub eval_every: usize,
-    /// A checkpoint every N steps (0: only on Ctrl-C and at the run's end).
+    /// A checkpoint every N steps (0: only on a stop request and at the run's end).
     pub save_every: usize,
+    /// Also a checkpoint at the first step end this long after the last one (or the start).
+    pub save_every_time: Option<Duration>,
     /// The run's seed (data order; per-step random streams).
     pub seed: u64,
     /// Shuffle the pairs every epoch (off: the file's order, as for a step-by-step comparison).
@@ -114,14 +115,14 @@ pub struct Phase {
     pub schedule: WarmupCosine,
 }
 
-/// A model and optimizer after a fit, and whether Ctrl-C stopped it before the run's end.
+/// A model and optimizer after a fit, and the signal that stopped it before the run's end.
 pub struct Fitted<M, O> {
     /// The trained model.
     pub model: M,
     /// The optimizer, with its state.
     pub optimizer: O,
-    /// Whether the run stopped early (a checkpoint was saved to resume from).
-    pub interrupted: bool,
+    /// The signal that stopped the run early, after a checkpoint was saved to resume from.
+    pub stopped: Option<StopSignal>,
     /// The time this fit's steps took.
     pub step_time: Duration,
 }
@@ -133,7 +134,8 @@ pub struct Trainer {
     checkpoints: Checkpoints,
     metrics: MetricsLog,
     progress: Progress,
-    interrupted: Arc<AtomicBool>,
+    stops: StopRequests,
+    last_save: Instant,
     state: RunState,
     total: usize,
 }
@@ -152,7 +154,8 @@ impl Trainer {
         Self {
             order: BatchOrder::new(train_len, config.shuffle.then_some(config.seed)),
             progress: Progress::new(state.step, total),
-            interrupted: interrupt_flag(),
+            stops: stop_requests(),
+            last_save: Instant::now(),
             config,
             checkpoints,
             metrics,
@@ -208,11 +211,11 @@ impl Trainer {
             if let Some(line) = self.evaluation(method, &model, step, phase)? {
                 self.progress.println(&line);
             }
-            if self.checkpoint(&model, &optimizer, step)? {
+            if let Some(signal) = self.checkpoint(&model, &optimizer, step)? {
                 return Ok(Fitted {
                     model,
                     optimizer,
-                    interrupted: true,
+                    stopped: Some(signal),
                     step_time,
                 });
             }
@@ -220,7 +223,7 @@ impl Trainer {
         Ok(Fitted {
             model,
             optimizer,
-            interrupted: false,
+            stopped: None,
             step_time,
         })
     }
@@ -319,31 +322,45 @@ impl Trainer {
         method.evaluate(model, step + 1, &mut self.metrics)
     }
 
-    /// Saves a checkpoint every `save_every` steps, at the run's last step, and on Ctrl-C;
-    /// returns whether the run must stop here (Ctrl-C before its last step).
-    fn checkpoint<B, M, O>(&mut self, model: &M, optimizer: &O, step: usize) -> Result<bool>
+    /// Saves a checkpoint every `save_every` steps, once `save_every_time` has passed since
+    /// the last one, at the run's last step, and on a stop request; returns the request's
+    /// signal when the run must stop here (before its last step).
+    fn checkpoint<B, M, O>(
+        &mut self,
+        model: &M,
+        optimizer: &O,
+        step: usize,
+    ) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
-        let stop = self.interrupted.load(Ordering::SeqCst);
+        let stop = self.stops.received();
         let last = step + 1 == self.total;
         let every = self.config.save_every;
         let periodic = every > 0 && (step + 1).is_multiple_of(every);
-        if !(periodic || stop || last) {
-            return Ok(false);
+        let timed = self
+            .config
+            .save_every_time
+            .is_some_and(|t| self.last_save.elapsed() >= t);
+        if !(periodic || timed || stop.is_some() || last) {
+            return Ok(None);
         }
         let saved = self
             .checkpoints
             .save(step + 1, model, optimizer, &self.state)?;
-        if stop && !last {
-            self.progress.println(&format!(
-                "checkpoint saved to {}; resume with --resume",
-                saved.display()
-            ));
-            return Ok(true);
+        self.last_save = Instant::now();
+        match stop {
+            Some(signal) if !last => {
+                self.progress.println(&format!(
+                    "{}: checkpoint saved to {}; resume with --resume",
+                    signal.name(),
+                    saved.display()
+                ));
+                Ok(Some(signal))
+            }
+            _ => Ok(None),
         }
-        Ok(false)
     }
 }

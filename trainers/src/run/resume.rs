@@ -1,0 +1,129 @@
+//! `--resume` and `--resume auto`: whether a run continues from a checkpoint, and which of its
+//! settings a resumed run may change.
+//!
+//! A resume that finds nothing is an error (a mistyped `--output` must not silently retrain
+//! from scratch, as TRL refuses too); `--resume auto` is for requeued jobs that run the same
+//! command every time. A resumed run must be the run it continues: settings that change what is
+//! trained (model, data, batch, seed, method, steps, …) are compared with the checkpoint's
+//! `settings.json` and a difference is an error that names the flag.
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::training::{Checkpoints, SETTINGS_FILE};
+
+/// How `--resume` was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResumeMode {
+    /// `--resume`: continue from the newest checkpoint; an error when there is none.
+    #[value(hide = true)]
+    Required,
+    /// `--resume auto`: continue when there is a checkpoint, start fresh when there is none.
+    Auto,
+}
+
+/// Settings that a resumed run may change: where and how often it reports, saves and
+/// evaluates, and how it computes (not what). Every other setting must match the checkpoint's.
+pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
+    "output",
+    "device",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "save_every_minutes",
+    "keep_checkpoints",
+    "gradient_checkpointing",
+    "merge_adapters",
+    "eval_prompts",
+    "max_new_tokens",
+];
+
+/// Whether the run resumes: `mode` against the checkpoints there are, the newest one's saved
+/// settings checked against `settings` (the run's, as JSON).
+pub fn resolve(
+    mode: Option<ResumeMode>,
+    checkpoints: &Checkpoints,
+    settings: &Value,
+) -> Result<bool> {
+    let Some(mode) = mode else {
+        return Ok(false);
+    };
+    match (checkpoints.latest(), mode) {
+        (Some((_, folder)), _) => {
+            let saved = folder.join(SETTINGS_FILE);
+            // Checkpoints written before settings were saved in them are not checked.
+            if saved.is_file() {
+                let saved_settings: Value = crate::training::read_json(&saved)?;
+                check_unchanged(&saved_settings, settings).map_err(|difference| {
+                    Error::Training(format!(
+                        "--resume: {difference}; resume with that run's settings (--config {}) \
+                         or start a new run in another --output",
+                        saved.display()
+                    ))
+                })?;
+            }
+            Ok(true)
+        }
+        (None, ResumeMode::Required) => Err(checkpoints.nothing_to_resume()),
+        (None, ResumeMode::Auto) => {
+            println!(
+                "--resume auto: no checkpoint in {}: starting from step 0",
+                checkpoints.dir().display()
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// The first setting outside [`MAY_CHANGE_ON_RESUME`] whose value differs between the saved
+/// run's settings and this run's, as a message naming its flag. Settings the saved run did not
+/// have (added to the program since) are not compared.
+pub fn check_unchanged(saved: &Value, current: &Value) -> std::result::Result<(), String> {
+    let (Some(saved), Some(current)) = (saved.as_object(), current.as_object()) else {
+        return Err("the saved settings are not a JSON object".into());
+    };
+    for (key, before) in saved {
+        if MAY_CHANGE_ON_RESUME.contains(&key.as_str()) {
+            continue;
+        }
+        let now = current.get(key).unwrap_or(&Value::Null);
+        if now != before {
+            return Err(format!(
+                "--{} is {} here but {} in the run being resumed",
+                key.replace('_', "-"),
+                shown(now),
+                shown(before)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A setting's value as a user would type it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Null => "unset".into(),
+        Value::String(text) => text.clone(),
+        Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_changed_batch_is_named_and_a_changed_log_cadence_is_allowed() {
+        let saved = json!({"batch_size": 32, "log_every": 10, "model": null});
+        let err = check_unchanged(&saved, &json!({"batch_size": 16, "log_every": 10})).unwrap_err();
+        assert!(err.starts_with("--batch-size is 16 here but 32"), "{err}");
+        let same = json!({"batch_size": 32, "log_every": 1, "model": null});
+        assert_eq!(check_unchanged(&saved, &same), Ok(()));
+        let model = json!({"batch_size": 32, "log_every": 10, "model": "m"});
+        let err = check_unchanged(&saved, &model).unwrap_err();
+        assert!(err.starts_with("--model is m here but unset"), "{err}");
+    }
+}
