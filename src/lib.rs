@@ -19,6 +19,9 @@ mod error;
 pub mod losses;
 mod penalty_serde;
 pub mod sinkhorn;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 pub mod weights;
 
 pub use aplot::{aplot_margins, AplotConfig};

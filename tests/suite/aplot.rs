@@ -129,18 +129,19 @@ proptest! {
 
     #[test]
     fn margins_lie_in_zero_to_scale_times_max_cost(
-        batch in 2usize..8,
-        seed in any::<u64>(),
+        case in otpref::testing::aplot_cases(2..=7, 4, 5.0),
         scale in 0.1f64..4.0,
         gamma in 0.0f64..=1.0,
     ) {
-        let mut rng = crate::common::Rng(seed);
-        let hc = rng.vec(batch * 4, -1.0, 1.0);
-        let hr = rng.vec(batch * 4, -1.0, 1.0);
-        let rc = rng.vec(batch, -5.0, 5.0);
-        let rr = rng.vec(batch, -5.0, 5.0);
         let config = AplotConfig::new().with_scale(scale).with_gamma(gamma);
-        let m = margins(&hc, &hr, &rc, &rr, &config).unwrap();
+        let m = margins(
+            &case.chosen_repr,
+            &case.rejected_repr,
+            &case.chosen_rewards,
+            &case.rejected_rewards,
+            &config,
+        )
+        .unwrap();
         for v in m {
             // Every cost is in [0, 1]: margins are convex combinations of a row's costs.
             prop_assert!(v >= -1e-6 && v <= scale * (1.0 + 1e-5), "{}", v);

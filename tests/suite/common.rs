@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use burn::backend::Autodiff;
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 /// The backend the tests run on: the pure-Rust CPU backend by default, ndarray with
 /// `ndarray-tests`, CUDA with `gpu-tests`, wgpu (any Vulkan device, Mesa's software one in CI)
@@ -28,43 +28,17 @@ pub type TestBackend = burn::backend::Vulkan;
 /// The same with autodiff.
 pub type TestAutodiff = Autodiff<TestBackend>;
 
-/// One problem of a batch, unpadded, in row-major order.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    pub n: usize,
-    pub m: usize,
-    pub cost: Vec<f64>,
-    pub a: Vec<f64>,
-    pub b: Vec<f64>,
-}
+/// One problem of a batch, unpadded (otpref's testing type).
+pub use otpref::testing::OtProblem as Problem;
 
-/// Pads problems into one batch `[batch, n_max, m_max]`; padding gets zero mass and a cost of
-/// `pad_cost` (the solver must never read it).
+/// Pads problems into one batch `[batch, n_max, m_max]` on the default device; padding gets
+/// zero mass and a cost of `pad_cost` (the solver must never read it).
 pub fn pad_batch<B: Backend>(
     problems: &[Problem],
     pad_cost: f64,
     dtype: DType,
 ) -> (Tensor<B, 3>, Tensor<B, 2>, Tensor<B, 2>) {
-    let n = problems.iter().map(|p| p.n).max().unwrap();
-    let m = problems.iter().map(|p| p.m).max().unwrap();
-    let batch = problems.len();
-    let mut cost = vec![pad_cost; batch * n * m];
-    let mut a = vec![0.0; batch * n];
-    let mut b = vec![0.0; batch * m];
-    for (k, p) in problems.iter().enumerate() {
-        for i in 0..p.n {
-            a[k * n + i] = p.a[i];
-            for j in 0..p.m {
-                cost[(k * n + i) * m + j] = p.cost[i * p.m + j];
-            }
-        }
-        b[k * m..k * m + p.m].copy_from_slice(&p.b);
-    }
-    (
-        tensor(cost, [batch, n, m], dtype),
-        tensor(a, [batch, n], dtype),
-        tensor(b, [batch, m], dtype),
-    )
+    otpref::testing::pad_problems(problems, pad_cost, dtype, &Default::default())
 }
 
 /// A tensor of the given dtype on the default device.
@@ -73,15 +47,12 @@ pub fn tensor<B: Backend, const D: usize>(
     shape: [usize; D],
     dtype: DType,
 ) -> Tensor<B, D> {
-    Tensor::from_data(
-        TensorData::new(values, shape).convert_dtype(dtype),
-        (&Default::default(), dtype),
-    )
+    otpref::testing::tensor(values, shape, dtype, &Default::default())
 }
 
 /// A tensor's values as f64.
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().into_vec::<f64>().unwrap()
+    otpref::testing::host_values(t)
 }
 
 /// Small deterministic generator (SplitMix64) so tests need no extra crate for fixed data.
@@ -113,31 +84,6 @@ pub fn random_problem(rng: &mut Rng, n: usize, m: usize, normalised: bool) -> Pr
         b.iter_mut().for_each(|v| *v /= sb);
     }
     Problem { n, m, cost, a, b }
-}
-
-/// A proptest strategy for one `n x m` problem: costs uniform in [0, 1) times `scale`, positive
-/// masses normalised to 1 (balanced-ready).
-pub fn problem_strategy(
-    n: usize,
-    m: usize,
-    scale: f64,
-) -> impl proptest::strategy::Strategy<Value = Problem> {
-    use proptest::prelude::*;
-    (
-        prop::collection::vec(0.0f64..1.0, n * m),
-        prop::collection::vec(0.05f64..1.0, n),
-        prop::collection::vec(0.05f64..1.0, m),
-    )
-        .prop_map(move |(cost, a, b)| {
-            let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
-            Problem {
-                n,
-                m,
-                cost: cost.iter().map(|c| c * scale).collect(),
-                a: a.iter().map(|v| v / sa).collect(),
-                b: b.iter().map(|v| v / sb).collect(),
-            }
-        })
 }
 
 /// Proptest settings for CI: a fixed case count (`PROPTEST_CASES` overrides it, as the GPU

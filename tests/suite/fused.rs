@@ -4,12 +4,11 @@
 //! solver on Flex and ndarray, the one-pass kernels on CUDA (`gpu-tests`) and wgpu
 //! (`wgpu-tests`).
 
-use crate::common::{
-    pad_batch, problem_strategy, proptest_config, random_problem, values, Problem, Rng,
-};
+use crate::common::{pad_batch, proptest_config, random_problem, values, Problem, Rng};
 use crate::common::{TestAutodiff, TestBackend};
 use crate::pot_parity::cases;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use otpref::testing::{ot_batches, Masses, OtBatchSpec};
 use otpref::{
     otpo_token_weights, unbalanced_sinkhorn, CostNormalization, GradientMode, OtpoConfig,
     UnbalancedConfig,
@@ -124,16 +123,18 @@ enum Steps {
     ToConvergence,
 }
 
-/// A batch of 1-4 problems of sizes 1..=20 with costs in [0, scale] and positive masses
-/// normalised to 1.
+/// A batch of 1-4 problems of sizes 1..=20 with costs in [0, 1) or [0, 30) and positive
+/// masses normalised to 1.
 fn batch() -> impl Strategy<Value = Vec<Problem>> {
-    let sizes = (
-        1usize..=20,
-        1usize..=20,
-        prop::sample::select(vec![1.0, 30.0]),
-    );
-    let problem = sizes.prop_flat_map(|(n, m, scale)| problem_strategy(n, m, scale));
-    prop::collection::vec(problem, 1..=4)
+    prop::sample::select(vec![1.0, 30.0]).prop_flat_map(|cost_spread| {
+        ot_batches(OtBatchSpec {
+            batch: 1..=4,
+            rows: 1..=20,
+            cols: 1..=20,
+            cost_spread,
+            masses: Masses::Normalised,
+        })
+    })
 }
 
 /// ρ for one side: exact, or relaxed.

@@ -436,3 +436,51 @@ fn half_precision_dpo_is_computed_in_f32() {
     let (got, want) = (values(got)[0], values(want)[0]);
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::common::proptest_config(24))]
+
+    /// Generated batches (log-probabilities of -1e4 at padded positions): the sigmoid loss is
+    /// the closed form mean_k softplus(-β Σ_t ω (Δ log π)) over the real tokens, and its
+    /// gradient matches finite differences.
+    #[test]
+    fn weighted_dpo_loss_is_its_closed_form_on_generated_batches(
+        case in otpref::testing::dpo_cases(1..=3, 5),
+        beta in 0.05f64..1.0,
+    ) {
+        let device = Default::default();
+        let config = DpoLossConfig::new().with_beta(beta);
+        let (inputs, weights) = case.to_inputs::<TestBackend>(&device);
+        let loss = values(weighted_dpo_loss(inputs, weights, &config).unwrap().loss)[0];
+        let len = case.len;
+        let reward = |policy: &[f64], reference: &[f64], w: &[f64], k: usize, n: usize| -> f64 {
+            (k * len..k * len + n).map(|t| w[t] * (policy[t] - reference[t])).sum::<f64>()
+        };
+        let expected: f64 = case.lengths.iter().enumerate().map(|(k, (c, r))| {
+            let chosen = reward(&case.policy_chosen, &case.reference_chosen, &case.weights_chosen, k, *c);
+            let rejected =
+                reward(&case.policy_rejected, &case.reference_rejected, &case.weights_rejected, k, *r);
+            softplus(-beta * (chosen - rejected))
+        }).sum::<f64>() / case.batch() as f64;
+        proptest::prop_assert!((loss - expected).abs() < 1e-4 * expected.max(1.0), "{} vs {}", loss, expected);
+
+        let (inputs, weights) = case.to_inputs::<TestBackend>(&device);
+        let loss_of_policy_chosen = |policy_chosen: Tensor<TestAutodiff, 2>| {
+            let inputs = DpoInputs {
+                policy_chosen,
+                policy_rejected: Tensor::from_inner(inputs.policy_rejected.clone()),
+                reference: inputs.reference.clone().map(|r| ReferenceLogps {
+                    chosen: Tensor::from_inner(r.chosen),
+                    rejected: Tensor::from_inner(r.rejected),
+                }),
+            };
+            let weights = TokenWeights {
+                chosen: Tensor::from_inner(weights.chosen.clone()),
+                rejected: Tensor::from_inner(weights.rejected.clone()),
+                convergence: None,
+            };
+            weighted_dpo_loss(inputs, weights, &config).unwrap().loss
+        };
+        otpref::testing::check_gradient(loss_of_policy_chosen, inputs.policy_chosen.clone(), 1e-2, 2e-2)?;
+    }
+}

@@ -25,3 +25,4 @@ mod pot_parity;
 mod properties;
 mod reductions;
 mod stability;
+mod testing_checks;

@@ -652,3 +652,32 @@ fn exact_marginals_need_equally_long_responses() {
     );
     assert!(!message.contains("rho"), "{message}");
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::common::proptest_config(16))]
+
+    /// Generated pairs of responses (NaN in the padded hidden states): every budget is kept,
+    /// the weights are finite, non-negative and 0 on padding.
+    #[test]
+    fn generated_batches_keep_every_budget(
+        case in otpref::testing::otpo_cases(1..=3, 6, 4, 2.0),
+        budget in proptest::sample::select(vec![
+            WeightBudget::Min, WeightBudget::Mean, WeightBudget::Max, WeightBudget::OwnLength,
+        ]),
+        epsilon in otpref::testing::epsilons(0.1..=1.0),
+    ) {
+        let tokens = case.to_tokens::<TestBackend>(f64::NAN, &Default::default());
+        let config = OtpoConfig::new().with_epsilon(epsilon).with_budget(budget);
+        let weights = otpref::otpo_token_weights(
+            tokens.chosen_hidden.unwrap(),
+            tokens.rejected_hidden.unwrap(),
+            tokens.chosen_mask.clone(),
+            tokens.rejected_mask.clone(),
+            &config,
+        )
+        .unwrap();
+        otpref::testing::check_weight_budget(
+            &weights, tokens.chosen_mask, tokens.rejected_mask, budget, 1e-4,
+        )?;
+    }
+}

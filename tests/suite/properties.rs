@@ -1,15 +1,19 @@
-//! Property tests of the OT marginals and symmetries (proptest, fixed case count for CI).
+//! Property tests of the OT marginals and symmetries (proptest, fixed case count for CI),
+//! through `otpref::testing`'s strategies and invariant checks, as a user's own tests would.
 
-use crate::common::{pad_batch, problem_strategy, values, Problem, TestBackend};
+use crate::common::{pad_batch, values, Problem, TestBackend};
 use burn::tensor::{DType, Tensor};
+use otpref::testing::{
+    check_balanced_marginals, check_plan_support, check_unbalanced_marginals, epsilons, ot_batches,
+    Masses, OtBatchSpec,
+};
 use otpref::{sinkhorn, unbalanced_sinkhorn, SinkhornConfig, UnbalancedConfig};
 use proptest::prelude::*;
 
 /// A batch of 1-3 problems of sizes 1..=6, random costs in [0, 1] and positive masses
 /// normalised to 1 (balanced-ready).
 fn batch() -> impl Strategy<Value = Vec<Problem>> {
-    let problem = (1usize..=6, 1usize..=6).prop_flat_map(|(n, m)| problem_strategy(n, m, 1.0));
-    prop::collection::vec(problem, 1..=3)
+    ot_batches(OtBatchSpec::default())
 }
 
 fn dims(problems: &[Problem]) -> (usize, usize) {
@@ -31,44 +35,32 @@ fn solve_balanced(problems: &[Problem], epsilon: f64) -> (Vec<f64>, Vec<bool>) {
     (values(t.plan), t.converged)
 }
 
-fn row_col_sums(plan: &[f64], k: usize, n: usize, m: usize) -> (Vec<f64>, Vec<f64>) {
-    let block = &plan[k * n * m..(k + 1) * n * m];
-    let rows = (0..n)
-        .map(|i| block[i * m..(i + 1) * m].iter().sum())
-        .collect();
-    let cols = (0..m)
-        .map(|j| (0..n).map(|i| block[i * m + j]).sum())
-        .collect();
-    (rows, cols)
-}
-
 proptest! {
     #![proptest_config(crate::common::proptest_config(32))]
 
     #[test]
     fn balanced_plans_have_the_right_marginals_and_zero_padding(
-        problems in batch(), epsilon in 0.02f64..1.0
+        problems in batch(), epsilon in epsilons(0.02..=1.0)
     ) {
-        let (plan, converged) = solve_balanced(&problems, epsilon);
-        let (n, m) = dims(&problems);
-        prop_assert!(converged.iter().all(|c| *c));
-        for (k, p) in problems.iter().enumerate() {
-            let (rows, cols) = row_col_sums(&plan, k, n, m);
-            let row_error: f64 = p.a.iter().zip(&rows).map(|(a, r)| (a - r).abs()).sum();
-            let col_error: f64 = p.b.iter().zip(&cols).map(|(b, c)| (b - c).abs()).sum();
-            // Tolerance 1e-6 on ||P1 - a||_1 plus f32 rounding of the sums.
-            prop_assert!(row_error < 1e-5, "row error {}", row_error);
-            prop_assert!(col_error < 1e-5, "column error {}", col_error);
-            for i in 0..n {
-                for j in 0..m {
-                    let v = plan[(k * n + i) * m + j];
-                    prop_assert!(v >= 0.0 && v.is_finite());
-                    if i >= p.n || j >= p.m {
-                        prop_assert_eq!(v, 0.0);
-                    }
-                }
-            }
-        }
+        let (cost, a, b) = pad_batch::<TestBackend>(&problems, f64::NAN, DType::F32);
+        let config = SinkhornConfig::new(epsilon).with_max_iters(5000);
+        let t = sinkhorn(cost, a.clone(), b.clone(), &config).unwrap();
+        prop_assert!(t.all_converged());
+        check_plan_support(t.plan.clone(), a.clone(), b.clone())?;
+        // Tolerance 1e-6 on ||P1 - a||_1 plus f32 rounding of the sums.
+        check_balanced_marginals(t.plan, a, b, 1e-5)?;
+    }
+
+    #[test]
+    fn near_zero_masses_keep_their_marginals(
+        problems in ot_batches(OtBatchSpec { masses: Masses::NearZero, ..Default::default() }),
+        epsilon in epsilons(0.05..=1.0)
+    ) {
+        let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
+        let config = SinkhornConfig::new(epsilon).with_max_iters(5000);
+        let t = sinkhorn(cost, a.clone(), b.clone(), &config).unwrap();
+        check_plan_support(t.plan.clone(), a.clone(), b.clone())?;
+        check_balanced_marginals(t.plan, a, b, 1e-5)?;
     }
 
     #[test]
@@ -139,25 +131,10 @@ proptest! {
         // P = exp((f + g - C)/ε) gives f = -ρ_a log(P1 / a) and g = -ρ_b log(Pᵀ1 / b).
         let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
         let config = UnbalancedConfig::new(epsilon, rho_a, rho_b).with_max_iters(20_000);
-        let t = unbalanced_sinkhorn(cost, a, b, &config).unwrap();
+        let t = unbalanced_sinkhorn(cost, a.clone(), b.clone(), &config).unwrap();
         prop_assert!(t.all_converged());
-        let (n, m) = dims(&problems);
-        let plan = values(t.plan);
-        let f = values(t.f);
-        let g = values(t.g);
-        for (k, p) in problems.iter().enumerate() {
-            let (rows, cols) = row_col_sums(&plan, k, n, m);
-            for i in 0..p.n {
-                let expected = p.a[i] * (-f[k * n + i] / rho_a).exp();
-                prop_assert!((rows[i] - expected).abs() < 1e-4 * expected.max(1e-2),
-                    "row {}: {} vs {}", i, rows[i], expected);
-            }
-            for j in 0..p.m {
-                let expected = p.b[j] * (-g[k * m + j] / rho_b).exp();
-                prop_assert!((cols[j] - expected).abs() < 1e-4 * expected.max(1e-2),
-                    "column {}: {} vs {}", j, cols[j], expected);
-            }
-        }
+        check_plan_support(t.plan.clone(), a.clone(), b.clone())?;
+        check_unbalanced_marginals(&t, a, b, rho_a, rho_b, 1e-4)?;
     }
 
     #[test]
