@@ -98,10 +98,10 @@ pub fn aplot_margins<B: OtBackend>(
     ])?;
     // f16/bf16 inputs are computed in f32; the margins come back in their dtype.
     let dtype = chosen_repr.dtype();
-    let chosen_repr = checks::widened(chosen_repr);
-    let rejected_repr = checks::widened(rejected_repr);
-    let chosen_rewards = checks::widened(chosen_rewards);
-    let rejected_rewards = checks::widened(rejected_rewards);
+    let chosen_repr = crate::precision::widened(chosen_repr);
+    let rejected_repr = crate::precision::widened(rejected_repr);
+    let chosen_rewards = crate::precision::widened(chosen_rewards);
+    let rejected_rewards = crate::precision::widened(rejected_rewards);
     for (name, t) in [
         ("chosen_repr", &chosen_repr),
         ("rejected_repr", &rejected_repr),
@@ -153,7 +153,7 @@ pub fn aplot_margins<B: OtBackend>(
     let plan = sinkhorn(cost.clone(), uniform.clone(), uniform, &solver)?.plan;
     let expected_cost = (plan * cost).sum_dim(2).squeeze_dims::<1>(&[0, 2]);
     let margins = expected_cost.mul_scalar(config.scale * batch as f64);
-    Ok(checks::narrowed(margins, dtype))
+    Ok(crate::precision::narrowed(margins, dtype))
 }
 
 /// `C_ij = γ (1 + cos)/2 + (1 − γ)(1 − σ(|r_c,i − r_r,j|))`, `[batch, batch]`.

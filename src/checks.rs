@@ -1,8 +1,10 @@
-//! Input checks shared by the weighting schemes and the losses.
+//! Input checks shared by the solvers, the weighting schemes and the losses: each returns an
+//! error naming the input (dtype casts are in `precision`, host reads in `host`).
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::error::OtprefError;
+use crate::host::{all_finite, to_host};
 
 /// Errors unless `tensor` has exactly `expected` as its shape.
 pub(crate) fn shape<B: Backend, const D: usize>(
@@ -58,70 +60,6 @@ pub(crate) fn solver_settings(
         )));
     }
     Ok(())
-}
-
-/// The largest finite value of a float dtype (f32's for the others: bf16 and flex32 share its
-/// range).
-pub(crate) fn dtype_max(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => f64::MAX,
-        DType::F16 => 65504.0,
-        _ => f64::from(f32::MAX),
-    }
-}
-
-/// `tensor` in f32 when it is f16 or bf16, unchanged otherwise: distances, OT and losses are
-/// computed with f32 accumulation (and range) whatever the inputs' precision.
-pub(crate) fn widened<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
-    narrowed(tensor.clone(), widened_dtype(tensor.dtype()))
-}
-
-/// The dtype [`widened`] computes in for inputs of `dtype`.
-pub(crate) fn widened_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        other => other,
-    }
-}
-
-/// `tensor` cast to `dtype` (results of a widened computation back in the inputs' dtype); no
-/// cast when it already has it.
-pub(crate) fn narrowed<B: Backend, const D: usize>(
-    tensor: Tensor<B, D>,
-    dtype: DType,
-) -> Tensor<B, D> {
-    match tensor.dtype() == dtype {
-        true => tensor,
-        false => tensor.cast(dtype),
-    }
-}
-
-/// True when no entry of `tensor` is NaN or infinite.
-///
-/// Fast path: NaN and infinities propagate through a sum, so a finite sum proves every entry
-/// finite in one pass; only a non-finite sum (which may also be an overflow) pays for the
-/// exact element-wise scan.
-pub(crate) fn all_finite<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
-    let tensor = tensor.clone().detach();
-    let sum = tensor.clone().sum().into_data().convert::<f64>();
-    if sum.iter::<f64>().all(f64::is_finite) {
-        return true;
-    }
-    tensor
-        .is_finite()
-        .all()
-        .into_data()
-        .iter::<bool>()
-        .all(|ok| ok)
-}
-
-/// A float tensor's values on the host, as f64, in row-major order.
-pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f64> {
-    tensor
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("a float tensor converts to f64")
 }
 
 /// Errors if `tensor` holds NaN or an infinity (one device synchronisation).

@@ -16,8 +16,10 @@
 pub mod aplot;
 mod checks;
 mod error;
+mod host;
 pub mod losses;
 mod penalty_serde;
+mod precision;
 pub mod sinkhorn;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

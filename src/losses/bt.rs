@@ -90,8 +90,11 @@ pub fn bt_margin_loss<B: Backend>(
     }
 
     // The loss is computed in f32 or wider: f16/bf16 rewards are upcast.
-    let (chosen, rejected) = (checks::widened(chosen), checks::widened(rejected));
-    let margin = margin.map(checks::widened);
+    let (chosen, rejected) = (
+        crate::precision::widened(chosen),
+        crate::precision::widened(rejected),
+    );
+    let margin = margin.map(crate::precision::widened);
     let reward_margins = chosen.clone() - rejected.clone();
     let logits = match margin {
         Some(margin) => reward_margins.clone() - margin,
@@ -102,7 +105,7 @@ pub fn bt_margin_loss<B: Backend>(
         loss = loss + (chosen + rejected).square().mean().mul_scalar(c);
     }
     // Finite rewards can still overflow in their difference or square.
-    if !checks::all_finite(&loss) {
+    if !crate::host::all_finite(&loss) {
         return Err(OtprefError::NonFinite(format!(
             "the loss overflows {:?}: the rewards (or their margins) are too large; check the \
              reward head's outputs",

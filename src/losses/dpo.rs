@@ -138,7 +138,7 @@ pub fn weighted_dpo_loss<B: Backend>(
     // Sums of many log-probabilities need f32 at least: f16/bf16 inputs are upcast, and the
     // loss and metrics come out in f32.
     let weighted = |logps: Tensor<B, 2>, w: &Tensor<B, 2>| -> Tensor<B, 1> {
-        (checks::widened(logps) * checks::widened(w.clone()))
+        (crate::precision::widened(logps) * crate::precision::widened(w.clone()))
             .sum_dim(1)
             .squeeze_dim(1)
     };
@@ -176,7 +176,7 @@ pub fn weighted_dpo_loss<B: Backend>(
     let accuracy = reward_margins.clone().greater_elem(0.0).float().mean();
     let loss = losses.mean();
     // Finite inputs can still overflow in Σ ω log π (huge weights or log-probabilities).
-    if !checks::all_finite(&loss) {
+    if !crate::host::all_finite(&loss) {
         return Err(OtprefError::NonFinite(format!(
             "the loss overflows {:?}: the weighted log-probability sums are too large; scale the \
              weights down or compute the log-probabilities in f64",
@@ -253,8 +253,8 @@ fn validate<B: Backend>(
         )));
     }
     // The loss is computed in the widened dtype (f32 for f16/bf16 inputs).
-    let dtype = checks::widened_dtype(inputs.policy_chosen.dtype());
-    if config.beta > checks::dtype_max(dtype) {
+    let dtype = crate::precision::widened_dtype(inputs.policy_chosen.dtype());
+    if config.beta > crate::precision::dtype_max(dtype) {
         return Err(OtprefError::InvalidParameter(format!(
             "beta = {:e} is not representable in {dtype:?}; DPO's beta is usually 0.01 to 1",
             config.beta

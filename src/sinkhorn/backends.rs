@@ -1,13 +1,14 @@
 //! [`OtBackend`] for every backend burn 0.21 ships, each behind the cargo feature of the same
 //! name (burn's `cpu` backend, whose build downloads LLVM, has no feature of its own: it is a
-//! CubeCL backend, covered with the `cubecl` feature). The trait's default method fits any backend without autodiff, so each impl is empty;
+//! CubeCL backend, covered with the `cubecl` feature). The trait's default methods fit any
+//! backend without autodiff, so each impl is empty;
 //! they are generic over the backend's element types (`NdArray<f64>`, `Cuda<half::f16>`), and
-//! the `Autodiff<B>` impl in `implicit.rs` covers each of them with autodiff.
+//! the `Autodiff<B>` impl in `backend.rs` covers each of them with autodiff.
 //!
 //! Rust's orphan rule stops users from writing these impls themselves (both the trait and the
 //! backend types are foreign to their crate), which is why they all live here.
 
-use super::implicit::OtBackend;
+use super::backend::OtBackend;
 
 #[cfg(feature = "flex")]
 impl OtBackend for burn::backend::Flex {

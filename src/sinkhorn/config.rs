@@ -57,8 +57,8 @@ pub struct SinkhornConfig {
     /// problems and rows over threads and SIMD loops). `false` runs the composed solver, the
     /// reference implementation, which other backends (burn's `Fusion` included), f64 inputs
     /// and [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree
-    /// to f32 rounding.
-    #[config(default = true)]
+    /// to f32 rounding (default `true`).
+    #[config(default = "FAST_PATHS_DEFAULT")]
     pub fast_paths: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward.
     #[config(default = 1000)]
@@ -128,9 +128,12 @@ pub struct UnbalancedConfig {
 
 impl Config for UnbalancedConfig {}
 
+/// The default of every config's `fast_paths`: on.
+pub(crate) const FAST_PATHS_DEFAULT: bool = true;
+
 /// Configs saved before `fast_paths` (or `fused_cpu`, its first name) existed load with it on.
-fn fast_paths_default() -> bool {
-    true
+pub(crate) fn fast_paths_default() -> bool {
+    FAST_PATHS_DEFAULT
 }
 
 impl fmt::Display for UnbalancedConfig {

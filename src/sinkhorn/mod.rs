@@ -5,8 +5,13 @@
 //!   (POT's `reg_type="entropy"`), either side possibly exact (`ρ = ∞`, semi-relaxed).
 //!
 //! Both share one solver core (`solver`), input checks (`problem`) and the implicit backward
-//! (`implicit`).
+//! (`implicit`). Imports run one way: inputs (`config`, `problem`, `transport`,
+//! `reductions`) → what backends can do (`backend`, `backends`, `cube`) → the stopping rule
+//! (`stopping`) and the reference backward (`adjoint`) → the solvers (`fused`, `solver`) →
+//! the implicit backward (`implicit`) → the public functions here.
 
+mod adjoint;
+mod backend;
 mod backends;
 mod config;
 #[cfg(feature = "cubecl")]
@@ -17,12 +22,16 @@ mod implicit;
 mod problem;
 mod reductions;
 mod solver;
+mod stopping;
 mod transport;
 
 use burn::tensor::Tensor;
 
+pub(crate) use backend::fused_serves;
+pub use backend::OtBackend;
+pub(crate) use config::{fast_paths_default, FAST_PATHS_DEFAULT};
 pub use config::{GradientMode, SinkhornConfig, UnbalancedConfig};
-pub use implicit::OtBackend;
+pub(crate) use problem::LOG_ZERO;
 pub use transport::{Convergence, Transport};
 
 #[cfg(feature = "fused-cpu")]
@@ -132,6 +141,6 @@ fn solve_with_gradient<B: OtBackend>(
     match config.gradient {
         GradientMode::Detach => solver::solve(cost.detach(), a.detach(), b.detach(), config),
         GradientMode::Unrolled => solver::solve(cost, a, b, config),
-        GradientMode::Implicit => B::solve_implicit(cost, a, b, config),
+        GradientMode::Implicit => B::solve_implicit::<implicit::Implicit>(cost, a, b, config),
     }
 }

@@ -18,11 +18,11 @@ const MAX_COST_OVER_EPSILON: f64 = 1e27;
 /// sum carries NaN and infinities; only a non-finite sum pays for the exact scan).
 fn finite_and_largest<B: Backend>(tensor: &Tensor<B, 3>) -> (bool, f64) {
     let tensor = tensor.clone().detach();
-    let both = checks::to_host(Tensor::cat(
+    let both = crate::host::to_host(Tensor::cat(
         vec![tensor.clone().sum(), tensor.clone().abs().max()],
         0,
     ));
-    let finite = both[0].is_finite() || checks::all_finite(&tensor);
+    let finite = both[0].is_finite() || crate::host::all_finite(&tensor);
     (finite, both[1])
 }
 
@@ -81,7 +81,7 @@ pub(crate) fn check_inputs<B: Backend>(
     check_totals(&a_host, &b_host, dims, balanced, a.dtype())?;
     // Potentials are f = ε (x + log a) with |x + log a| up to a few hundred (logs of masses down
     // to the smallest normal number): keep 1000 ε representable.
-    if epsilon * 1e3 > checks::dtype_max(cost.dtype()) {
+    if epsilon * 1e3 > crate::precision::dtype_max(cost.dtype()) {
         return Err(OtprefError::InvalidParameter(format!(
             "epsilon = {epsilon:e} is too large for a cost in {:?}: the potentials \
              (epsilon times logs of the masses, up to about 1000 epsilon) may overflow; costs scaled to [0, 1] usually \
@@ -130,10 +130,14 @@ pub(crate) fn build<B: Backend>(
     let log_kernel = cost.clone().mul_scalar(-1.0 / epsilon);
     let (finite, largest) = match has_padding {
         true => finite_and_largest(&log_kernel),
-        false => (checks::all_finite(&log_kernel), 0.0),
+        false => (crate::host::all_finite(&log_kernel), 0.0),
     };
     if !finite {
-        return Err(cost_error(checks::all_finite(&cost), epsilon, cost.dtype()));
+        return Err(cost_error(
+            crate::host::all_finite(&cost),
+            epsilon,
+            cost.dtype(),
+        ));
     }
     check_padded_range(has_padding, largest, epsilon)?;
 
@@ -217,7 +221,7 @@ fn check_shapes<B: Backend>(
 
 fn masses_to_host<B: Backend>(name: &str, masses: &Tensor<B, 2>) -> Result<Vec<f64>, OtprefError> {
     let [_, len] = masses.dims();
-    let values = checks::to_host(masses.clone());
+    let values = crate::host::to_host(masses.clone());
     if let Some(pos) = values.iter().position(|v| !v.is_finite() || *v < 0.0) {
         return Err(OtprefError::InvalidMass(format!(
             "{name}[{}, {}] = {}; masses must be finite and >= 0 (use 0 to mark padding)",
@@ -264,4 +268,24 @@ fn check_totals(
         }
     }
     Ok(())
+}
+
+/// The error for an unbalanced plan (or its potentials) that overflows `dtype`.
+pub(crate) fn plan_overflow_error(dtype: DType) -> OtprefError {
+    OtprefError::NonFinite(format!(
+        "the unbalanced transport plan overflows {dtype:?}: with relaxed marginals its mass grows \
+         exponentially as costs become negative; use costs >= 0 (e.g. subtract the smallest \
+         entry) or compute in f64"
+    ))
+}
+
+/// Largest spread `max K - min K` (in units of ε) for which the shifted kernel is exact: its
+/// smallest possible dominant term `exp(-spread)` stays a normal number, with margin.
+pub(crate) const fn max_spread(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 600.0,
+        DType::F32 | DType::Flex32 | DType::BF16 => 60.0,
+        DType::F16 => 8.0,
+        _ => 0.0,
+    }
 }

@@ -6,7 +6,6 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::implicit::OtBackend;
 use crate::error::OtprefError;
 
 /// Which lines of a `[batch, n, m]` matrix a reduction runs along: one result per row
@@ -58,22 +57,6 @@ pub(crate) fn check_operands<B: Backend>(
         )));
     }
     Ok(())
-}
-
-/// [`OtBackend::reduce_lines`] when `fast` and the backend has one-pass kernels, else the
-/// composed ops (the reference). For the solver's own operands, which always fit.
-pub(crate) fn reduce_on<B: OtBackend>(
-    fast: bool,
-    matrix: Tensor<B, 3>,
-    weights: Tensor<B, 2>,
-    axis: Axis,
-    reduction: Reduction,
-) -> Tensor<B, 2> {
-    if fast && B::ONE_PASS_REDUCTIONS {
-        B::reduce_lines(matrix, weights, axis, reduction).expect("the solver's operands fit")
-    } else {
-        composed(matrix, weights, axis, reduction)
-    }
 }
 
 /// The reduction composed from burn's tensor ops.

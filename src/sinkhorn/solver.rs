@@ -17,20 +17,24 @@
 //!   [0, 1] with ε >= 0.02 in f32), `LSE_j(K_ij + w_j) = log Σ_j E_ij exp(w_j - t) + k + t`
 //!   with the kernel `E = exp(K - k)` computed once (`k = max K`, `t = max w`). Each update
 //!   is then a batched matrix-vector product. Its largest term is at least `exp(-(max K -
-//!   min K))`, so the sum cannot underflow as long as that spread stays below [`max_spread`].
+//!   min K))`, so the sum cannot underflow as long as that spread stays below [`max_spread`](super::problem::max_spread).
 //! - `Log`: the textbook log-sum-exp over `[batch, n, m]`, for any ε, e.g. 1e-3.
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 
+#[cfg(feature = "fused-cpu")]
+use super::backend::fused_serves;
+use super::backend::{reduce_on, OtBackend};
 use super::config::{GradientMode, UnbalancedConfig};
 #[cfg(feature = "fused-cpu")]
 use super::fused;
-use super::implicit::OtBackend;
-use super::problem::{build, check_inputs, Checked, Problem};
-use super::reductions::{reduce_on, spread_over_columns, spread_over_rows, Axis, Reduction};
+use super::problem::{build, check_inputs, max_spread, plan_overflow_error, Checked, Problem};
+use super::reductions::{spread_over_columns, spread_over_rows, Axis, Reduction};
+use super::stopping::{convergence, ProblemStats};
 use super::transport::{Convergence, Transport};
-use crate::checks::{all_finite, narrowed, to_host, widened};
 use crate::error::OtprefError;
+use crate::host::{all_finite, to_host};
+use crate::precision::{narrowed, widened};
 
 /// Validates the inputs and solves the batch on `B`. Autodiff records the iterations when
 /// the inputs are tracked (the unrolled mode); detach them first for no graph.
@@ -72,7 +76,7 @@ fn solve_checked<B: OtBackend>(
 ) -> Result<Transport<B>, OtprefError> {
     let dtype = cost.dtype();
     #[cfg(feature = "fused-cpu")]
-    if fused::serves::<B>(config, dtype) {
+    if fused_serves::<B>(config, dtype) {
         // Reads any float dtype into f32 on the host itself.
         return fused::solve(cost, checked, config);
     }
@@ -125,15 +129,6 @@ fn representable<B: Backend>(plan: &Tensor<B, 3>, f: &Tensor<B, 2>, g: &Tensor<B
         || (all_finite(plan) && all_finite(f) && all_finite(g))
 }
 
-/// The error for an unbalanced plan (or its potentials) that overflows `dtype`.
-pub(super) fn plan_overflow_error(dtype: DType) -> OtprefError {
-    OtprefError::NonFinite(format!(
-        "the unbalanced transport plan overflows {dtype:?}: with relaxed marginals its mass grows \
-         exponentially as costs become negative; use costs >= 0 (e.g. subtract the smallest \
-         entry) or compute in f64"
-    ))
-}
-
 /// The logarithms of the plan's marginals `(log P1, log Pᵀ1)` and the solver's report,
 /// without forming the plan when the shifted kernel allows (two matrix-vector products). For
 /// callers that only need the marginals, such as OTPO; in the log domain because a plan whose
@@ -153,7 +148,7 @@ pub(crate) fn solve_log_marginals<B: OtBackend>(
     let checked = check_inputs(&cost, &a, &b, config.epsilon, config.is_balanced())?;
     let dtype = cost.dtype();
     #[cfg(feature = "fused-cpu")]
-    if fused::serves::<B>(config, dtype) {
+    if fused_serves::<B>(config, dtype) {
         return fused::solve_log_marginals(cost, &checked, config);
     }
     let (cost, a, b) = (widened(cost), widened(a), widened(b));
@@ -271,75 +266,6 @@ impl<B: OtBackend> Solution<B> {
     }
 }
 
-/// One problem's progress through its convergence checks (shared with the fused solver, so
-/// that both stop by the same rule).
-#[derive(Debug, Clone)]
-pub(super) struct ProblemStats {
-    /// Iterations run when it converged (`max_iters` until then).
-    pub iterations: usize,
-    pub converged: bool,
-    /// Error at the last check.
-    pub error: f64,
-    /// Smallest error seen so far, and how many checks in a row have not beaten it.
-    best_error: f64,
-    stale_checks: usize,
-}
-
-impl ProblemStats {
-    pub(super) fn new(max_iters: usize) -> Self {
-        Self {
-            iterations: max_iters,
-            converged: false,
-            error: f64::INFINITY,
-            best_error: f64::INFINITY,
-            stale_checks: 0,
-        }
-    }
-
-    /// Records the check made after `iteration` iterations (`floor`: the error rounding alone
-    /// produces); true when the problem has converged.
-    pub(super) fn record(
-        &mut self,
-        error: f64,
-        floor: f64,
-        iteration: usize,
-        tolerance: f64,
-    ) -> bool {
-        if self.converged {
-            return true;
-        }
-        self.error = error;
-        if error < self.best_error {
-            self.best_error = error;
-            self.stale_checks = 0;
-        } else {
-            self.stale_checks += 1;
-        }
-        // Below the rounding floor, an error that has stopped improving is as good as the
-        // floating-point type allows (f32 with large C/ε): stop instead of spinning.
-        let stalled = error <= floor && self.stale_checks >= STALE_CHECKS;
-        // A NaN error never counts as converged (NaN <= tol is false).
-        if error <= tolerance || stalled {
-            self.converged = true;
-            self.iterations = iteration;
-        }
-        self.converged
-    }
-}
-
-/// The batch's report.
-pub(super) fn convergence(stats: &[ProblemStats]) -> Convergence {
-    Convergence {
-        iterations: stats.iter().map(|s| s.iterations).collect(),
-        converged: stats.iter().map(|s| s.converged).collect(),
-        marginal_error: stats.iter().map(|s| s.error).collect(),
-    }
-}
-
-/// Checks in a row without a new best error, below the rounding floor, after which a problem
-/// counts as converged to working precision.
-const STALE_CHECKS: usize = 20;
-
 /// Runs the iterations until every problem has converged or hit `max_iters`.
 ///
 /// A problem that has converged is frozen (its potentials no longer change) while the others
@@ -445,17 +371,6 @@ impl<B: OtBackend> Kernel<B> {
     }
 }
 
-/// Largest spread `max K - min K` (in units of ε) for which the shifted kernel is exact: its
-/// smallest possible dominant term `exp(-spread)` stays a normal number, with margin.
-fn max_spread(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 600.0,
-        DType::F32 | DType::Flex32 | DType::BF16 => 60.0,
-        DType::F16 => 8.0,
-        _ => 0.0,
-    }
-}
-
 fn update_x<B: OtBackend>(
     problem: &Problem<B>,
     kernel: &Kernel<B>,
@@ -546,7 +461,7 @@ fn freeze<B: Backend>(
 ///
 /// Potentials of size |x| are only known to `|x| eps`, so in f32 a tolerance of 1e-6 can be
 /// out of reach for large `C/ε`; a problem whose error is below its floor and has not improved
-/// for [`STALE_CHECKS`] checks has converged to working precision.
+/// for [`STALE_CHECKS`](super::stopping::STALE_CHECKS) checks has converged to working precision.
 fn row_marginal_error<B: Backend>(
     problem: &Problem<B>,
     x: &Tensor<B, 2>,

@@ -53,8 +53,8 @@ impl<B: Backend> TokenWeights<B> {
     /// The weights cast to `dtype` (after an f32 computation for half-precision inputs).
     pub(crate) fn in_dtype(self, dtype: burn::tensor::DType) -> Self {
         TokenWeights {
-            chosen: crate::checks::narrowed(self.chosen, dtype),
-            rejected: crate::checks::narrowed(self.rejected, dtype),
+            chosen: crate::precision::narrowed(self.chosen, dtype),
+            rejected: crate::precision::narrowed(self.rejected, dtype),
             convergence: self.convergence,
         }
     }

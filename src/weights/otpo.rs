@@ -10,8 +10,8 @@ use super::{TokenWeights, WeightBudget};
 use crate::checks;
 use crate::error::OtprefError;
 use crate::sinkhorn::{
-    log_sum_exp, solve_log_marginals, unbalanced_sinkhorn, Convergence, GradientMode, OtBackend,
-    Transport, UnbalancedConfig,
+    fused_serves, log_sum_exp, solve_log_marginals, unbalanced_sinkhorn, Convergence, GradientMode,
+    OtBackend, Transport, UnbalancedConfig, FAST_PATHS_DEFAULT, LOG_ZERO,
 };
 
 /// How the OTPO cost is scaled before the OT.
@@ -63,13 +63,8 @@ pub struct OtpoConfig {
     /// Solve on the backend's fast path: the fused CPU solver on host-memory backends, the
     /// one-pass kernels on CubeCL backends (see [`UnbalancedConfig::fast_paths`]; default
     /// `true`).
-    #[serde(default = "fast_paths_default", alias = "fused_cpu")]
+    #[serde(default = "crate::sinkhorn::fast_paths_default", alias = "fused_cpu")]
     pub fast_paths: bool,
-}
-
-/// Configs saved before `fast_paths` (or `fused_cpu`, its first name) existed load with it on.
-fn fast_paths_default() -> bool {
-    true
 }
 
 impl Config for OtpoConfig {}
@@ -92,7 +87,7 @@ impl OtpoConfig {
             gradient: GradientMode::Detach,
             max_iters: 1000,
             tolerance: 1e-6,
-            fast_paths: true,
+            fast_paths: FAST_PATHS_DEFAULT,
         }
     }
 
@@ -192,25 +187,59 @@ pub fn otpo_token_weights<B: OtBackend>(
     rejected_mask: Tensor<B, 2>,
     config: &OtpoConfig,
 ) -> Result<TokenWeights<B>, OtprefError> {
+    check_inputs(
+        &chosen_hidden,
+        &rejected_hidden,
+        &chosen_mask,
+        &rejected_mask,
+        config,
+    )?;
+    // f16/bf16 states are compared and transported in f32; the weights come back in their dtype.
+    let dtype = chosen_hidden.dtype();
+    let masks = Masks::new(
+        crate::precision::widened(chosen_mask),
+        crate::precision::widened(rejected_mask),
+        config,
+    )?;
+    let states = States::new(
+        crate::precision::widened(chosen_hidden),
+        crate::precision::widened(rejected_hidden),
+        &masks,
+        config,
+    );
+    let solver = UnbalancedConfig::new(
+        config.epsilon,
+        config.marginal_penalty,
+        config.marginal_penalty,
+    )
+    .with_gradient(config.gradient)
+    .with_max_iters(config.max_iters)
+    .with_tolerance(config.tolerance)
+    .with_fast_paths(config.fast_paths);
+    let cost = states.cost(&masks, &solver, config)?;
+    let (log_rows, log_cols, convergence) = log_marginals(cost, &masks, &solver, config)?;
+    Ok(rescaled(log_rows, log_cols, &masks, config.budget, convergence).in_dtype(dtype))
+}
+
+/// Shapes and dtypes of the inputs, and the config's settings.
+fn check_inputs<B: Backend>(
+    chosen_hidden: &Tensor<B, 3>,
+    rejected_hidden: &Tensor<B, 3>,
+    chosen_mask: &Tensor<B, 2>,
+    rejected_mask: &Tensor<B, 2>,
+    config: &OtpoConfig,
+) -> Result<(), OtprefError> {
     let [batch, len_c, hidden] = chosen_hidden.dims();
     let [_, len_r, _] = rejected_hidden.dims();
-    checks::shape("rejected_hidden", &rejected_hidden, [batch, len_r, hidden])?;
-    checks::shape("chosen_mask", &chosen_mask, [batch, len_c])?;
-    checks::shape("rejected_mask", &rejected_mask, [batch, len_r])?;
+    checks::shape("rejected_hidden", rejected_hidden, [batch, len_r, hidden])?;
+    checks::shape("chosen_mask", chosen_mask, [batch, len_c])?;
+    checks::shape("rejected_mask", rejected_mask, [batch, len_r])?;
     checks::same_dtype(&[
         ("chosen_hidden", chosen_hidden.dtype()),
         ("rejected_hidden", rejected_hidden.dtype()),
         ("chosen_mask", chosen_mask.dtype()),
         ("rejected_mask", rejected_mask.dtype()),
     ])?;
-    // f16/bf16 states are compared and transported in f32; the weights come back in their dtype.
-    let dtype = chosen_hidden.dtype();
-    let chosen_hidden = checks::widened(chosen_hidden);
-    let rejected_hidden = checks::widened(rejected_hidden);
-    let chosen_mask = checks::widened(chosen_mask);
-    let rejected_mask = checks::widened(rejected_mask);
-    let lens_c = checks::lengths("chosen_mask", &chosen_mask)?;
-    let lens_r = checks::lengths("rejected_mask", &rejected_mask)?;
     checks::solver_settings(
         "OtpoConfig",
         config.epsilon,
@@ -224,141 +253,194 @@ pub fn otpo_token_weights<B: OtBackend>(
             config.marginal_penalty
         )));
     }
-    if config.marginal_penalty.is_infinite() {
-        if let Some(k) = (0..lens_c.len()).find(|k| lens_c[*k] != lens_r[*k]) {
-            return Err(OtprefError::UnequalTotals(format!(
-                "OtpoConfig::marginal_penalty is infinite (exact marginals), which needs equally \
-                 long responses, but pair {k} has {} chosen and {} rejected tokens \
-                 (chosen_mask, rejected_mask); use a finite marginal_penalty such as 0.2",
-                lens_c[k], lens_r[k]
-            )));
+    Ok(())
+}
+
+/// The responses' masks and lengths.
+struct Masks<B: Backend> {
+    chosen: Tensor<B, 2>,
+    rejected: Tensor<B, 2>,
+    lens_c: Vec<usize>,
+    lens_r: Vec<usize>,
+}
+
+impl<B: Backend> Masks<B> {
+    /// Reads the lengths; exact marginals (an infinite ε2) need equally long responses.
+    fn new(
+        chosen: Tensor<B, 2>,
+        rejected: Tensor<B, 2>,
+        config: &OtpoConfig,
+    ) -> Result<Self, OtprefError> {
+        let lens_c = checks::lengths("chosen_mask", &chosen)?;
+        let lens_r = checks::lengths("rejected_mask", &rejected)?;
+        if config.marginal_penalty.is_infinite() {
+            if let Some(k) = (0..lens_c.len()).find(|k| lens_c[*k] != lens_r[*k]) {
+                return Err(OtprefError::UnequalTotals(format!(
+                    "OtpoConfig::marginal_penalty is infinite (exact marginals), which needs \
+                     equally long responses, but pair {k} has {} chosen and {} rejected tokens \
+                     (chosen_mask, rejected_mask); use a finite marginal_penalty such as 0.2",
+                    lens_c[k], lens_r[k]
+                )));
+            }
+        }
+        Ok(Self {
+            chosen,
+            rejected,
+            lens_c,
+            lens_r,
+        })
+    }
+
+    /// Whether any chosen (rejected) response is shorter than the padded length.
+    fn padded(&self) -> (bool, bool) {
+        let [_, len_c] = self.chosen.dims();
+        let [_, len_r] = self.rejected.dims();
+        (
+            self.lens_c.iter().any(|l| *l < len_c),
+            self.lens_r.iter().any(|l| *l < len_r),
+        )
+    }
+}
+
+/// The responses' hidden states, detached unless the weights are differentiated, with padded
+/// positions zeroed.
+struct States<B: OtBackend> {
+    chosen: Tensor<B, 3>,
+    rejected: Tensor<B, 3>,
+}
+
+impl<B: OtBackend> States<B> {
+    fn new(
+        chosen: Tensor<B, 3>,
+        rejected: Tensor<B, 3>,
+        masks: &Masks<B>,
+        config: &OtpoConfig,
+    ) -> Self {
+        let (chosen, rejected) = match config.gradient {
+            GradientMode::Detach => (chosen.detach(), rejected.detach()),
+            _ => (chosen, rejected),
+        };
+        // Padded positions may hold anything (NaN included): zero them before any arithmetic,
+        // so that they reach no distance, no normalisation max and no gradient.
+        let (padded_c, padded_r) = masks.padded();
+        Self {
+            chosen: match padded_c {
+                true => zero_padding(chosen, &masks.chosen),
+                false => chosen,
+            },
+            rejected: match padded_r {
+                true => zero_padding(rejected, &masks.rejected),
+                false => rejected,
+            },
         }
     }
-    let (chosen_hidden, rejected_hidden) = match config.gradient {
-        GradientMode::Detach => (chosen_hidden.detach(), rejected_hidden.detach()),
-        _ => (chosen_hidden, rejected_hidden),
-    };
-    // Padded positions may hold anything (NaN included): zero them before any arithmetic, so
-    // that they reach no distance, no normalisation max and no gradient.
-    let padded_c = lens_c.iter().any(|l| *l < len_c);
-    let padded_r = lens_r.iter().any(|l| *l < len_r);
-    let chosen_hidden = match padded_c {
-        true => zero_padding(chosen_hidden, &chosen_mask),
-        false => chosen_hidden,
-    };
-    let rejected_hidden = match padded_r {
-        true => zero_padding(rejected_hidden, &rejected_mask),
-        false => rejected_hidden,
-    };
 
-    let padded = padded_c || padded_r;
-    let norms_c = squared_norms(chosen_hidden.clone());
-    let norms_r = squared_norms(rejected_hidden.clone());
-    let norms_c_host = check_norms("chosen_hidden", &norms_c)?;
-    let norms_r_host = check_norms("rejected_hidden", &norms_r)?;
-    // Without a graph, in f32 on a backend whose tensors live in host memory, only the
-    // products go through the backend; the rest of the cost is one pass per pair on the host.
-    #[cfg(feature = "fused-cpu")]
-    let on_host = B::HOST_MEMORY
-        && config.fast_paths
-        && config.gradient == GradientMode::Detach
-        && chosen_hidden.dtype() == burn::tensor::DType::F32;
-    #[cfg(not(feature = "fused-cpu"))]
-    let on_host = false;
-    let cost = match on_host {
+    /// The normalised token cost `[batch, len_c, len_r]`. Without a graph, in f32, where the
+    /// fused CPU solver serves, only the products go through the backend; the rest is one
+    /// pass per pair on the host.
+    fn cost(
+        self,
+        masks: &Masks<B>,
+        solver: &UnbalancedConfig,
+        config: &OtpoConfig,
+    ) -> Result<Tensor<B, 3>, OtprefError> {
+        let norms_c = squared_norms(self.chosen.clone());
+        let norms_r = squared_norms(self.rejected.clone());
+        // Checked on every path; only the host path reads the values.
+        let norms_host = (
+            check_norms("chosen_hidden", &norms_c)?,
+            check_norms("rejected_hidden", &norms_r)?,
+        );
+        let dtype = self.chosen.dtype();
+        let on_host = fused_serves::<B>(solver, dtype)
+            && config.gradient == GradientMode::Detach
+            && dtype == burn::tensor::DType::F32;
         #[cfg(feature = "fused-cpu")]
-        true => {
-            let products = chosen_hidden.matmul(rejected_hidden.swap_dims(1, 2));
+        if on_host {
+            let products = self.chosen.matmul(self.rejected.swap_dims(1, 2));
             let (mask_c, mask_r) = (
-                checks::to_host(chosen_mask.clone()),
-                checks::to_host(rejected_mask.clone()),
+                crate::host::to_host(masks.chosen.clone()),
+                crate::host::to_host(masks.rejected.clone()),
             );
             let sides = super::otpo_host_cost::Sides {
-                norms_c: &norms_c_host,
-                norms_r: &norms_r_host,
+                norms_c: &norms_host.0,
+                norms_r: &norms_host.1,
                 mask_c: &mask_c,
                 mask_r: &mask_r,
             };
-            super::otpo_host_cost::token_cost(products, &sides, config.normalization)
+            return Ok(super::otpo_host_cost::token_cost(
+                products,
+                &sides,
+                config.normalization,
+            ));
         }
-        _ => token_cost(
-            (chosen_hidden, norms_c),
-            (rejected_hidden, norms_r),
-            &chosen_mask,
-            &rejected_mask,
-            padded,
+        #[cfg(not(feature = "fused-cpu"))]
+        let _ = (on_host, norms_host);
+        let (padded_c, padded_r) = masks.padded();
+        Ok(token_cost(
+            (self.chosen, norms_c),
+            (self.rejected, norms_r),
+            &masks.chosen,
+            &masks.rejected,
+            padded_c || padded_r,
             config.normalization,
-        ),
-    };
-    let solver = UnbalancedConfig::new(
-        config.epsilon,
-        config.marginal_penalty,
-        config.marginal_penalty,
-    )
-    .with_gradient(config.gradient)
-    .with_max_iters(config.max_iters)
-    .with_tolerance(config.tolerance)
-    .with_fast_paths(config.fast_paths);
-    let (log_rows, log_cols, convergence) = match config.gradient {
+        ))
+    }
+}
+
+/// The logarithms of the plan's marginals `(log Γ1, log Γᵀ1)` and how the solves ended.
+fn log_marginals<B: OtBackend>(
+    cost: Tensor<B, 3>,
+    masks: &Masks<B>,
+    solver: &UnbalancedConfig,
+    config: &OtpoConfig,
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>, Convergence), OtprefError> {
+    let (mask_c, mask_r) = (masks.chosen.clone(), masks.rejected.clone());
+    if config.gradient == GradientMode::Detach {
         // Only the marginals are needed: skip forming the plan when there is no graph.
-        GradientMode::Detach => {
-            // Normalised distances lie in [0, 1] (padding becomes 0): no need to search.
-            let range = (config.normalization != CostNormalization::None).then_some((0.0, 1.0));
-            solve_log_marginals(
-                cost,
-                chosen_mask.clone(),
-                rejected_mask.clone(),
-                &solver,
-                range,
-            )?
-        }
-        _ => {
-            let transport = unbalanced_sinkhorn(
-                cost.clone(),
-                chosen_mask.clone(),
-                rejected_mask.clone(),
-                &solver,
-            )?;
-            let log_plan = log_plan(
-                &transport,
-                cost,
-                config.epsilon,
-                &chosen_mask,
-                &rejected_mask,
-            );
-            (
-                log_sum_exp(log_plan.clone(), 2).squeeze_dim(2),
-                log_sum_exp(log_plan, 1).squeeze_dim(1),
-                Convergence::from(&transport),
-            )
-        }
-    };
-    let pad_c = chosen_mask.lower_elem(0.5);
-    let pad_r = rejected_mask.lower_elem(0.5);
+        // Normalised distances lie in [0, 1] (padding becomes 0): no need to search.
+        let range = (config.normalization != CostNormalization::None).then_some((0.0, 1.0));
+        return solve_log_marginals(cost, mask_c, mask_r, solver, range);
+    }
+    let transport = unbalanced_sinkhorn(cost.clone(), mask_c.clone(), mask_r.clone(), solver)?;
+    let log_plan = log_plan(&transport, cost, config.epsilon, &mask_c, &mask_r);
+    Ok((
+        log_sum_exp(log_plan.clone(), 2).squeeze_dim(2),
+        log_sum_exp(log_plan, 1).squeeze_dim(1),
+        Convergence::from(&transport),
+    ))
+}
+
+/// The weights from the plan's log-marginals: rescaled to the budget τ (or the raw marginals
+/// without one), 0 on padding.
+fn rescaled<B: Backend>(
+    log_rows: Tensor<B, 2>,
+    log_cols: Tensor<B, 2>,
+    masks: &Masks<B>,
+    budget: WeightBudget,
+    convergence: Convergence,
+) -> TokenWeights<B> {
+    let pad_c = masks.chosen.clone().lower_elem(0.5);
+    let pad_r = masks.rejected.clone().lower_elem(0.5);
     let convergence = Some(convergence);
-    let Some(totals) = budgets(config.budget, &lens_c, &lens_r) else {
-        return Ok(TokenWeights {
+    let Some(totals) = budgets(budget, &masks.lens_c, &masks.lens_r) else {
+        return TokenWeights {
             chosen: log_rows.exp().mask_fill(pad_c, 0.0),
             rejected: log_cols.exp().mask_fill(pad_r, 0.0),
             convergence,
-        }
-        .in_dtype(dtype));
+        };
     };
     // ω = τ Γ1 / ΣΓ as exp(log Γ1 - log ΣΓ): well defined even when the plan's mass
     // underflows the dtype (large distances, small ε1 or ε2).
     let log_rows = log_rows.mask_fill(pad_c.clone(), LOG_ZERO);
     let log_mass = log_sum_exp(log_rows.clone().unsqueeze_dim::<3>(1), 2).squeeze_dim::<2>(2);
     let (tau_c, tau_r) = budget_tensors::<B>(&totals, &log_rows);
-    Ok(TokenWeights {
+    TokenWeights {
         chosen: ((log_rows - log_mass.clone()).exp() * tau_c).mask_fill(pad_c, 0.0),
         rejected: ((log_cols - log_mass).exp() * tau_r).mask_fill(pad_r, 0.0),
         convergence,
     }
-    .in_dtype(dtype))
 }
-
-/// Stands in for `log 0` at padded rows: finite, so that no `inf - inf` arises.
-const LOG_ZERO: f64 = -1e30;
 
 /// `log Γ_ij = (f_i + g_j - C_ij)/ε` on valid pairs, [`LOG_ZERO`] elsewhere: the plan in the
 /// log domain, where its marginals cannot underflow.
@@ -422,8 +504,8 @@ pub(crate) fn budget_tensors<B: Backend>(
 fn check_norms<B: Backend>(name: &str, norms: &Tensor<B, 3>) -> Result<Vec<f64>, OtprefError> {
     let [batch, len, _] = norms.dims();
     // Padded positions were zeroed, so their norms are 0: only response tokens can fail.
-    let values = checks::to_host(norms.clone().detach().reshape([batch, len]));
-    let limit = checks::dtype_max(norms.dtype()) / 64.0;
+    let values = crate::host::to_host(norms.clone().detach().reshape([batch, len]));
+    let limit = crate::precision::dtype_max(norms.dtype()) / 64.0;
     match values.iter().position(|v| !(v.is_finite() && *v <= limit)) {
         Some(bad) if !values[bad].is_finite() => Err(OtprefError::NonFinite(format!(
             "{name}[{}, {}] holds NaN or infinite values at a response token, or values whose \

@@ -37,94 +37,28 @@ pub fn token_weights<B: OtBackend>(
     tokens: ResponseTokens<B>,
 ) -> Result<TokenWeights<B>, OtprefError> {
     let tokens = &tokens;
-    let [batch, len_c] = tokens.chosen_mask.dims();
-    let [batch_r, _] = tokens.rejected_mask.dims();
-    if batch != batch_r {
-        return Err(OtprefError::Shape(format!(
-            "chosen_mask has {batch} pairs but rejected_mask has {batch_r}"
-        )));
-    }
-    checks::same_dtype(&[
-        ("chosen_mask", tokens.chosen_mask.dtype()),
-        ("rejected_mask", tokens.rejected_mask.dtype()),
-    ])?;
-    let lens_c = checks::lengths("chosen_mask", &tokens.chosen_mask)?;
-    let lens_r = checks::lengths("rejected_mask", &tokens.rejected_mask)?;
+    let lengths = lengths(tokens)?;
     let masks = || TokenWeights {
         chosen: tokens.chosen_mask.clone(),
         rejected: tokens.rejected_mask.clone(),
         convergence: None,
     };
+    let (lens_c, lens_r) = (&lengths.0[..], &lengths.1[..]);
     match method {
         TokenWeighting::Dpo => Ok(masks()),
         // SimPO: a budget of 1 per response, shared equally (1/|y| per token).
         TokenWeighting::SimPo => Ok(scaled(
             masks(),
-            Some(vec![(1.0, 1.0); batch]),
-            Some((&lens_c, &lens_r)),
+            Some(vec![(1.0, 1.0); lens_c.len()]),
+            Some((lens_c, lens_r)),
         )),
         TokenWeighting::Uniform { budget } => Ok(scaled(
             masks(),
-            budgets(*budget, &lens_c, &lens_r),
-            Some((&lens_c, &lens_r)),
+            budgets(*budget, lens_c, lens_r),
+            Some((lens_c, lens_r)),
         )),
-        TokenWeighting::SamPo { seed } => {
-            let [_, len_r] = tokens.rejected_mask.dims();
-            let pick = |mask: &Tensor<B, 2>, len: usize, own: &[usize], other: &[usize], salt| {
-                let rows = host_rows(mask, len);
-                let weights: Vec<f64> = rows
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(k, row)| {
-                        let keep = own[k].min(other[k]);
-                        sample_subset(row, keep, seed.wrapping_add(k as u64) ^ salt)
-                    })
-                    .collect();
-                like(mask, weights)
-            };
-            Ok(TokenWeights {
-                chosen: pick(&tokens.chosen_mask, len_c, &lens_c, &lens_r, 0),
-                rejected: pick(&tokens.rejected_mask, len_r, &lens_r, &lens_c, 0x5A5A),
-                convergence: None,
-            })
-        }
-        TokenWeighting::LdDpo { alpha } => {
-            if !(0.0..=1.0).contains(alpha) {
-                return Err(OtprefError::InvalidParameter(format!(
-                    "LD-DPO's alpha must lie in [0, 1], got {alpha}"
-                )));
-            }
-            let [_, len_r] = tokens.rejected_mask.dims();
-            let decay = |mask: &Tensor<B, 2>, len: usize, own: &[usize], other: &[usize]| {
-                let weights: Vec<f64> = host_rows(mask, len)
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(k, row)| {
-                        let shared = own[k].min(other[k]);
-                        let mut seen = 0;
-                        row.iter()
-                            .map(|valid| {
-                                if *valid == 0.0 {
-                                    return 0.0;
-                                }
-                                seen += 1;
-                                if seen <= shared {
-                                    1.0
-                                } else {
-                                    *alpha
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                like(mask, weights)
-            };
-            Ok(TokenWeights {
-                chosen: decay(&tokens.chosen_mask, len_c, &lens_c, &lens_r),
-                rejected: decay(&tokens.rejected_mask, len_r, &lens_r, &lens_c),
-                convergence: None,
-            })
-        }
+        TokenWeighting::SamPo { seed } => Ok(sampo_weights(tokens, &lengths, *seed)),
+        TokenWeighting::LdDpo { alpha } => ld_dpo_weights(tokens, &lengths, *alpha),
         TokenWeighting::Otpo(config) => {
             // otpo_token_weights detaches the states itself unless config.gradient asks for
             // gradients to them.
@@ -137,32 +71,120 @@ pub fn token_weights<B: OtBackend>(
                 config,
             )
         }
-        TokenWeighting::Similarity { budget } => {
-            // The ablation's weights are constants (no gradient option).
-            let (chosen, rejected) = hidden_states(tokens, "Similarity")?;
-            let (chosen, rejected) = (chosen.detach(), rejected.detach());
-            let probabilities = TokenWeights {
-                chosen: similarity_softmax(
-                    chosen.clone(),
-                    &tokens.chosen_mask,
-                    rejected.clone(),
-                    &tokens.rejected_mask,
-                ),
-                rejected: similarity_softmax(
-                    rejected,
-                    &tokens.rejected_mask,
-                    chosen,
-                    &tokens.chosen_mask,
-                ),
-                convergence: None,
-            };
-            Ok(scaled(
-                probabilities,
-                budgets(*budget, &lens_c, &lens_r),
-                None,
-            ))
-        }
+        TokenWeighting::Similarity { budget } => similarity_weights(tokens, &lengths, *budget),
     }
+}
+
+/// Each pair's chosen and rejected response lengths, after checking that the masks pair up.
+fn lengths<B: Backend>(tokens: &ResponseTokens<B>) -> Result<Lengths, OtprefError> {
+    let [batch, _] = tokens.chosen_mask.dims();
+    let [batch_r, _] = tokens.rejected_mask.dims();
+    if batch != batch_r {
+        return Err(OtprefError::Shape(format!(
+            "chosen_mask has {batch} pairs but rejected_mask has {batch_r}"
+        )));
+    }
+    checks::same_dtype(&[
+        ("chosen_mask", tokens.chosen_mask.dtype()),
+        ("rejected_mask", tokens.rejected_mask.dtype()),
+    ])?;
+    Ok((
+        checks::lengths("chosen_mask", &tokens.chosen_mask)?,
+        checks::lengths("rejected_mask", &tokens.rejected_mask)?,
+    ))
+}
+
+/// Per pair, the chosen and the rejected response's length.
+type Lengths = (Vec<usize>, Vec<usize>);
+
+/// SamPO: each response keeps a random subset of `min(|y_c|, |y_r|)` of its tokens.
+fn sampo_weights<B: Backend>(
+    tokens: &ResponseTokens<B>,
+    (lens_c, lens_r): &Lengths,
+    seed: u64,
+) -> TokenWeights<B> {
+    let pick = |mask: &Tensor<B, 2>, own: &[usize], other: &[usize], salt| {
+        let [_, len] = mask.dims();
+        let weights: Vec<f64> = host_rows(mask, len)
+            .iter()
+            .enumerate()
+            .flat_map(|(k, row)| {
+                let keep = own[k].min(other[k]);
+                sample_subset(row, keep, seed.wrapping_add(k as u64) ^ salt)
+            })
+            .collect();
+        like(mask, weights)
+    };
+    TokenWeights {
+        chosen: pick(&tokens.chosen_mask, lens_c, lens_r, 0),
+        rejected: pick(&tokens.rejected_mask, lens_r, lens_c, 0x5A5A),
+        convergence: None,
+    }
+}
+
+/// LD-DPO: 1 for the first `min(|y_c|, |y_r|)` tokens of each response, α after.
+fn ld_dpo_weights<B: Backend>(
+    tokens: &ResponseTokens<B>,
+    (lens_c, lens_r): &Lengths,
+    alpha: f64,
+) -> Result<TokenWeights<B>, OtprefError> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(OtprefError::InvalidParameter(format!(
+            "LD-DPO's alpha must lie in [0, 1], got {alpha}"
+        )));
+    }
+    let decay = |mask: &Tensor<B, 2>, own: &[usize], other: &[usize]| {
+        let [_, len] = mask.dims();
+        let weights: Vec<f64> = host_rows(mask, len)
+            .iter()
+            .enumerate()
+            .flat_map(|(k, row)| {
+                let shared = own[k].min(other[k]);
+                let mut seen = 0;
+                row.iter()
+                    .map(|valid| {
+                        if *valid == 0.0 {
+                            return 0.0;
+                        }
+                        seen += 1;
+                        if seen <= shared {
+                            1.0
+                        } else {
+                            alpha
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        like(mask, weights)
+    };
+    Ok(TokenWeights {
+        chosen: decay(&tokens.chosen_mask, lens_c, lens_r),
+        rejected: decay(&tokens.rejected_mask, lens_r, lens_c),
+        convergence: None,
+    })
+}
+
+/// OTPO's similarity ablation: each token's softmax probability of similarity to the other
+/// response, scaled to the budget. The weights are constants (no gradient option).
+fn similarity_weights<B: Backend>(
+    tokens: &ResponseTokens<B>,
+    (lens_c, lens_r): &Lengths,
+    budget: super::WeightBudget,
+) -> Result<TokenWeights<B>, OtprefError> {
+    let (chosen, rejected) = hidden_states(tokens, "Similarity")?;
+    let (chosen, rejected) = (chosen.detach(), rejected.detach());
+    let probabilities = TokenWeights {
+        chosen: similarity_softmax(
+            chosen.clone(),
+            &tokens.chosen_mask,
+            rejected.clone(),
+            &tokens.rejected_mask,
+        ),
+        rejected: similarity_softmax(rejected, &tokens.rejected_mask, chosen, &tokens.chosen_mask),
+        convergence: None,
+    };
+    Ok(scaled(probabilities, budgets(budget, lens_c, lens_r), None))
 }
 
 /// Multiplies each response's weights by its budget. With `per_token` lengths the budget is
@@ -250,7 +272,7 @@ fn similarity_softmax<B: Backend>(
 }
 
 fn host_rows<B: Backend>(mask: &Tensor<B, 2>, len: usize) -> Vec<Vec<f64>> {
-    checks::to_host(mask.clone())
+    crate::host::to_host(mask.clone())
         .chunks(len)
         .map(|row| row.to_vec())
         .collect()

@@ -212,3 +212,25 @@ impl SplitMix64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SplitMix64;
+
+    #[test]
+    fn splitmix64_gives_the_reference_stream() {
+        // The first outputs of Vigna's splitmix64.c (and Java's SplittableRandom) from seed
+        // 1234567.
+        let mut rng = SplitMix64::new(1_234_567);
+        let expected: [u64; 5] = [
+            6_457_827_717_110_365_317,
+            3_203_168_211_198_807_973,
+            9_817_491_932_198_370_423,
+            4_593_380_528_125_082_431,
+            16_408_922_859_458_223_821,
+        ];
+        for value in expected {
+            assert_eq!(rng.next_u64(), value);
+        }
+    }
+}

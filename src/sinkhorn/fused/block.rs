@@ -12,10 +12,10 @@ use super::kernels;
 use super::rows::{self, for_row_chunks, Combine};
 use super::simd;
 use crate::error::OtprefError;
-use crate::sinkhorn::problem::{check_padded_range, cost_error};
+use crate::sinkhorn::problem::{check_padded_range, cost_error, max_spread};
 
 /// Largest spread `max K - min K` of the shifted form in f32 (the composed solver's bound).
-const MAX_SPREAD: f32 = 60.0;
+const MAX_SPREAD: f32 = max_spread(burn::tensor::DType::F32) as f32;
 
 /// How the kernel is held (see the module docs).
 #[derive(Debug, Clone, Copy)]

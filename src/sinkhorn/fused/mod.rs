@@ -27,24 +27,13 @@ use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 use self::block::{Block, Setup};
-use super::config::{GradientMode, UnbalancedConfig};
-use super::implicit::OtBackend;
-use super::problem::Checked;
-use super::solver::{convergence, plan_overflow_error, ProblemStats};
+use super::config::UnbalancedConfig;
+use super::problem::{plan_overflow_error, Checked};
+use super::stopping::{convergence, ProblemStats};
 use super::transport::{Convergence, Transport};
 use crate::error::OtprefError;
 
 pub(crate) use self::vjp::fixed_point_vjp;
-
-/// Whether the fused solver serves this solve: a host-memory backend, the config allows it,
-/// no graph is to be recorded, and a dtype it computes exactly enough (f64 stays with the
-/// reference, which computes in f64).
-pub(crate) fn serves<B: OtBackend>(config: &UnbalancedConfig, dtype: DType) -> bool {
-    B::HOST_MEMORY
-        && config.fast_paths
-        && config.gradient != GradientMode::Unrolled
-        && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-}
 
 /// The fused counterpart of `solver::solve`.
 pub(crate) fn solve<B: Backend>(

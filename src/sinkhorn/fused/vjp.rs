@@ -14,9 +14,9 @@ use rayon::prelude::*;
 
 use super::rows::{self, for_row_chunks, sum_over_rows, Combine};
 use super::{kernels, to_device, HostBuffer};
-use crate::checks::to_host;
+use crate::host::to_host;
+use crate::sinkhorn::adjoint::{rounding_floor, InputGrads, TINY_MASS};
 use crate::sinkhorn::config::UnbalancedConfig;
-use crate::sinkhorn::implicit::{InputGrads, TINY_MASS};
 
 /// The loss's gradients with respect to the solver's outputs, flat on the host.
 struct Upstream<'a> {
@@ -25,7 +25,7 @@ struct Upstream<'a> {
     g: &'a [f32],
 }
 
-/// The host counterpart of `implicit::fixed_point_vjp`. `upstream` is the gradient of the
+/// The host counterpart of `adjoint::fixed_point_vjp`. `upstream` is the gradient of the
 /// packed output: the plan's `[batch, n, m]`, then `f`'s `[batch, n]`, then `g`'s `[batch, m]`,
 /// flat. f16/bf16 inputs are computed in f32 and the gradients come back in their dtype.
 pub(crate) fn fixed_point_vjp<B: Backend>(
@@ -252,7 +252,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
-/// Conjugate gradients for `S z = rhs`, as `implicit::conjugate_gradients` for one system: it
+/// Conjugate gradients for `S z = rhs`, as `adjoint::conjugate_gradients` for one system: it
 /// stops once the residual is below `implicit_tolerance * |rhs|` (at least f32's rounding
 /// floor), or when rounding makes the curvature non-positive.
 fn conjugate_gradients(
@@ -260,8 +260,10 @@ fn conjugate_gradients(
     rhs: Vec<f32>,
     config: &UnbalancedConfig,
 ) -> Vec<f32> {
-    const TINY: f64 = 1e-30;
-    let tolerance = config.implicit_tolerance.max(1e-6);
+    const TINY: f64 = TINY_MASS;
+    let tolerance = config
+        .implicit_tolerance
+        .max(rounding_floor(burn::tensor::DType::F32));
     let mut rr = dot(&rhs, &rhs);
     let threshold = rr * tolerance * tolerance;
     let mut z = vec![0.0; rhs.len()];
