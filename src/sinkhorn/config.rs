@@ -27,28 +27,33 @@ pub enum GradientMode {
 /// ```text
 /// P* = argmin_{P >= 0, P1 = a, Pᵀ1 = b} <P, C> + ε Σ P (log P - 1)
 /// ```
-#[derive(Config, Debug)]
+///
+/// A burn [`Config`] (`new`, `with_*`, `save`, `load`), written out by hand so that a saved
+/// config with a bad value is refused naming the field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(crate = "burn::serde")]
 pub struct SinkhornConfig {
     /// Entropic regularisation ε (POT's `reg`, OTT-JAX's `epsilon`), in cost units. Must be > 0.
+    #[serde(deserialize_with = "named::epsilon")]
     pub epsilon: f64,
-    /// Iteration limit per problem.
-    #[config(default = 1000)]
+    /// Iteration limit per problem (default 1000).
+    #[serde(deserialize_with = "named::max_iters")]
     pub max_iters: usize,
-    /// Stop a problem once its L1 marginal error `||P1 - a||_1` is below this.
-    #[config(default = 1e-6)]
+    /// Stop a problem once its L1 marginal error `||P1 - a||_1` is below this (default 1e-6).
+    #[serde(deserialize_with = "named::tolerance")]
     pub tolerance: f64,
-    /// Check convergence every this many iterations (each check synchronises the device).
-    #[config(default = 10)]
+    /// Check convergence every this many iterations (each check synchronises the device;
+    /// default 10).
+    #[serde(deserialize_with = "named::check_every")]
     pub check_every: usize,
-    /// How gradients flow to `cost`, `a` and `b`.
-    #[config(default = "GradientMode::Implicit")]
+    /// How gradients flow to `cost`, `a` and `b` (default `Implicit`).
     pub gradient: GradientMode,
     /// Evaluate each update as a batched matrix product with a shifted kernel when that is
     /// exact (the cost's spread over ε is moderate; see `docs/math.md`), else the log-sum-exp
-    /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result).
-    /// With [`fast_paths`](Self::fast_paths), CubeCL backends (CUDA, ROCm, wgpu) take the
-    /// log-sum-exp for f32 inputs, in one kernel that costs what the product does.
-    #[config(default = true)]
+    /// over the full matrix. `false` always uses the full log-sum-exp (slower, same result;
+    /// default `true`). With [`fast_paths`](Self::fast_paths), CubeCL backends (CUDA, ROCm,
+    /// wgpu) take the log-sum-exp for f32 inputs, in one kernel that costs what the product
+    /// does.
     pub matmul_updates: bool,
     /// Use the backend's fast path: the fused CPU solver on backends whose tensors live in
     /// host memory (`Flex`, `NdArray`), the one-pass CubeCL kernels on `CubeBackend` (CUDA,
@@ -58,14 +63,126 @@ pub struct SinkhornConfig {
     /// reference implementation, which other backends (burn's `Fusion` included), f64 inputs
     /// and [`GradientMode::Unrolled`] (whose graph records the ops) always use. Results agree
     /// to f32 rounding (default `true`).
-    #[config(default = "FAST_PATHS_DEFAULT")]
     pub fast_paths: bool,
-    /// Iteration limit of the conjugate-gradient solve in the implicit backward.
-    #[config(default = 1000)]
+    /// Iteration limit of the conjugate-gradient solve in the implicit backward (default 1000).
+    #[serde(deserialize_with = "named::implicit_max_iters")]
     pub implicit_max_iters: usize,
-    /// Relative residual at which the implicit backward's conjugate gradients stop.
-    #[config(default = 1e-6)]
+    /// Relative residual at which the implicit backward's conjugate gradients stop (default
+    /// 1e-6).
+    #[serde(deserialize_with = "named::implicit_tolerance")]
     pub implicit_tolerance: f64,
+}
+
+impl Config for SinkhornConfig {}
+
+impl fmt::Display for SinkhornConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&burn::config::config_to_json(self))
+    }
+}
+
+impl SinkhornConfig {
+    /// ε, every other field at its default: 1000 iterations, tolerance 1e-6, a check every 10
+    /// iterations, implicit gradients, matrix-product updates and fast paths on, and the
+    /// implicit backward's 1000 iterations to 1e-6.
+    pub fn new(epsilon: f64) -> Self {
+        Self {
+            epsilon,
+            max_iters: 1000,
+            tolerance: 1e-6,
+            check_every: 10,
+            gradient: GradientMode::Implicit,
+            matmul_updates: true,
+            fast_paths: FAST_PATHS_DEFAULT,
+            implicit_max_iters: 1000,
+            implicit_tolerance: 1e-6,
+        }
+    }
+
+    /// Sets [`max_iters`](Self::max_iters).
+    pub fn with_max_iters(mut self, max_iters: usize) -> Self {
+        self.max_iters = max_iters;
+        self
+    }
+
+    /// Sets [`tolerance`](Self::tolerance).
+    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// Sets [`check_every`](Self::check_every).
+    pub fn with_check_every(mut self, check_every: usize) -> Self {
+        self.check_every = check_every;
+        self
+    }
+
+    /// Sets [`gradient`](Self::gradient).
+    pub fn with_gradient(mut self, gradient: GradientMode) -> Self {
+        self.gradient = gradient;
+        self
+    }
+
+    /// Sets [`matmul_updates`](Self::matmul_updates).
+    pub fn with_matmul_updates(mut self, matmul_updates: bool) -> Self {
+        self.matmul_updates = matmul_updates;
+        self
+    }
+
+    /// Sets [`fast_paths`](Self::fast_paths).
+    pub fn with_fast_paths(mut self, fast_paths: bool) -> Self {
+        self.fast_paths = fast_paths;
+        self
+    }
+
+    /// Sets [`implicit_max_iters`](Self::implicit_max_iters).
+    pub fn with_implicit_max_iters(mut self, implicit_max_iters: usize) -> Self {
+        self.implicit_max_iters = implicit_max_iters;
+        self
+    }
+
+    /// Sets [`implicit_tolerance`](Self::implicit_tolerance).
+    pub fn with_implicit_tolerance(mut self, implicit_tolerance: f64) -> Self {
+        self.implicit_tolerance = implicit_tolerance;
+        self
+    }
+}
+
+/// Deserialisers that name their field in the error. serde's own messages name only the type
+/// ("invalid type: null, expected f64"), which does not say which setting of a saved config
+/// is wrong.
+mod named {
+    use burn::serde::{de::Error, Deserialize, Deserializer};
+
+    fn field<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+        name: &str,
+        takes: &str,
+    ) -> Result<T, D::Error> {
+        T::deserialize(deserializer).map_err(|e| {
+            let message = e.to_string();
+            // serde_json adds the position to the new error again: keep it once.
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            D::Error::custom(format!("{name}: {message} ({name} takes {takes})"))
+        })
+    }
+
+    macro_rules! named_fields {
+        ($($name:ident: $ty:ty => $takes:literal),* $(,)?) => {$(
+            pub(super) fn $name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<$ty, D::Error> {
+                field(deserializer, stringify!($name), $takes)
+            }
+        )*};
+    }
+
+    named_fields! {
+        epsilon: f64 => "a finite number > 0, e.g. 0.1",
+        max_iters: usize => "a whole number >= 1",
+        tolerance: f64 => "a finite number >= 0",
+        check_every: usize => "a whole number >= 1",
+        implicit_max_iters: usize => "a whole number >= 1",
+        implicit_tolerance: f64 => "a finite number >= 0",
+    }
 }
 
 /// Configuration of unbalanced entropic OT with KL-relaxed marginals, see
@@ -84,6 +201,7 @@ pub struct SinkhornConfig {
 #[serde(crate = "burn::serde")]
 pub struct UnbalancedConfig {
     /// Entropic regularisation ε, in cost units. Must be > 0.
+    #[serde(deserialize_with = "named::epsilon")]
     pub epsilon: f64,
     /// Strength ρ_a of the KL penalty on the row marginal (`f64::INFINITY`: exact).
     #[serde(with = "crate::penalty_serde")]
@@ -92,13 +210,16 @@ pub struct UnbalancedConfig {
     #[serde(with = "crate::penalty_serde")]
     pub rho_b: f64,
     /// Iteration limit per problem (default 1000).
+    #[serde(deserialize_with = "named::max_iters")]
     pub max_iters: usize,
     /// Stop a problem once no log-potential moves more than this in one iteration
     /// (when both sides are exact, the balanced L1 marginal error is used instead; default
     /// 1e-6).
+    #[serde(deserialize_with = "named::tolerance")]
     pub tolerance: f64,
     /// Check convergence every this many iterations (each check synchronises the device;
     /// default 10).
+    #[serde(deserialize_with = "named::check_every")]
     pub check_every: usize,
     /// How gradients flow to `cost`, `a` and `b` (default `Implicit`).
     pub gradient: GradientMode,
@@ -120,9 +241,11 @@ pub struct UnbalancedConfig {
     #[serde(default = "fast_paths_default", alias = "fused_cpu")]
     pub fast_paths: bool,
     /// Iteration limit of the conjugate-gradient solve in the implicit backward (default 1000).
+    #[serde(deserialize_with = "named::implicit_max_iters")]
     pub implicit_max_iters: usize,
     /// Relative residual at which the implicit backward's conjugate gradients stop (default
     /// 1e-6).
+    #[serde(deserialize_with = "named::implicit_tolerance")]
     pub implicit_tolerance: f64,
 }
 

@@ -102,3 +102,35 @@ fn configs_loaded_with_bad_values_are_refused_when_used() {
         "{err}"
     );
 }
+
+#[test]
+fn a_saved_config_with_a_bad_value_is_refused_naming_the_field() {
+    let saved = SinkhornConfig::new(0.1).with_max_iters(500).to_string();
+    assert!(saved.contains("\"epsilon\": 0.1") && saved.contains("\"max_iters\": 500"));
+    for (from, to, field) in [
+        ("\"epsilon\": 0.1", "\"epsilon\": null", "epsilon"),
+        ("\"epsilon\": 0.1", "\"epsilon\": NaN", "epsilon"),
+        ("\"epsilon\": 0.1", "\"epsilon\": 1e999", "epsilon"),
+        ("\"max_iters\": 500", "\"max_iters\": -5", "max_iters"),
+    ] {
+        let path = std::env::temp_dir().join(format!("otpref-{}-bad.json", std::process::id()));
+        std::fs::write(&path, saved.replace(from, to)).unwrap();
+        let err = SinkhornConfig::load(&path).unwrap_err();
+        std::fs::remove_file(&path).ok();
+        let message = format!("{err:?}");
+        assert!(
+            message.contains(&format!("{field}: ")) && message.contains("line"),
+            "{to}: {message}"
+        );
+        // The unbalanced config reads the same fields the same way.
+        let unbalanced = UnbalancedConfig::new(0.1, 1.0, 1.0)
+            .with_max_iters(500)
+            .to_string();
+        let err =
+            serde_json::from_str::<UnbalancedConfig>(&unbalanced.replace(from, to)).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!("{field}: ")),
+            "{to}: {err}"
+        );
+    }
+}
