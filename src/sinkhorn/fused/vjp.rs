@@ -1,5 +1,5 @@
 //! The implicit backward's fixed-point vector-Jacobian product on host memory: step for step
-//! `fixed_point_vjp` in `implicit.rs` (the reference, whose module docs derive it), with each
+//! `fixed_point_vjp` in `adjoint.rs` (the reference, whose module docs derive it), with each
 //! plan-vector product one pass over the plan and the problems of a batch in parallel.
 //!
 //! Per problem: one pass for the plan's row and column sums (plain and weighted by the
