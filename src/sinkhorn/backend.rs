@@ -23,8 +23,8 @@ use crate::error::OtprefError;
 ///
 /// Implemented for `Flex` (feature `flex`), `Cuda` (feature `cuda`) and `Autodiff<B>` of any of
 /// them. Adding a backend is one line in `src/sinkhorn/backends.rs`, e.g.
-/// `impl OtBackend for burn::backend::Wgpu {}` behind its cargo feature: the default method
-/// works on any backend, and the `Autodiff` impl picks it up.
+/// `impl OtBackend for burn::backend::Wgpu {}` behind its cargo feature: the default methods
+/// work on any backend, and the `Autodiff` impl picks them up.
 pub trait OtBackend: Backend {
     /// Whether this backend's tensors live in host memory, so that the fused CPU solver
     /// ([`UnbalancedConfig::fast_paths`]) serves it: `true` for `Flex` and `NdArray`;

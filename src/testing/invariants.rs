@@ -120,8 +120,9 @@ pub fn check_balanced_marginals<B: Backend>(
 /// An unbalanced plan's KL-relaxed marginals. The optimum of
 /// `⟨P,C⟩ + ε KL(P|ab) + ρ_a KL(P1|a) + ρ_b KL(Pᵀ1|b)` has `P1 = a ⊙ exp(−f/ρ_a)` and
 /// `Pᵀ1 = b ⊙ exp(−g/ρ_b)` with the potentials `f`, `g` the solver returns; each entry must
-/// hold to `tolerance · max(target, 0.01 · Σa)` (relative, with a floor at a hundredth of the
-/// problem's mass). Padded entries (zero mass) are skipped.
+/// hold to `tolerance · max(target, 0.01 · Σa)` for rows and `tolerance · max(target,
+/// 0.01 · Σb)` for columns (relative, with a floor at a hundredth of that side's mass).
+/// Padded entries (zero mass) are skipped.
 pub fn check_unbalanced_marginals<B: Backend>(
     transport: &Transport<B>,
     a: Tensor<B, 2>,
@@ -134,7 +135,8 @@ pub fn check_unbalanced_marginals<B: Backend>(
     let f = host_values(transport.f.clone());
     let g = host_values(transport.g.clone());
     for k in 0..host.batch {
-        let floor = 0.01 * host.a[k * host.n..(k + 1) * host.n].iter().sum::<f64>();
+        let floor_a = 0.01 * host.a[k * host.n..(k + 1) * host.n].iter().sum::<f64>();
+        let floor_b = 0.01 * host.b[k * host.m..(k + 1) * host.m].iter().sum::<f64>();
         let rows = (0..host.n).map(|i| {
             let target = host.a[k * host.n + i] * (-f[k * host.n + i] / rho_a).exp();
             (i, host.row_sum(k, i), target, host.a[k * host.n + i])
@@ -145,9 +147,9 @@ pub fn check_unbalanced_marginals<B: Backend>(
         });
         let rows: Vec<_> = rows.collect();
         let cols: Vec<_> = cols.collect();
-        for (side, formula, entries) in [
-            ("row", "a·exp(−f/ρ_a)", rows),
-            ("column", "b·exp(−g/ρ_b)", cols),
+        for (side, formula, floor, entries) in [
+            ("row", "a·exp(−f/ρ_a)", floor_a, rows),
+            ("column", "b·exp(−g/ρ_b)", floor_b, cols),
         ] {
             for (index, sum, target, mass) in entries {
                 if mass <= 0.0 {

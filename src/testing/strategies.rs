@@ -15,7 +15,7 @@ pub enum Masses {
     Normalised,
     /// Positive, each side with its own total in [0.5, 2] (for unbalanced OT).
     Unnormalised,
-    /// Normalised, with some entries near zero (down to 1e-6 of the largest): the entries
+    /// Normalised, with some entries near zero (down to about 5e-7 of the largest): the entries
     /// whose logarithms stress a log-domain solver, but still real mass, not padding.
     NearZero,
 }

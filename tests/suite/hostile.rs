@@ -42,8 +42,10 @@ fn accepted_share<S: Strategy>(
     }
     let share = accepted.get() as f64 / cases.max(1) as f64;
     eprintln!("{name}: {share:.2} of {cases} inputs accepted");
+    // The shares were set on CI's 16 and 96 cases; a handful (the GPU script's 4) says
+    // too little to judge.
     assert!(
-        share >= min_share,
+        cases < 16 || share >= min_share,
         "{name}: only {share:.2} of {cases} generated inputs were accepted (at least {min_share})"
     );
 }

@@ -59,8 +59,25 @@ proptest! {
         let (cost, a, b) = pad_batch::<TestBackend>(&problems, 0.0, DType::F32);
         let config = SinkhornConfig::new(epsilon).with_max_iters(5000);
         let t = sinkhorn(cost, a.clone(), b.clone(), &config).unwrap();
+        prop_assert!(t.all_converged());
         check_plan_support(t.plan.clone(), a.clone(), b.clone())?;
-        check_balanced_marginals(t.plan, a, b, 1e-5)?;
+        check_balanced_marginals(t.plan.clone(), a, b, 1e-5)?;
+        // The L1 check cannot see an entry of 1e-6 that is wholly wrong: each row's and
+        // column's own sum must match its mass relatively too.
+        let (n, m) = dims(&problems);
+        let plan = values(t.plan);
+        for (k, p) in problems.iter().enumerate() {
+            for i in 0..p.n {
+                let row: f64 = (0..m).map(|j| plan[(k * n + i) * m + j]).sum();
+                prop_assert!((row - p.a[i]).abs() <= 1e-3 * p.a[i] + 1e-9,
+                    "problem {} row {}: {} vs a = {}", k, i, row, p.a[i]);
+            }
+            for j in 0..p.m {
+                let col: f64 = (0..n).map(|i| plan[(k * n + i) * m + j]).sum();
+                prop_assert!((col - p.b[j]).abs() <= 1e-3 * p.b[j] + 1e-9,
+                    "problem {} column {}: {} vs b = {}", k, j, col, p.b[j]);
+            }
+        }
     }
 
     #[test]

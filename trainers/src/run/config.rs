@@ -278,9 +278,9 @@ impl CommonConfig {
                 self.adam_epsilon
             ));
         }
-        if !(self.save_every_minutes.is_finite() && self.save_every_minutes >= 0.0) {
+        if !(0.0..=1e9).contains(&self.save_every_minutes) {
             return Err(format!(
-                "--save-every-minutes must be 0 (off) or more, got {}",
+                "--save-every-minutes must be 0 (off) to 1e9, got {}",
                 self.save_every_minutes
             ));
         }

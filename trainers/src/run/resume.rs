@@ -35,6 +35,7 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "keep_checkpoints",
     "gradient_checkpointing",
     "merge_adapters",
+    "precompute_ref",
     "eval_prompts",
     "max_new_tokens",
 ];
@@ -88,7 +89,7 @@ pub fn check_unchanged(saved: &Value, current: &Value) -> std::result::Result<()
             continue;
         }
         let now = current.get(key).unwrap_or(&Value::Null);
-        if now != before {
+        if !same_setting(now, before) {
             return Err(format!(
                 "--{} is {} here but {} in the run being resumed",
                 key.replace('_', "-"),
@@ -98,6 +99,17 @@ pub fn check_unchanged(saved: &Value, current: &Value) -> std::result::Result<()
         }
     }
     Ok(())
+}
+
+/// Whether two values of a setting are the same. Numbers compare as floats to the last
+/// place or two: serde_json's default parser reads some floats back one unit off.
+fn same_setting(now: &Value, before: &Value) -> bool {
+    match (now.as_f64(), before.as_f64()) {
+        (Some(x), Some(y)) if now.is_f64() || before.is_f64() => {
+            x == y || (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
+        }
+        _ => now == before,
+    }
 }
 
 /// A setting's value as a user would type it.
@@ -122,6 +134,13 @@ mod tests {
         assert!(err.starts_with("--batch-size is 16 here but 32"), "{err}");
         let same = json!({"batch_size": 32, "log_every": 1, "model": null});
         assert_eq!(check_unchanged(&saved, &same), Ok(()));
+        // One unit in the last place is a read-back, not a change.
+        let lr = json!({"lr": 2e-6});
+        assert_eq!(
+            check_unchanged(&lr, &json!({"lr": 2e-6 * (1.0 + f64::EPSILON)})),
+            Ok(())
+        );
+        assert!(check_unchanged(&lr, &json!({"lr": 3e-6})).is_err());
         let model = json!({"batch_size": 32, "log_every": 10, "model": "m"});
         let err = check_unchanged(&saved, &model).unwrap_err();
         assert!(err.starts_with("--model is m here but unset"), "{err}");

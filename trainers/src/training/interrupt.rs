@@ -60,6 +60,11 @@ impl StopRequests {
         StopSignal::from_number(self.0.load(Ordering::SeqCst))
     }
 
+    /// Forgets any request: a run starts with none (a process may train more than once).
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+
     /// Records `signal` as received, as the listener does (the first one wins); returns
     /// whether it was the first.
     pub fn request(&self, signal: StopSignal) -> bool {
@@ -101,8 +106,8 @@ fn listen(requests: StopRequests) {
                 std::process::exit(signal.exit_code().into());
             }
             eprintln!(
-                "\n{}: saving a checkpoint at the end of this step, then stopping \
-                 (send it again to quit now)",
+                "\n{}: saving a checkpoint at the next step's end, then stopping \
+                 (send it again to quit now, without saving)",
                 signal.name()
             );
         }

@@ -151,10 +151,12 @@ impl Trainer {
         state: RunState,
         total: usize,
     ) -> Self {
+        let stops = stop_requests();
+        stops.clear();
         Self {
             order: BatchOrder::new(train_len, config.shuffle.then_some(config.seed)),
             progress: Progress::new(state.step, total),
-            stops: stop_requests(),
+            stops,
             last_save: Instant::now(),
             config,
             checkpoints,
@@ -306,7 +308,8 @@ impl Trainer {
     }
 
     /// The method's evaluation every `eval_every` steps of the phase (not after the run's last
-    /// step: the program evaluates the final model itself).
+    /// step: the program evaluates the final model itself; not when a stop was requested:
+    /// the grace period a scheduler gives is for saving).
     fn evaluation<B: AutodiffBackend, M: Method<B>>(
         &mut self,
         method: &mut M,
@@ -316,7 +319,7 @@ impl Trainer {
     ) -> Result<Option<String>> {
         let every = self.config.eval_every;
         let due = every > 0 && (step + 1 - phase.origin).is_multiple_of(every);
-        if !due || step + 1 == self.total {
+        if !due || step + 1 == self.total || self.stops.received().is_some() {
             return Ok(None);
         }
         method.evaluate(model, step + 1, &mut self.metrics)
