@@ -81,6 +81,29 @@ impl fmt::Display for SinkhornConfig {
     }
 }
 
+/// The `with_*` setters both solver configs share (every field after ε and ρ).
+macro_rules! solver_setters {
+    () => {
+        solver_setters! {
+            with_max_iters: max_iters: usize,
+            with_tolerance: tolerance: f64,
+            with_check_every: check_every: usize,
+            with_gradient: gradient: GradientMode,
+            with_matmul_updates: matmul_updates: bool,
+            with_fast_paths: fast_paths: bool,
+            with_implicit_max_iters: implicit_max_iters: usize,
+            with_implicit_tolerance: implicit_tolerance: f64,
+        }
+    };
+    ($($setter:ident: $field:ident: $ty:ty),* $(,)?) => {$(
+        #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+        pub fn $setter(mut self, $field: $ty) -> Self {
+            self.$field = $field;
+            self
+        }
+    )*};
+}
+
 impl SinkhornConfig {
     /// ε, every other field at its default: 1000 iterations, tolerance 1e-6, a check every 10
     /// iterations, implicit gradients, matrix-product updates and fast paths on, and the
@@ -99,53 +122,7 @@ impl SinkhornConfig {
         }
     }
 
-    /// Sets [`max_iters`](Self::max_iters).
-    pub fn with_max_iters(mut self, max_iters: usize) -> Self {
-        self.max_iters = max_iters;
-        self
-    }
-
-    /// Sets [`tolerance`](Self::tolerance).
-    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
-        self.tolerance = tolerance;
-        self
-    }
-
-    /// Sets [`check_every`](Self::check_every).
-    pub fn with_check_every(mut self, check_every: usize) -> Self {
-        self.check_every = check_every;
-        self
-    }
-
-    /// Sets [`gradient`](Self::gradient).
-    pub fn with_gradient(mut self, gradient: GradientMode) -> Self {
-        self.gradient = gradient;
-        self
-    }
-
-    /// Sets [`matmul_updates`](Self::matmul_updates).
-    pub fn with_matmul_updates(mut self, matmul_updates: bool) -> Self {
-        self.matmul_updates = matmul_updates;
-        self
-    }
-
-    /// Sets [`fast_paths`](Self::fast_paths).
-    pub fn with_fast_paths(mut self, fast_paths: bool) -> Self {
-        self.fast_paths = fast_paths;
-        self
-    }
-
-    /// Sets [`implicit_max_iters`](Self::implicit_max_iters).
-    pub fn with_implicit_max_iters(mut self, implicit_max_iters: usize) -> Self {
-        self.implicit_max_iters = implicit_max_iters;
-        self
-    }
-
-    /// Sets [`implicit_tolerance`](Self::implicit_tolerance).
-    pub fn with_implicit_tolerance(mut self, implicit_tolerance: f64) -> Self {
-        self.implicit_tolerance = implicit_tolerance;
-        self
-    }
+    solver_setters!();
 }
 
 /// Deserialisers that name their field in the error. serde's own messages name only the type
@@ -276,53 +253,7 @@ impl UnbalancedConfig {
         }
     }
 
-    /// Sets [`max_iters`](Self::max_iters).
-    pub fn with_max_iters(mut self, max_iters: usize) -> Self {
-        self.max_iters = max_iters;
-        self
-    }
-
-    /// Sets [`tolerance`](Self::tolerance).
-    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
-        self.tolerance = tolerance;
-        self
-    }
-
-    /// Sets [`check_every`](Self::check_every).
-    pub fn with_check_every(mut self, check_every: usize) -> Self {
-        self.check_every = check_every;
-        self
-    }
-
-    /// Sets [`gradient`](Self::gradient).
-    pub fn with_gradient(mut self, gradient: GradientMode) -> Self {
-        self.gradient = gradient;
-        self
-    }
-
-    /// Sets [`matmul_updates`](Self::matmul_updates).
-    pub fn with_matmul_updates(mut self, matmul_updates: bool) -> Self {
-        self.matmul_updates = matmul_updates;
-        self
-    }
-
-    /// Sets [`fast_paths`](Self::fast_paths).
-    pub fn with_fast_paths(mut self, fast_paths: bool) -> Self {
-        self.fast_paths = fast_paths;
-        self
-    }
-
-    /// Sets [`implicit_max_iters`](Self::implicit_max_iters).
-    pub fn with_implicit_max_iters(mut self, implicit_max_iters: usize) -> Self {
-        self.implicit_max_iters = implicit_max_iters;
-        self
-    }
-
-    /// Sets [`implicit_tolerance`](Self::implicit_tolerance).
-    pub fn with_implicit_tolerance(mut self, implicit_tolerance: f64) -> Self {
-        self.implicit_tolerance = implicit_tolerance;
-        self
-    }
+    solver_setters!();
 }
 
 impl UnbalancedConfig {

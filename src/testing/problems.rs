@@ -226,8 +226,5 @@ pub fn tensor<B: Backend, const D: usize>(
 
 /// A tensor's values as f64, in row-major order.
 pub fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("converted to f64")
+    crate::host::to_host(t)
 }
