@@ -59,6 +59,7 @@ pub trait TrainerSettings: Args + FromArgMatches + Serialize + DeserializeOwned 
 
 /// The whole program: parse, check, train; `name` and `about` head `--help`.
 pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> ExitCode {
+    super::allocator::keep_freed_memory();
     let command = Command::new(name)
         .about(about)
         .version(env!("CARGO_PKG_VERSION"))

@@ -1,5 +1,6 @@
 //! The trainer programs' bodies; `src/bin/*` only parse the command line and call in.
 
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod curves;
