@@ -4,13 +4,13 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::module::linear;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::{Decoder, DecoderCache};
 use super::head::{chunk_rows, chunked_logps};
 use super::lora::LoraConfig;
+use super::projection::linear;
 use super::tape::{HeadTape, Tapes};
 
 /// A decoder with a language-model head. With `tie_word_embeddings` the head IS the embedding

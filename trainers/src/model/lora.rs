@@ -17,6 +17,8 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{backend::Backend, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::projection;
+
 /// A projection LoRA can adapt, by PEFT's module name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -180,9 +182,8 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// `scaling · B(A(dropout(x)))`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.lora_b
-            .forward(self.lora_a.forward(self.dropout.forward(x)))
-            .mul_scalar(self.scaling)
+        let down = projection::forward(&self.lora_a, self.dropout.forward(x));
+        projection::forward(&self.lora_b, down).mul_scalar(self.scaling)
     }
 
     /// The update `scaling · A·B` as a `[d_in, d_out]` weight (burn's `Linear` layout).
@@ -241,10 +242,10 @@ impl<B: Backend> LoraLinear<B> {
     fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         if self.base.weight.val().dtype() == dtype {
-            return self.base.forward(x);
+            return projection::forward(&self.base, x);
         }
         let bias = self.base.bias.as_ref().map(|b| b.val().cast(dtype));
-        burn::tensor::module::linear(x, self.base.weight.val().cast(dtype), bias)
+        projection::linear(x, self.base.weight.val().cast(dtype), bias)
     }
 
     /// `[d_in, d_out]` of the base projection.

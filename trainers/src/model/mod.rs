@@ -12,6 +12,7 @@ mod decoder;
 mod generate;
 pub mod head;
 mod lora;
+mod projection;
 mod reward;
 mod rotary;
 mod tape;
