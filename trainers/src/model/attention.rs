@@ -72,11 +72,13 @@ impl<B: Backend> Attention<B> {
         cache: &mut Option<KeyValues<B>>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
-        let q = rotary.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
-        let k = rotary.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        // `[batch, len, hidden]` split into heads; rotated there, then heads ahead of positions.
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]);
+        let heads_first = |t: Tensor<B, 4>| t.swap_dims(1, 2);
+        let q = heads_first(rotary.apply(split(self.q_proj.forward(x.clone()), self.num_heads)));
+        let k = split(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let k = heads_first(rotary.apply(k));
+        let v = heads_first(split(self.v_proj.forward(x), self.num_kv_heads));
         let (k, v) = match cache.take() {
             Some(past) => (
                 Tensor::cat(vec![past.keys, k], 2),

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use burn::tensor::{backend::Backend, Tensor};
 
-/// `cos` and `sin` of a range of positions' angles, `[1, 1, len, head_dim]`, in the
+/// `cos` and `sin` of a range of positions' angles, `[1, len, 1, head_dim]`, in the
 /// activations' dtype.
 #[derive(Debug, Clone)]
 pub struct RotaryTables<B: Backend> {
@@ -34,7 +34,7 @@ impl<B: Backend> RotaryTables<B> {
             Tensor::<B, 1>::from_floats(inverse_frequencies, &device).reshape([1, half]);
         // Angles computed in f32 (as transformers does), then cast to the activations' dtype.
         let angles = positions * frequencies;
-        let angles = Tensor::cat(vec![angles.clone(), angles], 1).reshape([1, 1, len, 2 * half]);
+        let angles = Tensor::cat(vec![angles.clone(), angles], 1).reshape([1, len, 1, 2 * half]);
         let dtype = like.dtype();
         Self {
             cos: angles.clone().cos().cast(dtype),
@@ -42,12 +42,14 @@ impl<B: Backend> RotaryTables<B> {
         }
     }
 
-    /// Rotates queries or keys `[batch, heads, len, head_dim]`:
+    /// Rotates queries or keys `[batch, len, heads, head_dim]` (the projection's output split
+    /// into heads, before the heads move ahead of the positions: contiguous, so the products
+    /// with the broadcast tables run without strided iteration):
     /// `x·cos + rotate_half(x)·sin` with `rotate_half([x1, x2]) = [-x2, x1]`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, len, dim] = x.dims();
-        let first = x.clone().slice([0..batch, 0..heads, 0..len, 0..dim / 2]);
-        let second = x.clone().slice([0..batch, 0..heads, 0..len, dim / 2..dim]);
+        let [batch, len, heads, dim] = x.dims();
+        let first = x.clone().slice([0..batch, 0..len, 0..heads, 0..dim / 2]);
+        let second = x.clone().slice([0..batch, 0..len, 0..heads, dim / 2..dim]);
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
