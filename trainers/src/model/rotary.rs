@@ -51,6 +51,13 @@ impl<B: Backend> RotaryTables<B> {
         let first = x.clone().slice([0..batch, 0..len, 0..heads, 0..dim / 2]);
         let second = x.clone().slice([0..batch, 0..len, 0..heads, dim / 2..dim]);
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        // Tables laid out as one batch row of `x` (repeated over the heads), so that the
+        // products broadcast over the batch only: burn-flex's fast path for a row shared by
+        // every outer position (a table broadcast over the heads iterates element by element).
+        let width = len * heads * dim;
+        let row = |table: &Tensor<B, 4>| table.clone().repeat_dim(2, heads).reshape([1, width]);
+        let flat = |t: Tensor<B, 4>| t.reshape([batch, width]);
+        (flat(x) * row(&self.cos) + flat(rotated) * row(&self.sin))
+            .reshape([batch, len, heads, dim])
     }
 }
