@@ -1,6 +1,6 @@
 //! Reads of tensors back to the host (each one synchronises the device).
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// True when no entry of `tensor` is NaN or infinite.
 ///
@@ -28,4 +28,21 @@ pub(crate) fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f
         .convert::<f64>()
         .into_vec::<f64>()
         .expect("a float tensor converts to f64")
+}
+
+/// A `[rows, len]` tensor's rows on the host, as f64.
+pub(crate) fn host_rows<B: Backend>(tensor: &Tensor<B, 2>, len: usize) -> Vec<Vec<f64>> {
+    to_host(tensor.clone())
+        .chunks(len.max(1))
+        .map(|row| row.to_vec())
+        .collect()
+}
+
+/// `values` (row-major) as a tensor of `like`'s shape, dtype and device.
+pub(crate) fn like<B: Backend>(like: &Tensor<B, 2>, values: Vec<f64>) -> Tensor<B, 2> {
+    let dtype = like.dtype();
+    Tensor::from_data(
+        TensorData::new(values, like.dims()).convert_dtype(dtype),
+        (&like.device(), dtype),
+    )
 }

@@ -87,6 +87,8 @@ impl OtpoCase {
             rejected_mask,
             chosen_hidden: Some(chosen_hidden),
             rejected_hidden: Some(rejected_hidden),
+            chosen_logps: None,
+            rejected_logps: None,
         }
     }
 }

@@ -10,9 +10,11 @@
 //! | `Otpo` | unbalanced-OT marginals, total τ | Li et al. 2025 (OTPO), Eq. 9–12 |
 //! | `Uniform` | τ/&#124;y&#124; (OTPO ablation) | OTPO Table 3 |
 //! | `Similarity` | softmax of cosine to the other response's mean, total τ (OTPO ablation) | OTPO Table 3 |
+//! | `ConfPo` | 1 (or 1/&#124;S&#124;) on the tokens S whose policy probability is below the response's mean | Yoon et al. 2025 (ConfPO) |
 //!
 //! Padded and prompt positions (mask 0) always get weight exactly 0.
 
+mod confpo;
 mod otpo;
 #[cfg(feature = "fused-cpu")]
 mod otpo_host_cost;
@@ -124,10 +126,18 @@ pub enum TokenWeighting {
         /// Total weight per response.
         budget: WeightBudget,
     },
+    /// ConfPO: only the tokens whose policy probability lies below the response's mean
+    /// probability (its low-confidence, "critical" tokens) weigh, 1 each or 1/|S| (needs the
+    /// policy's log-probabilities). A pair where either response has no such token weighs 0.
+    /// The released recipe is the normalised form with SimPO's loss and no reference.
+    ConfPo {
+        /// Divide by the number of critical tokens (SimPO's average over them).
+        length_normalized: bool,
+    },
 }
 
 /// The response tokens of a batch of pairs: validity masks and, for the schemes that need
-/// them (`Otpo`, `Similarity`), hidden states.
+/// them, hidden states (`Otpo`, `Similarity`) or the policy's log-probabilities (`ConfPo`).
 #[derive(Debug, Clone)]
 pub struct ResponseTokens<B: Backend> {
     /// 1 on chosen response tokens, 0 on prompt and padding `[batch, len_c]`.
@@ -139,4 +149,23 @@ pub struct ResponseTokens<B: Backend> {
     pub chosen_hidden: Option<Tensor<B, 3>>,
     /// Hidden states of the rejected responses `[batch, len_r, hidden]`.
     pub rejected_hidden: Option<Tensor<B, 3>>,
+    /// The policy's log-probability of each chosen response token `[batch, len_c]` (read as
+    /// a constant: the weights do not differentiate through it).
+    pub chosen_logps: Option<Tensor<B, 2>>,
+    /// The policy's log-probability of each rejected response token `[batch, len_r]`.
+    pub rejected_logps: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> ResponseTokens<B> {
+    /// Masks only (enough for every scheme but `Otpo`, `Similarity` and `ConfPo`).
+    pub fn from_masks(chosen_mask: Tensor<B, 2>, rejected_mask: Tensor<B, 2>) -> Self {
+        ResponseTokens {
+            chosen_mask,
+            rejected_mask,
+            chosen_hidden: None,
+            rejected_hidden: None,
+            chosen_logps: None,
+            rejected_logps: None,
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! The weighting schemes other than OTPO, and the dispatcher shared by all of them.
 
-use burn::tensor::{activation::softmax, backend::Backend, Tensor, TensorData};
+use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
+use super::confpo::confpo_weights;
 use super::otpo::{budget_tensors, budgets, otpo_token_weights};
 use super::{ResponseTokens, TokenWeighting, TokenWeights};
 use crate::checks;
 use crate::error::OtprefError;
+use crate::host::{host_rows, like};
 use crate::sinkhorn::OtBackend;
 
 /// Token weights of a batch under any scheme: the one call a trainer makes, whatever the
@@ -22,12 +24,10 @@ use crate::sinkhorn::OtBackend;
 /// use otpref::{token_weights, ResponseTokens, TokenWeighting};
 ///
 /// let device = Default::default();
-/// let tokens = ResponseTokens {
-///     chosen_mask: Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 1.0, 1.0]], &device),
-///     rejected_mask: Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 0.0]], &device),
-///     chosen_hidden: None,
-///     rejected_hidden: None,
-/// };
+/// let tokens = ResponseTokens::from_masks(
+///     Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 1.0, 1.0]], &device),
+///     Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 0.0]], &device),
+/// );
 /// let w = token_weights(&TokenWeighting::LdDpo { alpha: 0.5 }, tokens)?;
 /// assert_eq!(w.chosen.into_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0, 0.5, 0.5]);
 /// # Ok::<(), otpref::OtprefError>(())
@@ -72,6 +72,9 @@ pub fn token_weights<B: OtBackend>(
             )
         }
         TokenWeighting::Similarity { budget } => similarity_weights(tokens, &lengths, *budget),
+        TokenWeighting::ConfPo { length_normalized } => {
+            confpo_weights(tokens, &lengths, *length_normalized)
+        }
     }
 }
 
@@ -95,7 +98,7 @@ fn lengths<B: Backend>(tokens: &ResponseTokens<B>) -> Result<Lengths, OtprefErro
 }
 
 /// Per pair, the chosen and the rejected response's length.
-type Lengths = (Vec<usize>, Vec<usize>);
+pub(super) type Lengths = (Vec<usize>, Vec<usize>);
 
 /// SamPO: each response keeps a random subset of `min(|y_c|, |y_r|)` of its tokens.
 fn sampo_weights<B: Backend>(
@@ -269,21 +272,6 @@ fn similarity_softmax<B: Backend>(
     let cosine = dot / (norm_own * norm_mean.repeat_dim(1, len));
     let logits = cosine.mask_fill(own_mask.clone().lower_elem(0.5), -1e4);
     softmax(logits, 1) * own_mask.clone()
-}
-
-fn host_rows<B: Backend>(mask: &Tensor<B, 2>, len: usize) -> Vec<Vec<f64>> {
-    crate::host::to_host(mask.clone())
-        .chunks(len)
-        .map(|row| row.to_vec())
-        .collect()
-}
-
-fn like<B: Backend>(mask: &Tensor<B, 2>, values: Vec<f64>) -> Tensor<B, 2> {
-    let dtype = mask.dtype();
-    Tensor::from_data(
-        TensorData::new(values, mask.dims()).convert_dtype(dtype),
-        (&mask.device(), dtype),
-    )
 }
 
 /// 1 on `keep` valid positions of `row` drawn uniformly without replacement, 0 elsewhere.

@@ -11,6 +11,7 @@ mod common;
 
 mod aplot;
 mod configs;
+mod confpo_weights;
 #[cfg(any(feature = "gpu-tests", feature = "wgpu-tests"))]
 mod device_matches_cpu;
 mod errors;

@@ -193,6 +193,8 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
         rejected_mask: tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
         chosen_hidden: Some(tensor(batch.chosen.clone(), [b, lc, h], DType::F32)),
         rejected_hidden: Some(tensor(batch.rejected.clone(), [b, lr, h], DType::F32)),
+        chosen_logps: None,
+        rejected_logps: None,
     };
     let lens_c = [5.0, 7.0, 2.0];
     let lens_r = [3.0, 6.0, 3.0];
@@ -253,6 +255,8 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
     let no_hidden = ResponseTokens {
         chosen_hidden: None,
         rejected_hidden: None,
+        chosen_logps: None,
+        rejected_logps: None,
         ..tokens.clone()
     };
     let err =
@@ -291,6 +295,8 @@ fn weights_are_differentiable_when_asked() {
                 rejected_mask,
                 chosen_hidden: Some(chosen),
                 rejected_hidden: Some(rejected),
+                chosen_logps: None,
+                rejected_logps: None,
             };
             otpref::token_weights(&otpref::TokenWeighting::Otpo(config), tokens.clone())
         } else {
@@ -492,6 +498,8 @@ fn weights_report_how_the_solves_ended() {
         rejected_mask: tensor::<TestBackend, 2>(batch.mask_r.clone(), [b, lr], DType::F32),
         chosen_hidden: None,
         rejected_hidden: None,
+        chosen_logps: None,
+        rejected_logps: None,
     };
     assert!(token_weights(&TokenWeighting::Dpo, tokens.clone())
         .unwrap()

@@ -207,6 +207,35 @@ fn rpo_alpha_adds_the_chosen_nll_to_the_loss() {
     );
 }
 
+/// ConfPO trains on a strict subset of the response tokens (those below the mean probability),
+/// with and without a reference: the mean weight of a response token lies strictly between
+/// 0 and DPO's 1 (ConfPO on DPO), and the SimPO form's weights average to 1/|S| per response.
+#[test]
+fn confpo_weighs_a_subset_of_the_response_tokens() {
+    let chosen_weight = |method: &str| {
+        let out = ScratchFolder::empty(&format!("confpo-{method}"));
+        run_ok(small_run(&out.0).args(["--steps", "2", "--method", method, "--eval-prompts", "0"]));
+        let records = metrics(&out.0);
+        let dpo: Vec<&Value> = records.iter().filter(|r| r["phase"] == "dpo").collect();
+        assert_eq!(dpo.len(), 2, "{method}");
+        for record in &dpo {
+            assert!(
+                record["loss"].as_f64().is_some_and(f64::is_finite),
+                "{record}"
+            );
+        }
+        dpo[0]["otpref/weights_chosen_mean"].as_f64().unwrap()
+    };
+    assert!((chosen_weight("dpo") - 1.0).abs() < 1e-6);
+    let selected = chosen_weight("confpo-dpo");
+    assert!(selected > 0.05 && selected < 0.95, "{selected}");
+    let normalized = chosen_weight("confpo");
+    assert!(
+        normalized > 0.0 && normalized < selected,
+        "{normalized} vs {selected}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_one_line_error_before_training() {
     let cases: [(&[&str], &str); 9] = [

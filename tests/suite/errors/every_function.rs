@@ -23,6 +23,8 @@ fn zero_length_masks() {
         rejected_mask: mask(0),
         chosen_hidden: None,
         rejected_hidden: None,
+        chosen_logps: None,
+        rejected_logps: None,
     };
     let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(
@@ -36,6 +38,8 @@ fn zero_length_masks() {
         rejected_mask: empty(),
         chosen_hidden: None,
         rejected_hidden: None,
+        chosen_logps: None,
+        rejected_logps: None,
     };
     let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(err.to_string().contains("the batch is empty"), "{err}");

@@ -50,6 +50,8 @@ fn a_mask_that_is_not_zero_or_one() {
         rejected_mask: t2(vec![1.0; 4], [2, 2]),
         chosen_hidden: None,
         rejected_hidden: None,
+        chosen_logps: None,
+        rejected_logps: None,
     };
     let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(matches!(err, OtprefError::InvalidMask(_)), "{err}");

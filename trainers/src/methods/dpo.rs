@@ -22,6 +22,11 @@ pub enum DpoMethod {
     Uniform,
     /// OTPO's ablation: weights from hidden-state similarity without OT.
     Similarity,
+    /// ConfPO as released: SimPO (reference-free, --simpo-gamma) over only the tokens whose
+    /// policy probability is below the response's mean, averaged over them.
+    Confpo,
+    /// ConfPO on DPO: the reference and --loss over only the low-confidence tokens.
+    ConfpoDpo,
 }
 
 /// The loss shape (TRL's `loss_type`).
@@ -72,13 +77,19 @@ impl DpoMethod {
             },
             DpoMethod::Uniform => TokenWeighting::Uniform { budget: min },
             DpoMethod::Similarity => TokenWeighting::Similarity { budget: min },
+            DpoMethod::Confpo => TokenWeighting::ConfPo {
+                length_normalized: true,
+            },
+            DpoMethod::ConfpoDpo => TokenWeighting::ConfPo {
+                length_normalized: false,
+            },
         }
     }
 
     /// The loss shape: SimPO has its own; the others take `loss`.
     pub fn loss_type(self, loss: DpoLoss, settings: &MethodSettings) -> DpoLossType {
         match (self, loss) {
-            (DpoMethod::Simpo, _) => DpoLossType::SimPo {
+            (DpoMethod::Simpo | DpoMethod::Confpo, _) => DpoLossType::SimPo {
                 gamma: settings.simpo_gamma,
             },
             (_, DpoLoss::Sigmoid) => DpoLossType::Sigmoid,
@@ -93,8 +104,13 @@ impl DpoMethod {
         matches!(self, DpoMethod::Otpo | DpoMethod::Similarity)
     }
 
+    /// Whether the method reads the policy's per-token log-probabilities (ConfPO's selection).
+    pub fn needs_policy_logps(self) -> bool {
+        matches!(self, DpoMethod::Confpo | DpoMethod::ConfpoDpo)
+    }
+
     /// Whether the method compares against a reference model.
     pub fn uses_reference(self) -> bool {
-        self != DpoMethod::Simpo
+        !matches!(self, DpoMethod::Simpo | DpoMethod::Confpo)
     }
 }

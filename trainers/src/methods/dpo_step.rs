@@ -124,14 +124,17 @@ where
 }
 
 /// The method's token weights for a batch whose rows `0..b` are chosen and `b..2b` rejected
-/// responses (`mask`: the response masks, `hidden`: the shifted hidden states when needed).
+/// responses (`mask`: the response masks; `hidden`: the shifted hidden states and `logps` the
+/// policy's per-token log-probabilities, read when the method needs them).
 pub fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
     objective: &DpoObjective,
     step: usize,
     hidden: Option<Tensor<B, 3>>,
+    logps: Option<Tensor<B, 2>>,
     mask: Tensor<B, 2>,
 ) -> Result<otpref::TokenWeights<B>> {
     let b = mask.dims()[0] / 2;
+    let logps = logps.filter(|_| objective.method.needs_policy_logps());
     Ok(token_weights(
         &objective
             .method
@@ -141,6 +144,8 @@ pub fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
             rejected_mask: mask.narrow(0, b, b),
             chosen_hidden: hidden.clone().map(|h| h.narrow(0, 0, b)),
             rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
+            chosen_logps: logps.clone().map(|l| l.narrow(0, 0, b).detach()),
+            rejected_logps: logps.map(|l| l.narrow(0, b, b).detach()),
         },
     )?)
 }
@@ -157,7 +162,7 @@ pub fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
 ) -> Result<(otpref::DpoLoss<B>, otpref::TokenWeights<B>, Duration)> {
     let b = mask.dims()[0] / 2;
     let started = Instant::now();
-    let weights = pair_weights(objective, step, hidden, mask)?;
+    let weights = pair_weights(objective, step, hidden, Some(logps.clone()), mask)?;
     let weight_time = started.elapsed();
     let inputs = DpoInputs {
         policy_chosen: logps.clone().narrow(0, 0, b),

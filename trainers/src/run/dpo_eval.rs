@@ -52,12 +52,12 @@ pub(super) fn weighted_examples<B: burn::tensor::backend::Backend + OtBackend>(
     let pairs = &pairs[..pairs.len().min(6)];
     let batch = collate_pairs::<B>(pairs, tokenizer.pad_id(), device);
     let [rows, len] = batch.input_ids.dims();
-    let out = policy.forward(batch.input_ids.clone(), batch.attention_mask.clone());
+    let out = policy.forward_logps(batch.input_ids.clone(), batch.attention_mask.clone());
     let hidden = objective
         .method
         .needs_hidden_states()
         .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-    let weights = pair_weights(objective, 0, hidden, batch.response_mask)?;
+    let weights = pair_weights(objective, 0, hidden, Some(out.logps), batch.response_mask)?;
     let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
     let (chosen, rejected) = (host(weights.chosen), host(weights.rejected));
     let width = len - 1;
