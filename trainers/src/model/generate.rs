@@ -1,5 +1,5 @@
 //! Greedy decoding, to read what a policy actually generates (the number a trainer should
-//! report beside its losses).
+//! report beside its losses), and the decoding loop that sampling shares.
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
@@ -16,6 +16,26 @@ pub fn generate_greedy<B: Backend>(
     eos_id: u32,
     device: &B::Device,
 ) -> Vec<Vec<u32>> {
+    decode(
+        model,
+        prompts,
+        max_new_tokens,
+        eos_id,
+        device,
+        |_, logits| argmax(logits),
+    )
+}
+
+/// The decoding loop shared by greedy decoding and sampling: `choose(row, logits)` picks the
+/// next token of batch row `row` from its last position's logits over the vocabulary.
+pub(crate) fn decode<B: Backend>(
+    model: &CausalLm<B>,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    eos_id: u32,
+    device: &B::Device,
+    mut choose: impl FnMut(usize, &[f32]) -> u32,
+) -> Vec<Vec<u32>> {
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     if prompts.is_empty() || max_new_tokens == 0 {
         return outputs;
@@ -27,33 +47,48 @@ pub fn generate_greedy<B: Backend>(
     for _ in 0..max_new_tokens {
         let logits = model.forward_cached(ids, mask.clone(), &mut cache).logits;
         let [_, len, vocab] = logits.dims();
-        let next = logits
+        let last = logits
             .slice([0..batch, len - 1..len, 0..vocab])
-            .argmax(2)
-            .reshape([batch])
             .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("int data");
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float logits");
+        let next: Vec<u32> = last
+            .chunks(vocab)
+            .enumerate()
+            .map(|(row, logits)| choose(row, logits))
+            .collect();
         for (row, &token) in next.iter().enumerate() {
             if finished[row] {
                 continue;
             }
-            if token as u32 == eos_id {
+            if token == eos_id {
                 finished[row] = true;
             } else {
-                outputs[row].push(token as u32);
+                outputs[row].push(token);
             }
         }
         if finished.iter().all(|&f| f) {
             break;
         }
         // Finished rows keep decoding (rows do not see each other); their tokens are dropped.
+        let next: Vec<i64> = next.into_iter().map(i64::from).collect();
         ids = Tensor::from_data(TensorData::new(next, [batch, 1]), device);
         let real = Tensor::from_data(TensorData::new(vec![true; batch], [batch, 1]), device);
         mask = Tensor::cat(vec![mask, real], 1);
     }
     outputs
+}
+
+/// The index of the largest value, the first one on ties (as `torch.argmax`).
+pub(crate) fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// `sequences` left-padded with `pad_id` into `[batch, longest]` ids and mask.

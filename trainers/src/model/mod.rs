@@ -15,6 +15,7 @@ mod lora;
 mod projection;
 mod reward;
 mod rotary;
+mod sample;
 mod tape;
 
 pub use attention::{Attention, KeyValues};
@@ -26,6 +27,7 @@ pub use lora::{cast_frozen_matrices, LoraAdapter, LoraConfig, LoraLinear, LoraTa
 pub(crate) use reward::new_score_head;
 pub use reward::{last_real_position, RewardModel, RewardOutput};
 pub use rotary::RotaryTables;
+pub use sample::{generate_sampled, Sampling};
 pub use tape::Tapes;
 
 use burn::nn::Initializer;
