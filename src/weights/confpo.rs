@@ -12,7 +12,6 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::schemes::Lengths;
 use super::{ResponseTokens, TokenWeights};
 use crate::error::OtprefError;
 use crate::host::{host_rows, like};
@@ -21,17 +20,11 @@ use crate::host::{host_rows, like};
 /// `length_normalized`, 1/|S|.
 pub(super) fn confpo_weights<B: Backend>(
     tokens: &ResponseTokens<B>,
-    (lens_c, lens_r): &Lengths,
     length_normalized: bool,
 ) -> Result<TokenWeights<B>, OtprefError> {
     let (chosen_logps, rejected_logps) = policy_logps(tokens)?;
-    let chosen = critical_rows("chosen_logps", &chosen_logps, &tokens.chosen_mask, lens_c)?;
-    let rejected = critical_rows(
-        "rejected_logps",
-        &rejected_logps,
-        &tokens.rejected_mask,
-        lens_r,
-    )?;
+    let chosen = critical_rows("chosen_logps", &chosen_logps, &tokens.chosen_mask)?;
+    let rejected = critical_rows("rejected_logps", &rejected_logps, &tokens.rejected_mask)?;
     let weigh = |rows: &[Vec<bool>], k: usize, keep: bool| -> Vec<f64> {
         let count = rows[k].iter().filter(|c| **c).count();
         let weight = if length_normalized {
@@ -81,7 +74,6 @@ fn critical_rows<B: Backend>(
     name: &str,
     logps: &Tensor<B, 2>,
     mask: &Tensor<B, 2>,
-    lengths: &[usize],
 ) -> Result<Vec<Vec<bool>>, OtprefError> {
     let [_, len] = mask.dims();
     let masks = host_rows(mask, len);
@@ -100,7 +92,7 @@ fn critical_rows<B: Backend>(
                      log-probabilities there"
                 )));
             }
-            let threshold = log_mean_exp(&values, lengths[k]);
+            let threshold = log_mean_exp(&values);
             Ok((0..len)
                 .map(|i| valid[i] != 0.0 && row[i] < threshold)
                 .collect())
@@ -109,8 +101,8 @@ fn critical_rows<B: Backend>(
 }
 
 /// log((1/n) Σ exp v), computed from the largest value so that no term overflows.
-fn log_mean_exp(values: &[f64], n: usize) -> f64 {
+fn log_mean_exp(values: &[f64]) -> f64 {
     let top = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = values.iter().map(|v| (v - top).exp()).sum();
-    top + sum.ln() - (n as f64).ln()
+    top + sum.ln() - (values.len() as f64).ln()
 }

@@ -72,9 +72,7 @@ pub fn token_weights<B: OtBackend>(
             )
         }
         TokenWeighting::Similarity { budget } => similarity_weights(tokens, &lengths, *budget),
-        TokenWeighting::ConfPo { length_normalized } => {
-            confpo_weights(tokens, &lengths, *length_normalized)
-        }
+        TokenWeighting::ConfPo { length_normalized } => confpo_weights(tokens, *length_normalized),
     }
 }
 
@@ -98,7 +96,7 @@ fn lengths<B: Backend>(tokens: &ResponseTokens<B>) -> Result<Lengths, OtprefErro
 }
 
 /// Per pair, the chosen and the rejected response's length.
-pub(super) type Lengths = (Vec<usize>, Vec<usize>);
+type Lengths = (Vec<usize>, Vec<usize>);
 
 /// SamPO: each response keeps a random subset of `min(|y_c|, |y_r|)` of its tokens.
 fn sampo_weights<B: Backend>(

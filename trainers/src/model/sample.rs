@@ -79,9 +79,13 @@ impl Sampling {
         *kept.last().expect("at least one token is kept") as u32
     }
 
-    /// The tokens top-k and then top-p keep, most likely first.
+    /// The tokens top-k and then top-p keep, most likely first (every token, in vocabulary
+    /// order, when neither filters: no sort of the vocabulary per token).
     fn kept(&self, scaled: &[f64]) -> Vec<usize> {
         let mut order: Vec<usize> = (0..scaled.len()).collect();
+        if self.top_k == 0 && self.top_p >= 1.0 {
+            return order;
+        }
         order.sort_by(|a, b| scaled[*b].total_cmp(&scaled[*a]));
         if self.top_k > 0 && self.top_k < order.len() {
             let kth = scaled[order[self.top_k - 1]];
