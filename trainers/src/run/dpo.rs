@@ -3,6 +3,7 @@
 //! metrics (ties counted as ties) and, on the built-in task, the success rate of greedy
 //! generations for the policy beside its reference.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,13 +21,18 @@ use super::dpo_eval::{
     eval_prompts, generations, held_out, log_held_out, weighted_examples, Generations, HeldOut,
 };
 use super::model_source::{model_and_tokenizer, ModelSource};
+use super::policy_pairs::{dpo_pairs, PairSource, PolicyPairsArgs, PolicyPairsReport};
+use super::samples::SampleSettings;
 use crate::data::{collate_indices, Dataset, TokenizedPair};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::hub::{
+    is_adapter_folder, load_adapted_reward_model, AdapterFolder, LoadOptions, ModelFolder,
+};
 use crate::methods::{
     dpo_loss, reference_logps, sft_loss, DpoLoss, DpoMethod, DpoObjective, MethodSettings,
     ReferenceLogps,
 };
-use crate::model::{CausalLm, LoraConfig};
+use crate::model::{CausalLm, LoraConfig, RewardModel};
 use crate::tokenizer::Tokenizer;
 use crate::training::{
     load_module, save_module, scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts,
@@ -87,9 +93,13 @@ pub struct DpoConfig {
     /// Held-out prompts decoded greedily at the end (policy and reference).
     #[arg(long, default_value_t = 128)]
     pub eval_prompts: usize,
-    /// Longest greedy generation, in tokens.
+    /// Longest greedy generation (and on-policy sample), in tokens.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
+    /// On-policy pairs: sampled from the reference and scored by the task's checker.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub policy: PolicyPairsArgs,
 }
 
 impl DpoConfig {
@@ -134,7 +144,7 @@ impl DpoConfig {
         if self.common.steps == 0 {
             return Err("--steps must be at least 1".into());
         }
-        Ok(())
+        self.policy.validate(self.common.data.is_none())
     }
 
     /// What the DPO family's loss reads from these settings.
@@ -195,12 +205,16 @@ pub struct DpoSummary {
     pub model_dir: PathBuf,
     /// The signal (Ctrl-C, SIGTERM) that stopped the run before its last step, if one did.
     pub stopped_by: Option<StopSignal>,
+    /// What sampling found, when DPO trained on on-policy pairs (`--pairs-from-policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_pairs: Option<PolicyPairsReport>,
 }
 
 /// What a run reads before training: the model source, its tokenizer, the data.
 struct Prepared {
     source: ModelSource,
     tokenizer: Tokenizer,
+    train: Dataset,
     eval: Dataset,
     train_pairs: Vec<TokenizedPair>,
     eval_pairs: Vec<TokenizedPair>,
@@ -217,6 +231,7 @@ impl Prepared {
         Ok(Self {
             source,
             tokenizer,
+            train,
             eval,
             train_pairs,
             eval_pairs,
@@ -290,18 +305,21 @@ where
     }
     let source = &data.source;
     let reference = reference_model(config, source, &policy, lora.is_some(), starts_dpo, device)?;
+    let on_policy = on_policy_pairs(config, &data, &reference, starts_dpo, device)?;
+    let (pairs, policy_pairs) = match on_policy {
+        Some((pairs, report)) => {
+            trainer.println(&report.line());
+            trainer.set_train_len(pairs.len());
+            (Cow::Owned(pairs), Some(report))
+        }
+        None => (Cow::Borrowed(&data.train_pairs[..]), None),
+    };
     let precomputed = config.precompute_ref.then(|| {
         trainer.println(&format!(
             "precomputing the reference's log-probabilities over {} pairs",
-            data.train_pairs.len()
+            pairs.len()
         ));
-        reference_logps(
-            &reference,
-            &data.train_pairs,
-            common.batch_size,
-            pad,
-            device,
-        )
+        reference_logps(&reference, &pairs, common.batch_size, pad, device)
     });
 
     let dpo = common.phase(config.sft_steps, common.steps, config.lr);
@@ -310,7 +328,7 @@ where
         objective: config.objective(),
         reference: &reference,
         precomputed,
-        pairs: &data.train_pairs,
+        pairs: &pairs,
         eval_pairs: &data.eval_pairs,
         pad,
         device,
@@ -330,6 +348,7 @@ where
         objective: &objective,
         lora: lora.as_ref(),
         weight_time_share: share,
+        policy_pairs,
     };
     summarise(config, &data, outcome, trainer.metrics(), device)
 }
@@ -341,6 +360,7 @@ struct Outcome<'a, B: Backend> {
     objective: &'a DpoObjective,
     lora: Option<&'a LoraConfig>,
     weight_time_share: f64,
+    policy_pairs: Option<PolicyPairsReport>,
 }
 
 /// The end of a finished run: held-out pairs and generations of the policy beside its
@@ -393,6 +413,7 @@ fn summarise<B: Backend + OtBackend>(
         weight_time_share: outcome.weight_time_share,
         model_dir,
         stopped_by: None,
+        policy_pairs: outcome.policy_pairs,
     };
     crate::training::write_json(&common.output.join("summary.json"), &summary)?;
     // A plot that cannot be drawn must not cost the run its results.
@@ -415,6 +436,7 @@ impl DpoSummary {
             weight_time_share: 0.0,
             model_dir: PathBuf::new(),
             stopped_by: Some(signal),
+            policy_pairs: None,
         }
     }
 }
@@ -440,6 +462,78 @@ fn reference_model<B: AutodiffBackend>(
         return Ok(frozen);
     }
     load_module(CausalLm::new(source.config(), device), &path, device)
+}
+
+/// The DPO phase's on-policy pairs, tokenized, when the run asks for them (sampled from the
+/// reference as DPO starts, read back from the output folder on a resume).
+fn on_policy_pairs<B: Backend>(
+    config: &DpoConfig,
+    data: &Prepared,
+    reference: &CausalLm<B>,
+    starts_dpo: bool,
+    device: &B::Device,
+) -> Result<Option<(Vec<TokenizedPair>, PolicyPairsReport)>> {
+    let (common, args) = (&config.common, &config.policy);
+    if args.pairs_from_policy == 0 {
+        return Ok(None);
+    }
+    let reward_model = match (&args.reward_model, starts_dpo) {
+        (Some(dir), true) => Some(load_scorer::<B>(
+            dir,
+            data.source.config().vocab_size,
+            device,
+        )?),
+        _ => None,
+    };
+    let source = PairSource {
+        model: reference,
+        reward_model: reward_model.as_ref(),
+        settings: SampleSettings {
+            per_prompt: args.pairs_from_policy,
+            sampling: args.sampling.sampling(common.seed),
+            max_new_tokens: config.max_new_tokens,
+        },
+    };
+    let tokenizer = &data.tokenizer;
+    let (pairs, report) = dpo_pairs(
+        &source,
+        &data.train,
+        tokenizer,
+        &common.output,
+        starts_dpo,
+        device,
+    )?;
+    Ok(Some((tokenize(&pairs, tokenizer, common)?, report)))
+}
+
+/// The reward model that scores on-policy samples (`--reward-model`), checked to share the
+/// policy's vocabulary.
+fn load_scorer<B: Backend>(
+    dir: &std::path::Path,
+    vocab_size: usize,
+    device: &B::Device,
+) -> Result<RewardModel<B>> {
+    let options = LoadOptions::default();
+    let (folder, model) = if is_adapter_folder(dir) {
+        let adapter = AdapterFolder::open(dir)?;
+        let (base, model) = load_adapted_reward_model::<B>(&adapter, &options, device)?;
+        (base, model.merge_lora())
+    } else {
+        let folder = ModelFolder::open(dir)?;
+        let model = folder.load_reward_model::<B>(&options, device)?;
+        (folder, model)
+    };
+    let (theirs, ours) = (folder.config().vocab_size, vocab_size);
+    if theirs != ours {
+        return Err(Error::invalid(
+            dir,
+            format!(
+                "--reward-model has a vocabulary of {theirs} tokens and the policy {ours}: \
+                 score with a reward model trained with the policy's tokenizer"
+            ),
+        ));
+    }
+    Ok(model)
 }
 
 /// The supervised warm-up as a [`Method`]: the chosen responses' NLL.
@@ -559,6 +653,9 @@ where
 
 fn print_summary(summary: &DpoSummary) {
     println!("\n== {:?} summary", summary.method);
+    if let Some(report) = &summary.policy_pairs {
+        println!("{}", report.line());
+    }
     let h = &summary.held_out;
     println!(
         "held-out pairs (implicit reward of chosen vs rejected): {} wins, {} ties, {} losses",

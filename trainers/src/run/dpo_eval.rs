@@ -158,14 +158,21 @@ pub(super) fn log_held_out(metrics: &mut MetricsLog, step: usize, held_out: &Hel
     )
 }
 
-/// A held-out prompt: its ids, its text and, on the built-in task, its problem.
-pub(super) struct EvalPrompt {
-    ids: Vec<u32>,
-    text: String,
-    problem: Option<Problem>,
+/// A prompt to generate from: its ids, its text and, on the built-in task, its problem.
+#[derive(Debug, Clone)]
+pub struct EvalPrompt {
+    /// The prompt's token ids (with the tokenizer's special tokens).
+    pub ids: Vec<u32>,
+    /// The prompt as the data gives it.
+    pub prompt: Text,
+    /// The prompt as text (a conversation rendered with the chat template).
+    pub text: String,
+    /// The built-in task's problem it poses.
+    pub problem: Option<Problem>,
 }
 
-pub(super) fn eval_prompts(
+/// The first `count` prompts of `eval` (built-in task: with their problems).
+pub fn eval_prompts(
     eval: &crate::data::Dataset,
     count: usize,
     tokenizer: &Tokenizer,
@@ -182,7 +189,12 @@ pub(super) fn eval_prompts(
             Text::Conversation(messages) => tokenizer.encode_chat(messages, true)?,
         };
         let problem = built_in.then(|| parse_problem(&text)).flatten();
-        prompts.push(EvalPrompt { ids, text, problem });
+        prompts.push(EvalPrompt {
+            ids,
+            prompt: pair.prompt.clone(),
+            text,
+            problem,
+        });
     }
     Ok(prompts)
 }

@@ -1,6 +1,7 @@
 //! The trainer programs' bodies; `src/bin/*` only parse the command line and call in.
 
 pub mod allocator;
+pub mod best_of_n;
 pub mod cli;
 pub mod config;
 pub mod curves;
@@ -9,9 +10,12 @@ pub mod dpo;
 pub mod dpo_eval;
 pub mod model_source;
 pub mod plan;
+pub mod policy_pairs;
 pub mod report;
 pub mod resume;
 pub mod reward;
+pub mod reward_scores;
+pub mod samples;
 
 pub use config::{apply_config_file, CommonConfig, DeviceKind};
 pub use dpo::{DpoConfig, DpoSummary};

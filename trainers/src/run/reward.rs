@@ -14,15 +14,19 @@ use otpref::{aplot_margins, AplotConfig, OtBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 
+use super::best_of_n::{best_of_n, load_policy, BestOfN, BestOfNArgs};
 use super::config::{prepare_output, CommonConfig};
 use super::datasets::{datasets, tokenize};
+use super::dpo_eval::eval_prompts;
 use super::model_source::model_and_tokenizer;
-use crate::data::{collate_indices, collate_pairs, TokenizedPair};
+use super::samples::SampleSettings;
+use crate::data::{collate_indices, collate_pairs, Dataset, TokenizedPair};
 use crate::error::{Error, Result};
 pub use crate::methods::RewardLoss;
 use crate::methods::{reward_loss, RewardObjective};
 use crate::model::RewardModel;
 use crate::task::SplitMix64;
+use crate::tokenizer::Tokenizer;
 use crate::training::{
     Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, StopSignal, Trainer,
 };
@@ -58,6 +62,10 @@ pub struct RewardConfig {
     /// APLOT's margin scale.
     #[arg(long, default_value_t = 1.0)]
     pub aplot_scale: f64,
+    /// Best-of-n with a policy's samples after training.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub best_of_n: BestOfNArgs,
 }
 
 impl RewardConfig {
@@ -113,7 +121,7 @@ impl RewardConfig {
         if self.loss == RewardLoss::Aplot && self.common.batch_size < 2 {
             return Err("--loss aplot needs --batch-size of at least 2 (OT over the batch)".into());
         }
-        Ok(())
+        self.best_of_n.validate(self.common.data.is_none())
     }
 }
 
@@ -179,6 +187,9 @@ pub struct RewardSummary {
     pub model_dir: PathBuf,
     /// The signal (Ctrl-C, SIGTERM) that stopped the run before its last step, if one did.
     pub stopped_by: Option<StopSignal>,
+    /// Best-of-n with the trained reward model (`--best-of-n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of_n: Option<BestOfN>,
 }
 
 /// Runs the reward trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`).
@@ -273,6 +284,7 @@ where
         margin_time_share: margin_time.as_secs_f64() / step_time.as_secs_f64().max(1e-9),
         model_dir: PathBuf::new(),
         stopped_by,
+        best_of_n: None,
     };
     if stopped_by.is_some() {
         println!("stopped before the last step: no final evaluation, no model saved");
@@ -283,6 +295,9 @@ where
         "{}",
         log_accuracy(trainer.metrics(), common.steps, &summary.after)
     );
+    let vocab_size = source.config().vocab_size;
+    summary.best_of_n =
+        evaluate_best_of_n(config, &trained, vocab_size, &eval, &tokenizer, device)?;
     let points = margin_points(config, &trained, &eval_pairs, pad, device)?;
     super::report::write_margins_page(
         &common.output.join("margins.html"),
@@ -489,6 +504,31 @@ fn log_accuracy(metrics: &mut MetricsLog, step: usize, accuracy: &PairwiseAccura
     )
 }
 
+/// Best-of-n of the trained reward model when the run asks for it, with its log line.
+fn evaluate_best_of_n<B: Backend>(
+    config: &RewardConfig,
+    trained: &RewardModel<B>,
+    vocab_size: usize,
+    eval: &Dataset,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+) -> Result<Option<BestOfN>> {
+    let args = &config.best_of_n;
+    let Some(dir) = args.policy.as_ref().filter(|_| args.best_of_n > 0) else {
+        return Ok(None);
+    };
+    let policy = load_policy::<B>(dir, vocab_size, device)?;
+    let prompts = eval_prompts(eval, args.best_of_n_prompts, tokenizer)?;
+    let settings = SampleSettings {
+        per_prompt: args.best_of_n,
+        sampling: args.sampling.sampling(config.common.seed),
+        max_new_tokens: args.max_new_tokens,
+    };
+    let result = best_of_n(trained, &policy, &prompts, tokenizer, &settings, device)?;
+    println!("{}", result.line());
+    Ok(Some(result))
+}
+
 fn print_summary(summary: &RewardSummary) {
     println!("\n== reward model ({:?}) summary", summary.loss);
     for (name, a) in [("before", &summary.before), ("after", &summary.after)] {
@@ -510,4 +550,7 @@ fn print_summary(summary: &RewardSummary) {
         100.0 * summary.margin_time_share,
         summary.model_dir.display()
     );
+    if let Some(result) = &summary.best_of_n {
+        println!("{}", result.line());
+    }
 }

@@ -166,6 +166,13 @@ impl Trainer {
         }
     }
 
+    /// Visits `train_len` pairs from here on (a phase that trains on other pairs than the
+    /// last, such as DPO on pairs sampled after SFT); the order stays a function of the seed
+    /// and the step, so a resumed run visits the same batches.
+    pub fn set_train_len(&mut self, train_len: usize) {
+        self.order = BatchOrder::new(train_len, self.config.shuffle.then_some(self.config.seed));
+    }
+
     /// The next step to run (the run's progress so far).
     pub fn next_step(&self) -> usize {
         self.state.step
