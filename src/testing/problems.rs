@@ -89,6 +89,8 @@ impl OtpoCase {
             rejected_hidden: Some(rejected_hidden),
             chosen_logps: None,
             rejected_logps: None,
+            chosen_weights: None,
+            rejected_weights: None,
         }
     }
 }

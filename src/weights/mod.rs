@@ -11,10 +11,12 @@
 //! | `Uniform` | τ/&#124;y&#124; (OTPO ablation) | OTPO Table 3 |
 //! | `Similarity` | softmax of cosine to the other response's mean, total τ (OTPO ablation) | OTPO Table 3 |
 //! | `ConfPo` | 1 (or 1/&#124;S&#124;) on the tokens S whose policy probability is below the response's mean | Yoon et al. 2025 (ConfPO) |
+//! | `Given` | the caller's w_i (finite, ≥ 0) | your own: a critic's or a process reward model's per-token credit |
 //!
 //! Padded and prompt positions (mask 0) always get weight exactly 0.
 
 mod confpo;
+mod given;
 mod otpo;
 #[cfg(feature = "fused-cpu")]
 mod otpo_host_cost;
@@ -134,10 +136,16 @@ pub enum TokenWeighting {
         /// Divide by the number of critical tokens (SimPO's average over them).
         length_normalized: bool,
     },
+    /// The caller's own per-token weights, [`ResponseTokens::chosen_weights`] and
+    /// [`ResponseTokens::rejected_weights`] (finite and non-negative on response tokens; prompt
+    /// and padding positions get 0 whatever they hold). Differentiable when those tensors are
+    /// tracked.
+    Given,
 }
 
 /// The response tokens of a batch of pairs: validity masks and, for the schemes that need
-/// them, hidden states (`Otpo`, `Similarity`) or the policy's log-probabilities (`ConfPo`).
+/// them, hidden states (`Otpo`, `Similarity`), the policy's log-probabilities (`ConfPo`) or the
+/// caller's weights (`Given`).
 #[derive(Debug, Clone)]
 pub struct ResponseTokens<B: Backend> {
     /// 1 on chosen response tokens, 0 on prompt and padding `[batch, len_c]`.
@@ -154,6 +162,11 @@ pub struct ResponseTokens<B: Backend> {
     pub chosen_logps: Option<Tensor<B, 2>>,
     /// The policy's log-probability of each rejected response token `[batch, len_r]`.
     pub rejected_logps: Option<Tensor<B, 2>>,
+    /// The caller's weight of each chosen response token `[batch, len_c]`
+    /// ([`TokenWeighting::Given`]).
+    pub chosen_weights: Option<Tensor<B, 2>>,
+    /// The caller's weight of each rejected response token `[batch, len_r]`.
+    pub rejected_weights: Option<Tensor<B, 2>>,
 }
 
 impl<B: Backend> ResponseTokens<B> {
@@ -166,6 +179,17 @@ impl<B: Backend> ResponseTokens<B> {
             rejected_hidden: None,
             chosen_logps: None,
             rejected_logps: None,
+            chosen_weights: None,
+            rejected_weights: None,
+        }
+    }
+
+    /// These tokens with the caller's own weights, for [`TokenWeighting::Given`].
+    pub fn with_weights(self, chosen: Tensor<B, 2>, rejected: Tensor<B, 2>) -> Self {
+        ResponseTokens {
+            chosen_weights: Some(chosen),
+            rejected_weights: Some(rejected),
+            ..self
         }
     }
 }

@@ -3,6 +3,7 @@
 use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
 use super::confpo::confpo_weights;
+use super::given::given_weights;
 use super::otpo::{budget_tensors, budgets, otpo_token_weights};
 use super::{ResponseTokens, TokenWeighting, TokenWeights};
 use crate::checks;
@@ -73,6 +74,7 @@ pub fn token_weights<B: OtBackend>(
         }
         TokenWeighting::Similarity { budget } => similarity_weights(tokens, &lengths, *budget),
         TokenWeighting::ConfPo { length_normalized } => confpo_weights(tokens, *length_normalized),
+        TokenWeighting::Given => given_weights(tokens),
     }
 }
 

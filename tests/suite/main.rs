@@ -16,6 +16,7 @@ mod confpo_weights;
 mod device_matches_cpu;
 mod errors;
 mod fused;
+mod given_weights;
 mod gradients;
 mod half_precision;
 mod hostile;

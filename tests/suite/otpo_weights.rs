@@ -195,6 +195,8 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
         rejected_hidden: Some(tensor(batch.rejected.clone(), [b, lr, h], DType::F32)),
         chosen_logps: None,
         rejected_logps: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let lens_c = [5.0, 7.0, 2.0];
     let lens_r = [3.0, 6.0, 3.0];
@@ -257,6 +259,8 @@ fn every_scheme_shares_one_code_path_and_respects_masks() {
         rejected_hidden: None,
         chosen_logps: None,
         rejected_logps: None,
+        chosen_weights: None,
+        rejected_weights: None,
         ..tokens.clone()
     };
     let err =
@@ -297,6 +301,8 @@ fn weights_are_differentiable_when_asked() {
                 rejected_hidden: Some(rejected),
                 chosen_logps: None,
                 rejected_logps: None,
+                chosen_weights: None,
+                rejected_weights: None,
             };
             otpref::token_weights(&otpref::TokenWeighting::Otpo(config), tokens.clone())
         } else {
@@ -500,6 +506,8 @@ fn weights_report_how_the_solves_ended() {
         rejected_hidden: None,
         chosen_logps: None,
         rejected_logps: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     assert!(token_weights(&TokenWeighting::Dpo, tokens.clone())
         .unwrap()

@@ -25,6 +25,8 @@ fn zero_length_masks() {
         rejected_hidden: None,
         chosen_logps: None,
         rejected_logps: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(
@@ -40,6 +42,8 @@ fn zero_length_masks() {
         rejected_hidden: None,
         chosen_logps: None,
         rejected_logps: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(err.to_string().contains("the batch is empty"), "{err}");

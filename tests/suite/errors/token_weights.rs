@@ -52,6 +52,8 @@ fn a_mask_that_is_not_zero_or_one() {
         rejected_hidden: None,
         chosen_logps: None,
         rejected_logps: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let err = token_weights(&TokenWeighting::Dpo, tokens.clone()).unwrap_err();
     assert!(matches!(err, OtprefError::InvalidMask(_)), "{err}");

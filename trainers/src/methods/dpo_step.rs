@@ -146,6 +146,8 @@ pub fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
             rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
             chosen_logps: logps.clone().map(|l| l.narrow(0, 0, b).detach()),
             rejected_logps: logps.map(|l| l.narrow(0, b, b).detach()),
+            chosen_weights: None,
+            rejected_weights: None,
         },
     )?)
 }
