@@ -29,6 +29,8 @@ def load(folder):
 
 
 def cell(values, scale=1.0, digits=1):
+    if all(v != v for v in values):  # NaN: the runs do not have this value
+        return "–"
     values = [v * scale for v in values]
     mean = statistics.fmean(values)
     if len(values) == 1:
@@ -42,13 +44,14 @@ def wins(pairs):
     return pairs["wins"] / max(pairs["wins"] + pairs["ties"] + pairs["losses"], 1)
 
 
-def table(groups, prefix, columns, order=None):
-    """A markdown table of the groups named `prefix...`: one row per group with its name, its
-    seed count, one cell per (header, value-of-a-summary, scale) column, and its command."""
+def table(groups, prefix, columns, order=None, skip=None):
+    """A markdown table of the groups named `prefix...` (less those `skip` names): one row per
+    group with its name, its seed count, one cell per (header, value-of-a-summary, scale)
+    column, and its command."""
     headers = ["run", "seeds"] + [header for header, _, _ in columns] + ["command"]
     rows = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
     for group, runs in sorted(groups.items(), key=order or (lambda g: g[0])):
-        if not group.startswith(prefix):
+        if not group.startswith(prefix) or (skip and skip(group)):
             continue
         summaries = [s for _, s, _ in runs]
         cells = [cell([value(s) for s in summaries], scale) for _, value, scale in columns]
@@ -57,18 +60,49 @@ def table(groups, prefix, columns, order=None):
     return "\n".join(rows)
 
 
+GENERATIONS = [
+    ("reference success %", lambda s: s["reference"]["success_rate"], 100),
+    ("policy success %", lambda s: s["policy"]["success_rate"], 100),
+    ("reference length", lambda s: s["reference"]["mean_length"], 1),
+    ("policy length", lambda s: s["policy"]["mean_length"], 1),
+    ("held-out pair wins %", lambda s: wins(s["held_out"]), 100),
+]
+
+
+def weaker_reference(group):
+    return "-sft600" in group
+
+
 def dpo_table(groups):
     # The default recipe's rows first, then the variations (runs named with a changed flag).
     def variation(group):
         return any(marker in group for marker in ("-lr", "-rpo", "-beta"))
 
-    return table(groups, "dpo-", [
-        ("reference success %", lambda s: s["reference"]["success_rate"], 100),
-        ("policy success %", lambda s: s["policy"]["success_rate"], 100),
-        ("reference length", lambda s: s["reference"]["mean_length"], 1),
-        ("policy length", lambda s: s["policy"]["mean_length"], 1),
-        ("held-out pair wins %", lambda s: wins(s["held_out"]), 100),
-    ], order=lambda g: (variation(g[0]), g[0]))
+    return table(groups, "dpo-", GENERATIONS, order=lambda g: (variation(g[0]), g[0]),
+                 skip=weaker_reference)
+
+
+def on_policy_table(groups):
+    """The weaker reference's rows: offline pairs, then on-policy pairs."""
+    def sampled(field):
+        return lambda s: (s.get("policy_pairs") or {}).get(field, float("nan"))
+
+    return table(groups, "dpo-", GENERATIONS + [
+        ("on-policy pairs", sampled("pairs"), 1),
+        ("sample success %", sampled("mean_score"), 100),
+    ], skip=lambda g: not weaker_reference(g))
+
+
+def best_of_n_table(groups):
+    def rate(field):
+        return lambda s: s["best_of_n"][field]
+
+    return table(groups, "bestofn-", [
+        ("held-out pair accuracy %", lambda s: wins(s["after"]), 100),
+        ("reward model's pick %", rate("reward_model"), 100),
+        ("random pick %", rate("random"), 100),
+        ("oracle %", rate("oracle"), 100),
+    ])
 
 
 def reward_table(groups):
@@ -88,9 +122,18 @@ def tables(folder):
         "",
         dpo_table(groups),
         "",
+        "### DPO trainer from a weaker reference (600 supervised steps): offline and on-policy pairs",
+        "",
+        on_policy_table(groups),
+        "",
         "### Reward trainer: held-out pairwise accuracy (ties count as errors)",
         "",
         reward_table(groups),
+        "",
+        "### Reward trainer: best-of-8 on 128 held-out prompts (samples of the seed's "
+        "`dpo-dpo-sft600` policy)",
+        "",
+        best_of_n_table(groups),
     ])
 
 

@@ -1,0 +1,1 @@
+dpo_trainer --method dpo --sft-steps 600 --seed 3
