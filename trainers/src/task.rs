@@ -56,6 +56,15 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// The problem a prompt `"a+b="` poses, if it is one.
+    pub fn from_prompt(prompt: &str) -> Option<Problem> {
+        let (a, b) = prompt.strip_suffix('=')?.split_once('+')?;
+        Some(Problem {
+            a: a.parse().ok()?,
+            b: b.parse().ok()?,
+        })
+    }
+
     /// `"a+b="`.
     pub fn prompt(&self) -> String {
         format!("{}+{}=", self.a, self.b)

@@ -8,9 +8,10 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::dpo_eval::EvalPrompt;
+use super::dpo_eval::{is_task_data, EvalPrompt};
 use super::policy_pairs::{checker_scores, reward_model_scores};
 use super::samples::{sample_answers, SampleSettings, SamplingArgs};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::hub::{
     is_adapter_folder, load_adapted_causal_lm, AdapterFolder, LoadOptions, ModelFolder,
@@ -54,8 +55,8 @@ fn default_new_tokens() -> usize {
 }
 
 impl BestOfNArgs {
-    /// Checks the flags; `built_in` says whether the run is on the built-in task.
-    pub fn validate(&self, built_in: bool) -> std::result::Result<(), String> {
+    /// Checks the flags (the held-out prompts are checked with [`check_prompts`] once read).
+    pub fn validate(&self) -> std::result::Result<(), String> {
         self.sampling.sampling(0).check()?;
         match (self.best_of_n, &self.policy) {
             (0, None) => Ok(()),
@@ -66,15 +67,25 @@ impl BestOfNArgs {
                  DPO trainer wrote, e.g. runs/latest/model)"
                     .into(),
             ),
-            _ if !built_in => Err("--best-of-n scores answers with the built-in task's \
-                 checker: leave out --data"
-                .into()),
             _ if self.best_of_n_prompts == 0 || self.max_new_tokens == 0 => {
                 Err("--best-of-n-prompts and --max-new-tokens must be at least 1".into())
             }
             _ => Ok(()),
         }
     }
+}
+
+/// Checks, before training, that the task's checker can score answers to `eval`'s prompts
+/// (the built-in task, or a file of its problems such as `policy_pairs.jsonl`).
+pub fn check_prompts(args: &BestOfNArgs, eval: &Dataset) -> Result<()> {
+    if args.best_of_n == 0 || eval.source.starts_with("built-in") || is_task_data(eval) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        Path::new(&eval.source),
+        "--best-of-n scores answers with the built-in task's checker, and these held-out \
+         prompts are not all its problems (\"a+b=\"): leave out --data, or give data of the task",
+    ))
 }
 
 /// Best-of-n success rates on held-out prompts.

@@ -248,6 +248,8 @@ where
 {
     let common = &config.common;
     let data = Prepared::read(config)?;
+    // Read before training, so that a wrong folder fails at once and not after SFT.
+    let scorer = scorer::<B::InnerBackend>(config, &data, device)?;
     B::seed(device, common.seed);
     let mut loaded = data
         .source
@@ -305,8 +307,15 @@ where
     }
     let source = &data.source;
     let reference = reference_model(config, source, &policy, lora.is_some(), starts_dpo, device)?;
-    let on_policy = on_policy_pairs(config, &data, &reference, starts_dpo, device)?;
-    let (pairs, policy_pairs) = match on_policy {
+    let sampled = on_policy_pairs(
+        config,
+        &data,
+        &reference,
+        scorer.as_ref(),
+        starts_dpo,
+        device,
+    )?;
+    let (pairs, policy_pairs) = match sampled {
         Some((pairs, report)) => {
             trainer.println(&report.line());
             trainer.set_train_len(pairs.len());
@@ -470,6 +479,7 @@ fn on_policy_pairs<B: Backend>(
     config: &DpoConfig,
     data: &Prepared,
     reference: &CausalLm<B>,
+    scorer: Option<&RewardModel<B>>,
     starts_dpo: bool,
     device: &B::Device,
 ) -> Result<Option<(Vec<TokenizedPair>, PolicyPairsReport)>> {
@@ -477,17 +487,9 @@ fn on_policy_pairs<B: Backend>(
     if args.pairs_from_policy == 0 {
         return Ok(None);
     }
-    let reward_model = match (&args.reward_model, starts_dpo) {
-        (Some(dir), true) => Some(load_scorer::<B>(
-            dir,
-            data.source.config().vocab_size,
-            device,
-        )?),
-        _ => None,
-    };
     let source = PairSource {
         model: reference,
-        reward_model: reward_model.as_ref(),
+        reward_model: scorer,
         settings: SampleSettings {
             per_prompt: args.pairs_from_policy,
             sampling: args.sampling.sampling(common.seed),
@@ -504,6 +506,21 @@ fn on_policy_pairs<B: Backend>(
         device,
     )?;
     Ok(Some((tokenize(&pairs, tokenizer, common)?, report)))
+}
+
+/// The reward model that scores on-policy samples, when the run gives one.
+fn scorer<B: Backend>(
+    config: &DpoConfig,
+    data: &Prepared,
+    device: &B::Device,
+) -> Result<Option<RewardModel<B>>> {
+    match (&config.policy.reward_model, config.policy.pairs_from_policy) {
+        (Some(dir), k) if k > 0 => {
+            let vocab_size = data.source.config().vocab_size;
+            Ok(Some(load_scorer::<B>(dir, vocab_size, device)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The reward model that scores on-policy samples (`--reward-model`), checked to share the

@@ -171,13 +171,14 @@ pub struct EvalPrompt {
     pub problem: Option<Problem>,
 }
 
-/// The first `count` prompts of `eval` (built-in task: with their problems).
+/// The first `count` prompts of `eval`, with their problems when the data is the built-in
+/// task's (generated, or a file whose every prompt is one, such as `policy_pairs.jsonl`).
 pub fn eval_prompts(
     eval: &crate::data::Dataset,
     count: usize,
     tokenizer: &Tokenizer,
 ) -> Result<Vec<EvalPrompt>> {
-    let built_in = eval.source.starts_with("built-in");
+    let built_in = eval.source.starts_with("built-in") || is_task_data(eval);
     let mut prompts = Vec::new();
     for pair in eval.pairs.iter().take(count) {
         let text = match &pair.prompt {
@@ -188,7 +189,7 @@ pub fn eval_prompts(
             Text::Plain(text) => tokenizer.encode(text, true)?,
             Text::Conversation(messages) => tokenizer.encode_chat(messages, true)?,
         };
-        let problem = built_in.then(|| parse_problem(&text)).flatten();
+        let problem = built_in.then(|| Problem::from_prompt(&text)).flatten();
         prompts.push(EvalPrompt {
             ids,
             prompt: pair.prompt.clone(),
@@ -199,12 +200,12 @@ pub fn eval_prompts(
     Ok(prompts)
 }
 
-fn parse_problem(prompt: &str) -> Option<Problem> {
-    let (a, b) = prompt.strip_suffix('=')?.split_once('+')?;
-    Some(Problem {
-        a: a.parse().ok()?,
-        b: b.parse().ok()?,
-    })
+/// Whether every prompt of `data` is a problem of the built-in task (`"a+b="`), so that the
+/// task's checker can score answers to it.
+pub fn is_task_data(data: &crate::data::Dataset) -> bool {
+    data.pairs.iter().all(
+        |pair| matches!(&pair.prompt, Text::Plain(text) if Problem::from_prompt(text).is_some()),
+    )
 }
 
 pub(super) fn generations<B: burn::tensor::backend::Backend>(

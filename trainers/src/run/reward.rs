@@ -14,7 +14,7 @@ use otpref::{aplot_margins, AplotConfig, OtBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map};
 
-use super::best_of_n::{best_of_n, load_policy, BestOfN, BestOfNArgs};
+use super::best_of_n::{best_of_n, check_prompts, load_policy, BestOfN, BestOfNArgs};
 use super::config::{prepare_output, CommonConfig};
 use super::datasets::{datasets, tokenize};
 use super::dpo_eval::eval_prompts;
@@ -24,7 +24,7 @@ use crate::data::{collate_indices, collate_pairs, Dataset, TokenizedPair};
 use crate::error::{Error, Result};
 pub use crate::methods::RewardLoss;
 use crate::methods::{reward_loss, RewardObjective};
-use crate::model::RewardModel;
+use crate::model::{CausalLm, RewardModel};
 use crate::task::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
@@ -121,7 +121,7 @@ impl RewardConfig {
         if self.loss == RewardLoss::Aplot && self.common.batch_size < 2 {
             return Err("--loss aplot needs --batch-size of at least 2 (OT over the batch)".into());
         }
-        self.best_of_n.validate(self.common.data.is_none())
+        self.best_of_n.validate()
     }
 }
 
@@ -211,6 +211,13 @@ where
             )));
         }
     }
+    // What best-of-n needs is checked before training: its prompts and its policy.
+    check_prompts(&config.best_of_n, &eval)?;
+    let vocab_size = source.config().vocab_size;
+    let best_of_n_policy = match (&config.best_of_n.policy, config.best_of_n.best_of_n) {
+        (Some(dir), n) if n > 0 => Some(load_policy::<B::InnerBackend>(dir, vocab_size, device)?),
+        _ => None,
+    };
     let flipped = flip_labels(&mut train_pairs, config.label_noise, common.seed);
     println!(
         "label noise {}: {flipped} of {} training pairs flipped",
@@ -295,9 +302,11 @@ where
         "{}",
         log_accuracy(trainer.metrics(), common.steps, &summary.after)
     );
-    let vocab_size = source.config().vocab_size;
-    summary.best_of_n =
-        evaluate_best_of_n(config, &trained, vocab_size, &eval, &tokenizer, device)?;
+    if let Some(policy) = &best_of_n_policy {
+        summary.best_of_n = Some(evaluate_best_of_n(
+            config, &trained, policy, &eval, &tokenizer, device,
+        )?);
+    }
     let points = margin_points(config, &trained, &eval_pairs, pad, device)?;
     super::report::write_margins_page(
         &common.output.join("margins.html"),
@@ -504,29 +513,25 @@ fn log_accuracy(metrics: &mut MetricsLog, step: usize, accuracy: &PairwiseAccura
     )
 }
 
-/// Best-of-n of the trained reward model when the run asks for it, with its log line.
+/// Best-of-n of the trained reward model on `policy`'s samples, with its log line.
 fn evaluate_best_of_n<B: Backend>(
     config: &RewardConfig,
     trained: &RewardModel<B>,
-    vocab_size: usize,
+    policy: &CausalLm<B>,
     eval: &Dataset,
     tokenizer: &Tokenizer,
     device: &B::Device,
-) -> Result<Option<BestOfN>> {
+) -> Result<BestOfN> {
     let args = &config.best_of_n;
-    let Some(dir) = args.policy.as_ref().filter(|_| args.best_of_n > 0) else {
-        return Ok(None);
-    };
-    let policy = load_policy::<B>(dir, vocab_size, device)?;
     let prompts = eval_prompts(eval, args.best_of_n_prompts, tokenizer)?;
     let settings = SampleSettings {
         per_prompt: args.best_of_n,
         sampling: args.sampling.sampling(config.common.seed),
         max_new_tokens: args.max_new_tokens,
     };
-    let result = best_of_n(trained, &policy, &prompts, tokenizer, &settings, device)?;
+    let result = best_of_n(trained, policy, &prompts, tokenizer, &settings, device)?;
     println!("{}", result.line());
-    Ok(Some(result))
+    Ok(result)
 }
 
 fn print_summary(summary: &RewardSummary) {
