@@ -346,14 +346,37 @@ fn sampling_flags_are_checked_before_training() {
     let out = ScratchFolder::empty("policy-pairs-own-data");
     std::fs::create_dir_all(&out.0).unwrap();
     let data = out.0.join("pairs.jsonl");
-    std::fs::write(
-        &data,
-        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n",
-    )
-    .unwrap();
+    let line = "{\"prompt\": \"12\", \"chosen\": \"3\", \"rejected\": \"4\"}\n";
+    std::fs::write(&data, line.repeat(3)).unwrap();
     let stderr = failure(
         DPO,
         &["--data", data.to_str().unwrap(), "--pairs-from-policy", "4"],
     );
-    assert!(stderr.contains("needs --reward-model DIR"), "{stderr}");
+    assert!(
+        stderr
+            .contains("pairs.jsonl: --pairs-from-policy on your own data needs --reward-model DIR"),
+        "{stderr}"
+    );
+    // Best-of-n needs prompts the task's checker can score, and a policy that loads: both are
+    // found before training, as is a reward model that does not load.
+    let data = data.to_str().unwrap();
+    let stderr = failure(
+        REWARD,
+        &[
+            "--data",
+            data,
+            "--best-of-n",
+            "4",
+            "--policy",
+            "/no/such/policy",
+        ],
+    );
+    assert!(stderr.contains("not all its problems"), "{stderr}");
+    let stderr = failure(REWARD, &["--best-of-n", "4", "--policy", "/no/such/policy"]);
+    assert!(stderr.contains("/no/such/policy"), "{stderr}");
+    let stderr = failure(
+        DPO,
+        &["--pairs-from-policy", "4", "--reward-model", "/no/such/rm"],
+    );
+    assert!(stderr.contains("/no/such/rm"), "{stderr}");
 }

@@ -21,7 +21,9 @@ use super::dpo_eval::{
     eval_prompts, generations, held_out, log_held_out, weighted_examples, Generations, HeldOut,
 };
 use super::model_source::{model_and_tokenizer, ModelSource};
-use super::policy_pairs::{dpo_pairs, PairSource, PolicyPairsArgs, PolicyPairsReport};
+use super::policy_pairs::{
+    check_scorable, dpo_pairs, PairSource, PolicyPairsArgs, PolicyPairsReport,
+};
 use super::samples::SampleSettings;
 use crate::data::{collate_indices, Dataset, TokenizedPair};
 use crate::error::{Error, Result};
@@ -144,7 +146,7 @@ impl DpoConfig {
         if self.common.steps == 0 {
             return Err("--steps must be at least 1".into());
         }
-        self.policy.validate(self.common.data.is_none())
+        self.policy.validate()
     }
 
     /// What the DPO family's loss reads from these settings.
@@ -225,6 +227,7 @@ impl Prepared {
         let common = &config.common;
         let (source, tokenizer) = model_and_tokenizer(common)?;
         let (train, eval) = datasets(common)?;
+        check_scorable(&config.policy, &train)?;
         let train_pairs = tokenize(&train, &tokenizer, common)?;
         let eval_pairs = tokenize(&eval, &tokenizer, common)?;
         prepare_output(&common.output, config)?;

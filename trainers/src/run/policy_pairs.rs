@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::dpo_eval::{eval_prompts, EvalPrompt};
+use super::dpo_eval::{eval_prompts, is_task_data, EvalPrompt};
 use super::reward_scores::reward_scores;
 use super::samples::{as_response, sample_answers, SampleSettings, SamplingArgs};
 use crate::data::{read_jsonl, write_jsonl, Dataset, PreferencePair, Text};
@@ -40,8 +40,8 @@ pub struct PolicyPairsArgs {
 }
 
 impl PolicyPairsArgs {
-    /// Checks the flags; `built_in` says whether the run trains on the built-in task.
-    pub fn validate(&self, built_in: bool) -> std::result::Result<(), String> {
+    /// Checks the flags (the data is checked with [`check_scorable`] once read).
+    pub fn validate(&self) -> std::result::Result<(), String> {
         self.sampling.sampling(0).check()?;
         if self.reward_model.is_some() && self.pairs_from_policy == 0 {
             return Err(
@@ -51,17 +51,26 @@ impl PolicyPairsArgs {
         match self.pairs_from_policy {
             0 => Ok(()),
             1 => Err("--pairs-from-policy needs at least 2 samples per prompt to pair".into()),
-            _ if !built_in && self.reward_model.is_none() => Err(
-                "--pairs-from-policy on your own --data needs --reward-model DIR to score the \
-                 samples (the built-in checker knows only the built-in task)"
-                    .into(),
-            ),
             _ if self.sampling.temperature == 0.0 => Err("--pairs-from-policy with \
                  --temperature 0 draws K equal samples: give a temperature above 0"
                 .into()),
             _ => Ok(()),
         }
     }
+}
+
+/// Checks, before training, that the samples for `train`'s prompts can be scored: by the reward
+/// model, or by the task's checker on the built-in task (or a file of its problems).
+pub fn check_scorable(args: &PolicyPairsArgs, train: &Dataset) -> Result<()> {
+    let checkable = train.source.starts_with("built-in") || is_task_data(train);
+    if args.pairs_from_policy == 0 || args.reward_model.is_some() || checkable {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        Path::new(&train.source),
+        "--pairs-from-policy on your own data needs --reward-model DIR to score the samples \
+         (the built-in checker knows only the built-in task's problems)",
+    ))
 }
 
 /// What sampling the pairs found (written to `summary.json`).
