@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces docs/results.md: every run of the built-in task's comparison, then the tables.
 #
-#   scripts/results.sh            # all 46 runs (about 95 minutes on 2 cores), then the tables
+#   scripts/results.sh            # all 70 runs (about two hours on 2 cores), then the tables
 #   RUNS=runs/results scripts/results.sh   # where the run folders go (the default)
 #
 # A run whose folder already has a summary.json is not run again, so an interrupted sweep
@@ -58,16 +58,21 @@ run dpo-dpo-lr5e-6-beta0.5-seed1 dpo_trainer --method dpo --lr 5e-6 --beta 0.5 -
 run dpo-dpo-rpo0-seed1 dpo_trainer --method dpo --rpo-alpha 0 --seed 1
 
 # On-policy pairs from a weaker reference (600 supervised steps, the README's main job): the
-# offline pairs, then K = 4 samples per training prompt scored by the task's checker; then
-# best-of-8 for both reward losses on the seed-1 offline policy's samples.
+# offline pairs, then K = 4 samples per training prompt scored by the task's checker, for every
+# method over three seeds (OTPO's own ablations on one); then best-of-8 for both reward losses
+# on each seed's offline policy, and label noise 0.4.
 for seed in 1 2 3; do
     run "dpo-dpo-sft600-seed$seed" dpo_trainer --method dpo --sft-steps 600 --seed "$seed"
-    for method in dpo otpo; do
+    for method in dpo otpo confpo simpo sampo ld-dpo; do
         run "dpo-$method-sft600-onpolicy4-seed$seed" dpo_trainer --method "$method" --sft-steps 600 --pairs-from-policy 4 --seed "$seed"
     done
+    for loss in bt aplot; do
+        run "bestofn-$loss-seed$seed" reward_trainer --loss "$loss" --best-of-n 8 --policy "$RUNS/dpo-dpo-sft600-seed$seed/model" --seed "$seed"
+        run "reward-$loss-noise0.4-seed$seed" reward_trainer --loss "$loss" --label-noise 0.4 --seed "$seed"
+    done
 done
-for loss in bt aplot; do
-    run "bestofn-$loss-seed1" reward_trainer --loss "$loss" --best-of-n 8 --policy "$RUNS/dpo-dpo-sft600-seed1/model" --seed 1
+for method in uniform similarity; do
+    run "dpo-$method-sft600-onpolicy4-seed1" dpo_trainer --method "$method" --sft-steps 600 --pairs-from-policy 4 --seed 1
 done
 
 python3 scripts/results_table.py "$SAVED" docs/results.md

@@ -1,0 +1,1 @@
+reward_trainer --loss aplot --best-of-n 8 --policy runs/results/dpo-dpo-sft600-seed3/model --seed 3

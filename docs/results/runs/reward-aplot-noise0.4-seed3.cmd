@@ -1,0 +1,1 @@
+reward_trainer --loss aplot --label-noise 0.4 --seed 3
