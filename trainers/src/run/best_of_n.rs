@@ -9,13 +9,12 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::dpo_eval::{is_task_data, EvalPrompt};
+use super::model_source::load_for_role;
 use super::policy_pairs::{checker_scores, reward_model_scores};
 use super::samples::{sample_answers, SampleSettings, SamplingArgs};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::hub::{
-    is_adapter_folder, load_adapted_causal_lm, AdapterFolder, LoadOptions, ModelFolder,
-};
+use crate::hub::{load_adapted_causal_lm, LoadOptions};
 use crate::model::{CausalLm, RewardModel};
 use crate::tokenizer::Tokenizer;
 
@@ -169,24 +168,14 @@ pub fn load_policy<B: Backend>(
     device: &B::Device,
 ) -> Result<CausalLm<B>> {
     let options = LoadOptions::default();
-    let (folder, model) = if is_adapter_folder(dir) {
-        let adapter = AdapterFolder::open(dir)?;
-        let (base, model) = load_adapted_causal_lm::<B>(&adapter, &options, device)?;
-        (base, model.merge_lora())
-    } else {
-        let folder = ModelFolder::open(dir)?;
-        let model = folder.load_causal_lm::<B>(&options, device)?;
-        (folder, model)
-    };
-    let theirs = folder.config().vocab_size;
-    if theirs != vocab_size {
-        return Err(Error::invalid(
-            dir,
-            format!(
-                "--policy has a vocabulary of {theirs} tokens and the reward model \
-                 {vocab_size}: sample a policy that uses the reward model's tokenizer"
-            ),
-        ));
-    }
-    Ok(model)
+    load_for_role(
+        dir,
+        "--policy",
+        vocab_size,
+        |folder| folder.load_causal_lm::<B>(&options, device),
+        |adapter| {
+            let (base, model) = load_adapted_causal_lm::<B>(adapter, &options, device)?;
+            Ok((base, model.merge_lora()))
+        },
+    )
 }

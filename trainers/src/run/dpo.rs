@@ -20,16 +20,14 @@ use super::datasets::{datasets, tokenize};
 use super::dpo_eval::{
     eval_prompts, generations, held_out, log_held_out, weighted_examples, Generations, HeldOut,
 };
-use super::model_source::{model_and_tokenizer, ModelSource};
+use super::model_source::{load_for_role, model_and_tokenizer, ModelSource};
 use super::policy_pairs::{
     check_scorable, dpo_pairs, PairSource, PolicyPairsArgs, PolicyPairsReport,
 };
 use super::samples::SampleSettings;
 use crate::data::{collate_indices, Dataset, TokenizedPair};
-use crate::error::{Error, Result};
-use crate::hub::{
-    is_adapter_folder, load_adapted_reward_model, AdapterFolder, LoadOptions, ModelFolder,
-};
+use crate::error::Result;
+use crate::hub::{load_adapted_reward_model, LoadOptions};
 use crate::methods::{
     dpo_loss, reference_logps, sft_loss, DpoLoss, DpoMethod, DpoObjective, MethodSettings,
     ReferenceLogps,
@@ -534,26 +532,16 @@ fn load_scorer<B: Backend>(
     device: &B::Device,
 ) -> Result<RewardModel<B>> {
     let options = LoadOptions::default();
-    let (folder, model) = if is_adapter_folder(dir) {
-        let adapter = AdapterFolder::open(dir)?;
-        let (base, model) = load_adapted_reward_model::<B>(&adapter, &options, device)?;
-        (base, model.merge_lora())
-    } else {
-        let folder = ModelFolder::open(dir)?;
-        let model = folder.load_reward_model::<B>(&options, device)?;
-        (folder, model)
-    };
-    let (theirs, ours) = (folder.config().vocab_size, vocab_size);
-    if theirs != ours {
-        return Err(Error::invalid(
-            dir,
-            format!(
-                "--reward-model has a vocabulary of {theirs} tokens and the policy {ours}: \
-                 score with a reward model trained with the policy's tokenizer"
-            ),
-        ));
-    }
-    Ok(model)
+    load_for_role(
+        dir,
+        "--reward-model",
+        vocab_size,
+        |folder| folder.load_reward_model::<B>(&options, device),
+        |adapter| {
+            let (base, model) = load_adapted_reward_model::<B>(adapter, &options, device)?;
+            Ok((base, model.merge_lora()))
+        },
+    )
 }
 
 /// The supervised warm-up as a [`Method`]: the chosen responses' NLL.

@@ -224,3 +224,34 @@ pub fn model_and_tokenizer(config: &CommonConfig) -> Result<(ModelSource, Tokeni
         }
     }
 }
+
+/// A model a trainer wrote, read back for another role (the policy of best-of-n, the reward
+/// model that scores on-policy samples): a full folder (`full`) or a PEFT adapter folder on its
+/// base (`adapted`, merged by the caller), checked to have `vocab_size` tokens, as this run's
+/// model does; `flag` names it in the errors.
+pub fn load_for_role<M>(
+    dir: &Path,
+    flag: &str,
+    vocab_size: usize,
+    full: impl FnOnce(&ModelFolder) -> Result<M>,
+    adapted: impl FnOnce(&AdapterFolder) -> Result<(ModelFolder, M)>,
+) -> Result<M> {
+    let (folder, model) = if is_adapter_folder(dir) {
+        adapted(&AdapterFolder::open(dir)?)?
+    } else {
+        let folder = ModelFolder::open(dir)?;
+        let model = full(&folder)?;
+        (folder, model)
+    };
+    let theirs = folder.config().vocab_size;
+    if theirs != vocab_size {
+        return Err(crate::error::Error::invalid(
+            dir,
+            format!(
+                "{flag} has a vocabulary of {theirs} tokens and this run's model {vocab_size}: \
+                 give one that uses this run's tokenizer"
+            ),
+        ));
+    }
+    Ok(model)
+}
