@@ -13,7 +13,7 @@
 //! - [`data`]: TRL's preference format (JSON lines) read, tokenized, truncated and collated;
 //! - [`task`]: the built-in task (worked three-digit addition) with its confounds and scoring;
 //! - [`training`]: the one training loop and its parts (schedule, global-norm clipping,
-//!   checkpoints, metrics, progress, Ctrl-C), and the memory plan;
+//!   checkpoints, metrics, progress, Ctrl-C, data-parallel replicas), and the memory plan;
 //! - [`methods`]: the preference methods' loss assembly (SFT, the DPO family, the reward
 //!   model) as flags select them;
 //! - [`run`]: the trainer programs' bodies (`src/bin/*` parse the command line and call in).

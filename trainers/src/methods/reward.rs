@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::PairBatch;
 use crate::error::Result;
 use crate::model::RewardModel;
-use crate::training::scalar;
+use crate::training::{scalar, Replica};
 
 /// The reward model's loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub struct RewardObjective {
     pub aplot: AplotConfig,
     /// Reward centering's coefficient.
     pub center_rewards: f64,
+    /// The run's replicas: APLOT's margins are OT over the whole global batch, so each
+    /// replica gathers every replica's rows before computing them.
+    pub replica: Replica,
 }
 
 /// The loss of one reward-model batch and what to log about it.
@@ -76,16 +79,12 @@ where
             &chosen.device(),
         )),
         RewardLoss::PointMargin => Some(batch.margins.expect("checked before training")),
-        RewardLoss::Aplot => {
-            let pooled = out.pooled.detach();
-            Some(aplot_margins(
-                pooled.clone().narrow(0, 0, b),
-                pooled.narrow(0, b, b),
-                chosen.clone().detach(),
-                rejected.clone().detach(),
-                &objective.aplot.clone(),
-            )?)
-        }
+        RewardLoss::Aplot => Some(global_aplot_margins(
+            objective,
+            out.pooled.detach(),
+            chosen.clone().detach(),
+            rejected.clone().detach(),
+        )?),
     };
     let margin_time = started.elapsed();
     let margin_mean = margin.clone().map_or(0.0, |m| scalar(m.mean()));
@@ -111,4 +110,34 @@ where
         metrics,
         margin_time,
     })
+}
+
+/// APLOT's margins of this replica's `b` pairs, computed by OT over the global batch: every
+/// replica's pooled representations `[2b, hidden]` (chosen rows, then rejected) and rewards
+/// `[b]` gathered in rank order, the OT problem solved on all of them, this replica's rows of
+/// the result kept. With one replica, the batch's own margins. Margins take no gradient, so
+/// the gather needs none.
+fn global_aplot_margins<B>(
+    objective: &RewardObjective,
+    pooled: Tensor<B, 2>,
+    chosen: Tensor<B, 1>,
+    rejected: Tensor<B, 1>,
+) -> Result<Tensor<B, 1>>
+where
+    B: AutodiffBackend + OtBackend,
+{
+    let replica = &objective.replica;
+    let b = chosen.dims()[0];
+    let gather2 = |t: Tensor<B, 2>| replica.gather_rows(t.inner()).map(Tensor::from_inner);
+    let gather1 = |t: Tensor<B, 1>| replica.gather_rows(t.inner()).map(Tensor::from_inner);
+    let pooled_chosen = gather2(pooled.clone().narrow(0, 0, b))?;
+    let pooled_rejected = gather2(pooled.narrow(0, b, b))?;
+    let margins = aplot_margins(
+        pooled_chosen,
+        pooled_rejected,
+        gather1(chosen)?,
+        gather1(rejected)?,
+        &objective.aplot,
+    )?;
+    Ok(margins.narrow(0, replica.rank() * b, b))
 }

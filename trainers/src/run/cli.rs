@@ -11,12 +11,13 @@ use otpref::OtBackend;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::config::{apply_config_file, CommonConfig, DeviceKind};
+use super::parallel::train_replicas;
 use super::resume::{resolve, ResumeMode};
 use crate::data::write_jsonl;
 use crate::error::Result;
 use crate::task::{self, TaskConfig};
 use crate::training::plan::{largest_batch, plan, PlanInput};
-use crate::training::{Checkpoints, StopSignal};
+use crate::training::{Checkpoints, Replica, StopSignal};
 
 /// Flags of a trainer program that are not settings of the run.
 #[derive(Debug, Clone, Args)]
@@ -42,16 +43,23 @@ pub struct RunOptions {
 }
 
 /// A trainer's settings, and how to train with them.
-pub trait TrainerSettings: Args + FromArgMatches + Serialize + DeserializeOwned {
+pub trait TrainerSettings:
+    Args + FromArgMatches + Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+{
     /// The settings both trainers share.
     fn common(&self) -> &CommonConfig;
     /// Checks every setting; the message names the flag.
     fn validate(&self) -> std::result::Result<(), String>;
     /// What the memory plan of this run is computed from.
     fn plan_input(&self) -> Result<PlanInput>;
-    /// Trains on backend `B` (from the newest checkpoint when `resume`); returns the signal
-    /// that stopped the run before its end, if one did.
-    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<Option<StopSignal>>
+    /// Trains on backend `B` as `replica` of the run (from the newest checkpoint when
+    /// `resume`); returns the signal that stopped the run before its end, if one did.
+    fn train<B>(
+        &self,
+        resume: bool,
+        device: &B::Device,
+        replica: &Replica,
+    ) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend + OtBackend,
         B::InnerBackend: OtBackend;
@@ -109,10 +117,18 @@ fn run<S: TrainerSettings>(
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let as_json = serde_json::to_value(&settings).expect("configurations serialise");
     let resume = resolve(options.resume, &checkpoints, &as_json).map_err(|e| e.to_string())?;
+    let replicas = common.parallel.replicas();
     let trained = match common.device {
-        DeviceKind::Cpu => settings
-            .train::<burn::backend::Autodiff<burn::backend::Flex>>(resume, &Default::default()),
-        DeviceKind::Cuda => train_on_cuda(&settings, resume),
+        DeviceKind::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            // Replicas on the CPU share its one device (each is a thread).
+            let devices = vec![Default::default(); replicas.len()];
+            let settings = settings.clone();
+            train_replicas::<B, _>(replicas, devices, move |replica, device| {
+                settings.train::<B>(resume, device, replica)
+            })
+        }
+        DeviceKind::Cuda => train_on_cuda(&settings, resume, replicas),
     };
     trained.map_err(|e| e.to_string())
 }
@@ -150,22 +166,43 @@ fn print_plan<S: TrainerSettings>(settings: &S, budget: Option<f64>) -> Result<(
     Ok(())
 }
 
+/// One replica per GPU of `--devices`.
 #[cfg(feature = "cuda")]
-fn train_on_cuda<S: TrainerSettings>(settings: &S, resume: bool) -> Result<Option<StopSignal>> {
-    let device = cuda_device()?;
-    settings.train::<burn::backend::Autodiff<burn::backend::Cuda>>(resume, &device)
+fn train_on_cuda<S: TrainerSettings>(
+    settings: &S,
+    resume: bool,
+    replicas: Vec<Replica>,
+) -> Result<Option<StopSignal>> {
+    type B = burn::backend::Autodiff<burn::backend::Cuda>;
+    let indices = settings
+        .common()
+        .parallel
+        .device_indices()
+        .map_err(crate::Error::Training)?;
+    let devices = indices
+        .into_iter()
+        .map(cuda_device)
+        .collect::<Result<Vec<_>>>()?;
+    let settings = settings.clone();
+    train_replicas::<B, _>(replicas, devices, move |replica, device| {
+        settings.train::<B>(resume, device, replica)
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
-fn train_on_cuda<S: TrainerSettings>(_: &S, _: bool) -> Result<Option<StopSignal>> {
+fn train_on_cuda<S: TrainerSettings>(
+    _: &S,
+    _: bool,
+    _: Vec<Replica>,
+) -> Result<Option<StopSignal>> {
     unreachable!("validate() refuses --device cuda without the cuda feature")
 }
 
-/// The first CUDA device, checked to work: without a usable driver this is a one-line error
-/// instead of a panic deep inside the backend.
+/// CUDA device `index`, checked to work: without a usable driver (or with no such GPU) this is
+/// a one-line error instead of a panic deep inside the backend.
 #[cfg(feature = "cuda")]
-pub fn cuda_device() -> crate::Result<burn::backend::cuda::CudaDevice> {
-    let device = burn::backend::cuda::CudaDevice::default();
+pub fn cuda_device(index: usize) -> crate::Result<burn::backend::cuda::CudaDevice> {
+    let device = burn::backend::cuda::CudaDevice::new(index);
     let probe = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -175,10 +212,9 @@ pub fn cuda_device() -> crate::Result<burn::backend::cuda::CudaDevice> {
     });
     std::panic::set_hook(hook);
     works.map(|_| device).map_err(|_| {
-        crate::Error::Training(
-            "--device cuda: no usable CUDA device (is the NVIDIA driver installed and a GPU \
-             visible?)"
-                .into(),
-        )
+        crate::Error::Training(format!(
+            "--device cuda: no usable CUDA device {index} (is the NVIDIA driver installed \
+                 and the GPU visible? see --devices)"
+        ))
     })
 }

@@ -10,10 +10,11 @@ use clap::{ArgMatches, Args, ValueEnum};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
+use super::parallel::ParallelArgs;
 use crate::error::{Error, Result as TrainResult};
 use crate::hub::is_adapter_folder;
 use crate::model::{LoraConfig, LoraTarget};
-use crate::training::{LoopConfig, Phase, WarmupCosine};
+use crate::training::{LoopConfig, Phase, Replica, WarmupCosine};
 
 /// Where to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -232,6 +233,10 @@ pub struct CommonConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub lora: LoraArgs,
+    /// Data-parallel replicas, on this machine and on several.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub parallel: ParallelArgs,
 }
 
 impl CommonConfig {
@@ -315,6 +320,7 @@ impl CommonConfig {
             }
         }
         self.lora.validate(self.model.as_deref())?;
+        self.parallel.validate(self.device == DeviceKind::Cuda)?;
         if self.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
             return Err(
                 "--device cuda: this program was built without CUDA; rebuild with `--features cuda`"
@@ -327,7 +333,7 @@ impl CommonConfig {
 
 impl CommonConfig {
     /// The training loop's settings for a run trained with `lora` adapters (or none).
-    pub fn loop_config(&self, lora: Option<&LoraConfig>) -> LoopConfig {
+    pub fn loop_config(&self, lora: Option<&LoraConfig>, replica: &Replica) -> LoopConfig {
         LoopConfig {
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
@@ -341,6 +347,7 @@ impl CommonConfig {
             shuffle: self.shuffle,
             // Adapter dropout draws inside the step: seeded per step, resume stays exact.
             reseed_every_step: lora.is_some_and(|l| l.dropout > 0.0),
+            replica: replica.clone(),
         }
     }
 

@@ -68,7 +68,7 @@ pub fn tokenize(
         max_prompt_length: config.max_prompt_length,
     };
     let (pairs, report) = tokenize_dataset(dataset, tokenizer, limits)?;
-    println!("{}: {report}", dataset.source);
+    crate::say!("{}: {report}", dataset.source);
     if pairs.is_empty() {
         return Err(Error::invalid(
             Path::new(&dataset.source),

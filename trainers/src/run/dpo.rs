@@ -33,10 +33,11 @@ use crate::methods::{
     ReferenceLogps,
 };
 use crate::model::{CausalLm, LoraConfig, RewardModel};
+use crate::say;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    load_module, save_module, scalar, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts,
-    StopSignal, Trainer,
+    drawn, load_module, one_at_a_time, save_module, scalar, Checkpoints, Method, MetricsLog,
+    MicroStep, ParameterCounts, Replica, StopSignal, Trainer,
 };
 
 /// Every setting of the DPO trainer.
@@ -179,12 +180,17 @@ impl super::cli::TrainerSettings for DpoConfig {
         super::plan::plan_input(&self.common, true, !self.precompute_ref)
     }
 
-    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<Option<StopSignal>>
+    fn train<B>(
+        &self,
+        resume: bool,
+        device: &B::Device,
+        replica: &Replica,
+    ) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend + OtBackend,
         B::InnerBackend: OtBackend,
     {
-        run::<B>(self, resume, device).map(|summary| summary.stopped_by)
+        run::<B>(self, resume, device, replica).map(|summary| summary.stopped_by)
     }
 }
 
@@ -228,7 +234,9 @@ impl Prepared {
         check_scorable(&config.policy, &train)?;
         let train_pairs = tokenize(&train, &tokenizer, common)?;
         let eval_pairs = tokenize(&eval, &tokenizer, common)?;
-        prepare_output(&common.output, config)?;
+        if crate::training::speaks() {
+            prepare_output(&common.output, config)?;
+        }
         Ok(Self {
             source,
             tokenizer,
@@ -242,7 +250,12 @@ impl Prepared {
 
 /// Runs the DPO trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`):
 /// SFT then DPO, two fits of the same loop.
-pub fn run<B>(config: &DpoConfig, resume: bool, device: &B::Device) -> Result<DpoSummary>
+pub fn run<B>(
+    config: &DpoConfig,
+    resume: bool,
+    device: &B::Device,
+    replica: &Replica,
+) -> Result<DpoSummary>
 where
     B: AutodiffBackend + OtBackend,
     B::InnerBackend: OtBackend,
@@ -251,15 +264,22 @@ where
     let data = Prepared::read(config)?;
     // Read before training, so that a wrong folder fails at once and not after SFT.
     let scorer = scorer::<B::InnerBackend>(config, &data, device)?;
-    B::seed(device, common.seed);
-    let mut loaded = data
-        .source
-        .load_policy::<B>(common.lora.config().as_ref(), device)?;
+    // Seeded and drawn by one replica at a time, so each draws what one device would.
+    let mut loaded = one_at_a_time(|| {
+        B::seed(device, common.seed);
+        let mut loaded = data
+            .source
+            .load_policy::<B>(common.lora.config().as_ref(), device)?;
+        loaded.model = drawn(loaded.model);
+        Result::Ok(loaded)
+    })?;
     if common.gradient_checkpointing {
         loaded.model = loaded.model.with_gradient_checkpointing();
     }
     let lora = loaded.lora;
-    println!("{}", ParameterCounts::of(&loaded.model));
+    // Replicas start from the main one's parameters (fresh adapters, the built-in model).
+    loaded.model = replica.main_parameters(loaded.model)?;
+    say!("{}", ParameterCounts::of(&loaded.model));
     let new_optimizer = || common.optimizer().init::<B, CausalLm<B>>();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints)
         .with_settings(serde_json::to_value(config).expect("configurations serialise"));
@@ -272,7 +292,7 @@ where
     };
     let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
     let total = config.sft_steps + common.steps;
-    let loop_config = common.loop_config(lora.as_ref());
+    let loop_config = common.loop_config(lora.as_ref(), replica);
     let mut trainer = Trainer::new(
         loop_config,
         data.train_pairs.len(),
@@ -301,8 +321,11 @@ where
             // The warm-up's adapters become part of the frozen base, and DPO trains fresh ones
             // on top (as one merges an SFT adapter before DPO with PEFT). Seeded by the step,
             // so that a resumed run draws the same adapters.
-            B::seed(device, common.seed.wrapping_add(config.sft_steps as u64));
-            policy = policy.merge_lora().with_lora(lora, device);
+            let fresh = one_at_a_time(|| {
+                B::seed(device, common.seed.wrapping_add(config.sft_steps as u64));
+                drawn(policy.merge_lora().with_lora(lora, device))
+            });
+            policy = replica.main_parameters(fresh)?;
         }
         optimizer = new_optimizer();
     }
@@ -348,6 +371,9 @@ where
     trainer.finish();
     if let Some(signal) = fitted.stopped {
         return Ok(DpoSummary::stopped(config.method, signal));
+    }
+    if !replica.is_main() {
+        return Ok(DpoSummary::unsummarised(config.method));
     }
     let share = method.weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
     let trained = fitted.model.valid();
@@ -396,7 +422,7 @@ fn summarise<B: Backend + OtBackend>(
         device,
     )?;
     let total = config.sft_steps + common.steps;
-    println!("{}", log_held_out(metrics, total, &held_out));
+    say!("{}", log_held_out(metrics, total, &held_out));
     let prompts = eval_prompts(&data.eval, config.eval_prompts, tokenizer)?;
     let new_tokens = config.max_new_tokens;
     let reference_generations = generations(reference, &prompts, tokenizer, new_tokens, device)?;
@@ -437,7 +463,15 @@ fn summarise<B: Backend + OtBackend>(
 impl DpoSummary {
     /// The summary of a run stopped by `signal` before its last step.
     fn stopped(method: DpoMethod, signal: StopSignal) -> Self {
-        println!("stopped before the last step: no final evaluation, no model saved");
+        say!("stopped before the last step: no final evaluation, no model saved");
+        Self {
+            stopped_by: Some(signal),
+            ..Self::unsummarised(method)
+        }
+    }
+
+    /// A run that ends without a summary (a secondary replica's, or one stopped early).
+    fn unsummarised(method: DpoMethod) -> Self {
         Self {
             method,
             held_out: HeldOut::default(),
@@ -445,7 +479,7 @@ impl DpoSummary {
             policy: Generations::default(),
             weight_time_share: 0.0,
             model_dir: PathBuf::new(),
-            stopped_by: Some(signal),
+            stopped_by: None,
             policy_pairs: None,
         }
     }
@@ -468,7 +502,9 @@ fn reference_model<B: AutodiffBackend>(
     }
     if starts_dpo {
         let frozen = policy.valid();
-        save_module(&frozen, &path)?;
+        if crate::training::speaks() {
+            save_module(&frozen, &path)?;
+        }
         return Ok(frozen);
     }
     load_module(CausalLm::new(source.config(), device), &path, device)
@@ -660,14 +696,16 @@ where
 }
 
 fn print_summary(summary: &DpoSummary) {
-    println!("\n== {:?} summary", summary.method);
+    say!("\n== {:?} summary", summary.method);
     if let Some(report) = &summary.policy_pairs {
-        println!("{}", report.line());
+        say!("{}", report.line());
     }
     let h = &summary.held_out;
-    println!(
+    say!(
         "held-out pairs (implicit reward of chosen vs rejected): {} wins, {} ties, {} losses",
-        h.wins, h.ties, h.losses
+        h.wins,
+        h.ties,
+        h.losses
     );
     for (name, g) in [
         ("reference", &summary.reference),
@@ -678,15 +716,15 @@ fn print_summary(summary: &DpoSummary) {
             .map_or("n/a (no checkable answers in this data)".into(), |s| {
                 format!("{:.1}%", 100.0 * s)
             });
-        println!(
+        say!(
             "{name:>9}: success {success}, mean generated length {:.1} tokens",
             g.mean_length
         );
     }
     for (prompt, text) in summary.policy.examples.iter().take(3) {
-        println!("  {prompt:?} -> {text:?}");
+        say!("  {prompt:?} -> {text:?}");
     }
-    println!(
+    say!(
         "token weights: {:.1}% of DPO step time; model saved to {}",
         100.0 * summary.weight_time_share,
         summary.model_dir.display()

@@ -9,6 +9,7 @@ pub mod datasets;
 pub mod dpo;
 pub mod dpo_eval;
 pub mod model_source;
+pub mod parallel;
 pub mod plan;
 pub mod policy_pairs;
 pub mod report;

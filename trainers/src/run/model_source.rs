@@ -179,7 +179,7 @@ impl ModelSource {
     ) -> Option<Result<()>> {
         let lora = lora.filter(|_| !merge)?;
         let Some(base) = self.adapter_base() else {
-            println!(
+            crate::say!(
                 "the built-in model has no folder an adapter could name as its base: saving \
                  the merged model instead"
             );

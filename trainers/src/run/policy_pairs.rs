@@ -232,8 +232,11 @@ pub fn dpo_pairs<B: Backend>(
             source.settings.per_prompt
         )));
     }
-    write_jsonl(&path, &pairs)?;
-    crate::training::write_json(&report_path, &report)?;
+    // Every replica samples the same pairs (seeded); the main one writes them.
+    if crate::training::speaks() {
+        write_jsonl(&path, &pairs)?;
+        crate::training::write_json(&report_path, &report)?;
+    }
     Ok((
         Dataset::from_pairs(path.display().to_string(), pairs),
         report,

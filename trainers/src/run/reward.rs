@@ -25,10 +25,12 @@ use crate::error::{Error, Result};
 pub use crate::methods::RewardLoss;
 use crate::methods::{reward_loss, RewardObjective};
 use crate::model::{CausalLm, RewardModel};
+use crate::say;
 use crate::task::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, StopSignal, Trainer,
+    drawn, one_at_a_time, Checkpoints, Method, MetricsLog, MicroStep, ParameterCounts, Replica,
+    StopSignal, Trainer,
 };
 
 /// Every setting of the reward trainer.
@@ -77,9 +79,10 @@ impl RewardConfig {
             .with_scale(self.aplot_scale)
     }
 
-    /// What the reward model's loss reads from these settings.
-    pub fn objective(&self) -> RewardObjective {
+    /// What the reward model's loss reads from these settings, for `replica`.
+    pub fn objective(&self, replica: &Replica) -> RewardObjective {
         RewardObjective {
+            replica: replica.clone(),
             loss: self.loss,
             hard_margin: self.hard_margin,
             aplot: self.aplot(),
@@ -138,12 +141,17 @@ impl super::cli::TrainerSettings for RewardConfig {
         super::plan::plan_input(&self.common, false, false)
     }
 
-    fn train<B>(&self, resume: bool, device: &B::Device) -> Result<Option<StopSignal>>
+    fn train<B>(
+        &self,
+        resume: bool,
+        device: &B::Device,
+        replica: &Replica,
+    ) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend + OtBackend,
         B::InnerBackend: OtBackend,
     {
-        run::<B>(self, resume, device).map(|summary| summary.stopped_by)
+        run::<B>(self, resume, device, replica).map(|summary| summary.stopped_by)
     }
 }
 
@@ -192,8 +200,15 @@ pub struct RewardSummary {
     pub best_of_n: Option<BestOfN>,
 }
 
-/// Runs the reward trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`).
-pub fn run<B>(config: &RewardConfig, resume: bool, device: &B::Device) -> Result<RewardSummary>
+/// Runs the reward trainer on backend `B` as `replica` of the run (resuming from
+/// `OUTPUT/checkpoints` when `resume`). A secondary replica trains and returns; the main one
+/// evaluates, saves and summarises.
+pub fn run<B>(
+    config: &RewardConfig,
+    resume: bool,
+    device: &B::Device,
+    replica: &Replica,
+) -> Result<RewardSummary>
 where
     B: AutodiffBackend + OtBackend,
     B::InnerBackend: OtBackend,
@@ -219,31 +234,42 @@ where
         _ => None,
     };
     let flipped = flip_labels(&mut train_pairs, config.label_noise, common.seed);
-    println!(
+    say!(
         "label noise {}: {flipped} of {} training pairs flipped",
         config.label_noise,
         train_pairs.len()
     );
-    prepare_output(&common.output, config)?;
-    B::seed(device, common.seed);
-
-    let mut loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
+    if replica.is_main() {
+        prepare_output(&common.output, config)?;
+    }
+    // Seeded and drawn by one replica at a time, so each draws what one device would.
+    let mut loaded = one_at_a_time(|| {
+        B::seed(device, common.seed);
+        let mut loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
+        loaded.model = drawn(loaded.model);
+        Result::Ok(loaded)
+    })?;
     if common.gradient_checkpointing {
         loaded.model = loaded.model.with_gradient_checkpointing();
     }
     let lora = loaded.lora;
-    println!("{}", ParameterCounts::of(&loaded.model));
+    // Replicas start from the main one's parameters (fresh adapters, the built-in model).
+    loaded.model = replica.main_parameters(loaded.model)?;
+    say!("{}", ParameterCounts::of(&loaded.model));
     let optimizer = common.optimizer().init::<B, RewardModel<B>>();
     // Before any resume: "before" is the model the run started from, not a checkpoint.
     let pad = tokenizer.pad_id();
-    let before = accuracy(
-        &loaded.model.valid(),
-        &eval_pairs,
-        common.batch_size,
-        pad,
-        device,
-    );
-    println!(
+    let before = match replica.is_main() {
+        true => accuracy(
+            &loaded.model.valid(),
+            &eval_pairs,
+            common.batch_size,
+            pad,
+            device,
+        ),
+        false => PairwiseAccuracy::default(),
+    };
+    say!(
         "held-out accuracy before training: {:.3} ({} ties)",
         before.accuracy(),
         before.ties
@@ -258,7 +284,7 @@ where
     };
     let metrics = MetricsLog::open(&common.output, resume.then_some(state.step))?;
     let mut trainer = Trainer::new(
-        common.loop_config(lora.as_ref()),
+        common.loop_config(lora.as_ref(), replica),
         train_pairs.len(),
         checkpoints,
         metrics,
@@ -267,7 +293,7 @@ where
     );
     let mut method = RewardStep {
         config,
-        objective: config.objective(),
+        objective: config.objective(replica),
         pairs: &train_pairs,
         eval_pairs: &eval_pairs,
         pad,
@@ -294,11 +320,14 @@ where
         best_of_n: None,
     };
     if stopped_by.is_some() {
-        println!("stopped before the last step: no final evaluation, no model saved");
+        say!("stopped before the last step: no final evaluation, no model saved");
+        return Ok(summary);
+    }
+    if !replica.is_main() {
         return Ok(summary);
     }
     summary.after = accuracy(&trained, &eval_pairs, common.batch_size, pad, device);
-    println!(
+    say!(
         "{}",
         log_accuracy(trainer.metrics(), common.steps, &summary.after)
     );
@@ -530,18 +559,18 @@ fn evaluate_best_of_n<B: Backend>(
         max_new_tokens: args.max_new_tokens,
     };
     let result = best_of_n(trained, policy, &prompts, tokenizer, &settings, device)?;
-    println!("{}", result.line());
+    say!("{}", result.line());
     Ok(result)
 }
 
 fn print_summary(summary: &RewardSummary) {
-    println!("\n== reward model ({:?}) summary", summary.loss);
+    say!("\n== reward model ({:?}) summary", summary.loss);
     for (name, a) in [("before", &summary.before), ("after", &summary.after)] {
         let split = match (a.hard_accuracy, a.easy_accuracy) {
             (Some(hard), Some(easy)) => format!("; hard pairs {hard:.3}, easy pairs {easy:.3}"),
             _ => String::new(),
         };
-        println!(
+        say!(
             "{name:>6}: held-out accuracy {:.3} ({} wins, {} ties, {} losses){split}",
             a.accuracy(),
             a.wins,
@@ -549,13 +578,13 @@ fn print_summary(summary: &RewardSummary) {
             a.losses
         );
     }
-    println!(
+    say!(
         "{} training labels flipped; margins took {:.1}% of step time; model saved to {}",
         summary.flipped,
         100.0 * summary.margin_time_share,
         summary.model_dir.display()
     );
     if let Some(result) = &summary.best_of_n {
-        println!("{}", result.line());
+        say!("{}", result.line());
     }
 }

@@ -171,7 +171,7 @@ impl Checkpoints {
             Some((_, folder)) => {
                 let (model, optimizer, state): (M, O, RunState) =
                     Self::load(&folder, model, optimizer, device)?;
-                println!("resumed from {} (step {})", folder.display(), state.step);
+                crate::say!("resumed from {} (step {})", folder.display(), state.step);
                 Ok((model, optimizer, state))
             }
             None => Err(self.nothing_to_resume()),

@@ -12,13 +12,17 @@ use crate::error::{Error, Result};
 /// `metrics.jsonl`: one JSON object per logged step. On resume the records after the
 /// checkpoint's step are dropped, so the file reads as one uninterrupted run.
 pub struct MetricsLog {
-    file: File,
+    /// `None` on a secondary replica of a data-parallel run (the main one writes the records).
+    file: Option<File>,
 }
 
 impl MetricsLog {
     /// Opens `OUTPUT/metrics.jsonl`, keeping the records up to `resumed_at` (all are dropped
     /// for a fresh run).
     pub fn open(output: &Path, resumed_at: Option<usize>) -> Result<Self> {
+        if !super::speaks() {
+            return Ok(Self { file: None });
+        }
         let path = output.join("metrics.jsonl");
         let kept: Vec<String> = match (resumed_at, File::open(&path)) {
             (Some(step), Ok(file)) => BufReader::new(file)
@@ -37,14 +41,16 @@ impl MetricsLog {
         for line in kept {
             writeln!(file, "{line}").map_err(|e| Error::io(&path, e))?;
         }
-        Ok(Self { file })
+        Ok(Self { file: Some(file) })
     }
 
     /// Appends one record.
     pub fn write(&mut self, record: &Map<String, Value>) {
         // A full disk must not stop training; the log line still shows the numbers.
-        let _ = writeln!(self.file, "{}", Value::Object(record.clone()));
-        let _ = self.file.flush();
+        if let Some(file) = &mut self.file {
+            let _ = writeln!(file, "{}", Value::Object(record.clone()));
+            let _ = file.flush();
+        }
     }
 }
 

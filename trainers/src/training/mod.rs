@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod clip;
+mod data_parallel;
 mod interrupt;
 mod metrics;
 mod order;
@@ -16,6 +17,7 @@ pub use checkpoint::{
     load_module, read_json, save_module, write_json, Checkpoints, RunState, SETTINGS_FILE,
 };
 pub use clip::clip_global_norm;
+pub use data_parallel::{drawn, one_at_a_time, speaks, Replica};
 pub use interrupt::{stop_requests, StopRequests, StopSignal};
 pub use metrics::{add_means, check_finite, scalar, MetricsLog};
 pub use order::BatchOrder;

@@ -19,7 +19,9 @@ pub struct Progress {
 impl Progress {
     /// Progress over steps `first_step..total`.
     pub fn new(first_step: usize, total: usize) -> Self {
-        let bar = std::io::stdout().is_terminal().then(|| {
+        // A secondary replica draws nothing (the main one shows the run).
+        let shown = super::speaks() && std::io::stdout().is_terminal();
+        let bar = shown.then(|| {
             let bar =
                 ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stdout());
             bar.set_style(
@@ -78,7 +80,7 @@ impl Progress {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => println!("{line}"),
+            None => crate::say!("{line}"),
         }
     }
 

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde_json::{json, Map};
 
 use super::checkpoint::{Checkpoints, RunState};
 use super::clip::clip_global_norm;
+use super::data_parallel::Replica;
 use super::interrupt::{stop_requests, StopRequests, StopSignal};
 use super::metrics::{add_means, check_finite, MetricsLog};
 use super::order::BatchOrder;
@@ -101,6 +102,9 @@ pub struct LoopConfig {
     /// Reseed the backend at every step from the seed and the step, so that random draws
     /// inside a step (adapter dropout) replay exactly on resume.
     pub reseed_every_step: bool,
+    /// This process's place in a data-parallel run ([`Replica::single`] on one device):
+    /// `batch_size` is per replica, a micro-batch of the run is `batch_size × world` pairs.
+    pub replica: Replica,
 }
 
 /// One phase of a run: steps `origin..end` of the run, with its schedule counted from
@@ -220,7 +224,7 @@ impl Trainer {
             if let Some(line) = self.evaluation(method, &model, step, phase)? {
                 self.progress.println(&line);
             }
-            if let Some(signal) = self.checkpoint(&model, &optimizer, step)? {
+            if let Some(signal) = self.checkpoint(&model, &optimizer, step, device)? {
                 return Ok(Fitted {
                     model,
                     optimizer,
@@ -257,21 +261,51 @@ impl Trainer {
             );
         }
         let accum = self.config.grad_accum;
+        let replica = &self.config.replica;
+        let global_batch = self.config.batch_size * replica.world();
         let mut accumulator = GradientsAccumulator::<M::Model>::new();
         let mut record = Map::new();
+        let mut tokens = 0;
         for micro in 0..accum {
-            let indices = self
-                .order
-                .batch(step * accum + micro, self.config.batch_size);
-            let out = method.loss(model, &indices, step)?;
-            self.state.num_tokens += out.tokens;
-            self.progress.add_tokens(out.tokens);
+            let global = self.order.batch(step * accum + micro, global_batch);
+            let out = method.loss(model, &replica.shard(&global), step)?;
+            tokens += out.tokens;
             add_means(&mut record, &out.metrics, accum);
             let grads = method.backward(model, out.loss / accum as f64);
             accumulator.accumulate(model, grads);
         }
+        let tokens = self.replicas_mean::<B::InnerBackend>(&mut record, tokens, device)?;
+        self.state.num_tokens += tokens;
+        self.progress.add_tokens(tokens);
         check_finite(&record, step)?;
-        Ok((accumulator.grads(), record))
+        let grads = replica.mean_gradients(model, accumulator.grads())?;
+        Ok((grads, record))
+    }
+
+    /// The replicas' mean of every metric in `record` and their total of `tokens` (on one
+    /// device, these very values).
+    fn replicas_mean<B: Backend>(
+        &self,
+        record: &mut Map<String, serde_json::Value>,
+        tokens: usize,
+        device: &B::Device,
+    ) -> Result<usize> {
+        let replica = &self.config.replica;
+        if replica.world() == 1 {
+            return Ok(tokens);
+        }
+        // NaN travels through the sum, so a non-finite metric anywhere stops every replica.
+        let mut values: Vec<f64> = record
+            .values()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN))
+            .collect();
+        values.push(tokens as f64);
+        let sums = replica.sum::<B>(&values, device)?;
+        let world = replica.world() as f64;
+        for (value, sum) in record.values_mut().zip(&sums) {
+            *value = json!(sum / world);
+        }
+        Ok(sums.last().copied().unwrap_or(0.0).round() as usize)
     }
 
     /// Redraws the progress bar; every `log_every` steps and at the phase's end, a log line
@@ -326,7 +360,8 @@ impl Trainer {
     ) -> Result<Option<String>> {
         let every = self.config.eval_every;
         let due = every > 0 && (step + 1 - phase.origin).is_multiple_of(every);
-        if !due || step + 1 == self.total || self.stops.received().is_some() {
+        let main = self.config.replica.is_main();
+        if !due || !main || step + 1 == self.total || self.stops.received().is_some() {
             return Ok(None);
         }
         method.evaluate(model, step + 1, &mut self.metrics)
@@ -340,13 +375,14 @@ impl Trainer {
         model: &M,
         optimizer: &O,
         step: usize,
+        device: &B::Device,
     ) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
-        let stop = self.stops.received();
+        let stop = self.agreed_stop::<B::InnerBackend>(device)?;
         let last = step + 1 == self.total;
         let every = self.config.save_every;
         let periodic = every > 0 && (step + 1).is_multiple_of(every);
@@ -357,20 +393,38 @@ impl Trainer {
         if !(periodic || timed || stop.is_some() || last) {
             return Ok(None);
         }
-        let saved = self
-            .checkpoints
-            .save(step + 1, model, optimizer, &self.state)?;
-        self.last_save = Instant::now();
-        match stop {
-            Some(signal) if !last => {
+        // Replicas hold the same model: the main one saves it for all.
+        if self.config.replica.is_main() {
+            let saved = self
+                .checkpoints
+                .save(step + 1, model, optimizer, &self.state)?;
+            self.last_save = Instant::now();
+            if let (Some(signal), false) = (stop, last) {
                 self.progress.println(&format!(
                     "{}: checkpoint saved to {}; resume with --resume",
                     signal.name(),
                     saved.display()
                 ));
-                Ok(Some(signal))
             }
-            _ => Ok(None),
         }
+        Ok(stop.filter(|_| !last))
+    }
+
+    /// The stop request every replica acts on at this step's end: one received by any of
+    /// them (SIGTERM before SIGINT), so that all stop at the same step and none waits for
+    /// the others in the next all-reduce.
+    fn agreed_stop<B: Backend>(&self, device: &B::Device) -> Result<Option<StopSignal>> {
+        let own = self.stops.received();
+        if self.config.replica.world() == 1 {
+            return Ok(own);
+        }
+        let flags = [StopSignal::Interrupt, StopSignal::Terminate]
+            .map(|signal| f64::from(u8::from(own == Some(signal))));
+        let seen = self.config.replica.sum::<B>(&flags, device)?;
+        Ok(match (seen[0] > 0.0, seen[1] > 0.0) {
+            (_, true) => Some(StopSignal::Terminate),
+            (true, false) => Some(StopSignal::Interrupt),
+            (false, false) => None,
+        })
     }
 }

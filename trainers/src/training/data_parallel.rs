@@ -1,0 +1,290 @@
+//! Data-parallel replicas on burn's collective (`burn::collective`, burn-collective 0.21).
+//!
+//! Every replica runs the whole program, as the ranks of `torchrun` or `accelerate` do: each
+//! loads the model and the data, trains on its shard of every global batch, and the replicas'
+//! gradients are averaged with burn's all-reduce before every optimizer step, so that all of
+//! them take the same step. Only the main replica (global rank 0) prints, writes metrics and
+//! saves checkpoints and the model.
+//!
+//! Why burn-collective's functions and not burn-train's DDP strategy: the trainers run their
+//! own loop ([`super::Trainer`]), and burn-collective's `all_reduce` works on any backend
+//! (threads of one process on Flex in CI, one thread per CUDA device), which burn-train's
+//! `DistributedBackend` (CubeCL backends only) does not.
+//!
+//! One machine only: burn 0.21's all-reduce between machines (its global orchestrator) reuses
+//! the same transfer ids on every call, so the second all-reduce of a run hangs
+//! (tracel-ai/burn#4549, seen here on the loopback address with each of its strategies).
+
+use std::cell::Cell;
+use std::sync::Mutex;
+
+use burn::collective::{
+    all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation,
+};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+
+use crate::error::{Error, Result};
+
+/// Where one replica stands in a data-parallel run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    peer: usize,
+    peers: usize,
+}
+
+thread_local! {
+    /// Whether this thread is a replica other than the main one (it stays quiet).
+    static SECONDARY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread speaks for the run: the main replica, or any thread of a run with one
+/// replica. See [`crate::say`].
+pub fn speaks() -> bool {
+    !SECONDARY.with(Cell::get)
+}
+
+/// `println!` on the main replica only: every replica runs the whole program, one prints it.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if $crate::training::speaks() {
+            println!($($arg)*);
+        }
+    };
+}
+
+impl Replica {
+    /// The only replica of a run on one device.
+    pub fn single() -> Self {
+        Self::new(0, 1)
+    }
+
+    /// Replica `peer` of `peers` (threads of this process, one per device).
+    pub fn new(peer: usize, peers: usize) -> Self {
+        Self { peer, peers }
+    }
+
+    /// The replica's rank among the run's replicas.
+    pub fn rank(&self) -> usize {
+        self.peer
+    }
+
+    /// The number of replicas in the run.
+    pub fn world(&self) -> usize {
+        self.peers
+    }
+
+    /// Whether this is the main replica (rank 0): the one that prints, logs and saves.
+    pub fn is_main(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Marks the calling thread as this replica's (secondary replicas stay quiet).
+    pub fn enter(&self) {
+        SECONDARY.with(|s| s.set(!self.is_main()));
+    }
+
+    /// Joins the collective on `device` (with the inner backend of an autodiff one); a run
+    /// with one replica joins nothing.
+    pub fn join<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let config = CollectiveConfig::default().with_num_devices(self.peers);
+        register::<B>(self.peer_id(), device.clone(), config).map_err(collective_error)
+    }
+
+    /// Leaves the collective (at the end of training).
+    pub fn leave<B: Backend>(&self) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        finish_collective::<B>(self.peer_id()).map_err(collective_error)
+    }
+
+    /// This replica's rows of a global micro-batch: the `rank`-th of `world` equal blocks.
+    pub fn shard(&self, global: &[usize]) -> Vec<usize> {
+        let size = global.len() / self.world();
+        global[self.rank() * size..(self.rank() + 1) * size].to_vec()
+    }
+
+    /// The replicas' mean of every gradient of `model`'s parameters (all take the same
+    /// optimizer step). Parameters are taken in the module's order, not by id as
+    /// `GradientsParams::all_reduce` takes them: each replica builds its own model, and burn
+    /// draws parameter ids at random, so sorted ids would pair different tensors.
+    pub fn mean_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        model: &M,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams> {
+        if self.world() == 1 {
+            return Ok(grads);
+        }
+        let mut visitor = MeanGradients {
+            replica: self,
+            grads,
+            error: None,
+        };
+        model.visit(&mut visitor);
+        match visitor.error {
+            Some(e) => Err(e),
+            None => Ok(visitor.grads),
+        }
+    }
+
+    /// The replicas' sum of each of `values` (in f64 on the host; summed in the backend's
+    /// float type, exact for counts below 2^24 in f32).
+    pub fn sum<B: Backend>(&self, values: &[f64], device: &B::Device) -> Result<Vec<f64>> {
+        if self.world() == 1 || values.is_empty() {
+            return Ok(values.to_vec());
+        }
+        let local = Tensor::<B, 1>::from_data(TensorData::from(values), device);
+        let summed = self.all_reduce(local, ReduceOperation::Sum)?;
+        Ok(summed
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .expect("f64 after convert"))
+    }
+
+    /// Every replica's rows of `local` (its shard of a batch, `[rows, ...]`), in rank order:
+    /// the global batch `[world × rows, ...]`. An all-gather built on the all-reduce (each
+    /// replica contributes its block and zeros elsewhere, so the sum is exact); every replica
+    /// must pass the same number of rows. Not differentiable: for inputs that are detached.
+    pub fn gather_rows<B: Backend, const D: usize>(
+        &self,
+        local: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>> {
+        if self.world() == 1 {
+            return Ok(local);
+        }
+        let blocks = (0..self.world())
+            .map(|rank| match rank == self.rank() {
+                true => local.clone(),
+                false => local.zeros_like(),
+            })
+            .collect();
+        self.all_reduce(Tensor::cat(blocks, 0), ReduceOperation::Sum)
+    }
+
+    /// The main replica's parameters in every replica (the others contribute zeros to a sum),
+    /// so that replicas start equal whatever each one drew at initialisation.
+    pub fn main_parameters<B: AutodiffBackend, M: AutodiffModule<B>>(&self, model: M) -> Result<M> {
+        if self.world() == 1 {
+            return Ok(model);
+        }
+        let mut mapper = FromMain {
+            replica: self,
+            error: None,
+        };
+        let model = model.map(&mut mapper);
+        match mapper.error {
+            Some(e) => Err(e),
+            None => Ok(model),
+        }
+    }
+
+    fn all_reduce<B: Backend, const D: usize>(
+        &self,
+        tensor: Tensor<B, D>,
+        op: ReduceOperation,
+    ) -> Result<Tensor<B, D>> {
+        let reduced = all_reduce::<B>(self.peer_id(), tensor.into_primitive().tensor(), op)
+            .map_err(collective_error)?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
+    }
+
+    fn peer_id(&self) -> PeerId {
+        PeerId::from(self.peer)
+    }
+}
+
+/// Averages each parameter's gradient over the replicas, in the order the module visits them.
+struct MeanGradients<'a> {
+    replica: &'a Replica,
+    grads: GradientsParams,
+    error: Option<Error>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for MeanGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        match self.replica.all_reduce(grad, ReduceOperation::Mean) {
+            Ok(mean) => self.grads.register(param.id, mean),
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+/// Runs `build` (seeding the backend and building a model) while no other replica of this
+/// process runs one: the backend's random generator is one per process (Flex's), so replicas
+/// that seeded and drew at once would draw each other's numbers. One at a time, each draws
+/// what a single-device run draws. Draw the model's parameters inside ([`drawn`]).
+pub fn one_at_a_time<T>(build: impl FnOnce() -> T) -> T {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _turn = BUILDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    build()
+}
+
+/// `model` with every parameter drawn now: burn initialises a parameter lazily, at its first
+/// use, which for a replica would be outside [`one_at_a_time`].
+pub fn drawn<B: Backend, M: Module<B>>(model: M) -> M {
+    struct Draw;
+    impl<B: Backend> ModuleVisitor<B> for Draw {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Draw);
+    model
+}
+
+/// Replaces every float parameter with the main replica's.
+struct FromMain<'a> {
+    replica: &'a Replica,
+    error: Option<Error>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FromMain<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let replica = self.replica;
+        let mut failed = None;
+        let param = param.map(|tensor| {
+            let trains = tensor.is_require_grad();
+            let inner = tensor.clone().inner();
+            let contribution = match replica.is_main() {
+                true => inner,
+                false => inner.zeros_like(),
+            };
+            match replica.all_reduce(contribution, ReduceOperation::Sum) {
+                Ok(main) => Tensor::from_inner(main).set_require_grad(trains),
+                Err(e) => {
+                    failed = Some(e);
+                    tensor
+                }
+            }
+        });
+        self.error = failed;
+        param
+    }
+}
+
+fn collective_error(e: burn::collective::CollectiveError) -> Error {
+    Error::Training(format!(
+        "data-parallel training: burn's collective failed ({e:?}); check that every replica \
+         runs the same command with the same --devices"
+    ))
+}

@@ -1,0 +1,255 @@
+//! Data-parallel training on burn's collective, against single-device runs: two replicas
+//! (threads) at batch b end with the parameters of one device at batch 2b, for the DPO
+//! trainer (DPO, OTPO) and the reward trainer (Bradley-Terry, APLOT with its margins over the
+//! gathered global batch); APLOT over each replica's half alone would differ; a resumed
+//! two-replica run ends where an uninterrupted one does, also after a SIGTERM; bad flags fail
+//! first.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{run_ok, Expected, ScratchFolder};
+
+const DPO: &str = env!("CARGO_BIN_EXE_dpo_trainer");
+const REWARD: &str = env!("CARGO_BIN_EXE_reward_trainer");
+
+/// A small built-in run of `program` at `--batch-size batch` with `extra` flags.
+fn tiny(program: &str, output: &Path, batch: usize, extra: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(["--output", output.to_str().unwrap()]);
+    command.args([
+        "--builtin-hidden",
+        "16",
+        "--builtin-layers",
+        "1",
+        "--builtin-train-pairs",
+        "32",
+        "--builtin-eval-pairs",
+        "8",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--steps",
+        "3",
+        "--batch-size",
+        &batch.to_string(),
+    ]);
+    if program == DPO {
+        // No warm-up and no RPO term: a token mean is per replica (as it is per micro-batch
+        // with gradient accumulation), the DPO losses are means over pairs.
+        command.args([
+            "--sft-steps",
+            "0",
+            "--rpo-alpha",
+            "0",
+            "--eval-prompts",
+            "0",
+        ]);
+        command.args(["--lr", "1e-3"]);
+    }
+    command.args(extra);
+    command
+}
+
+/// The saved model's tensors as floats, by name.
+fn model_floats(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let file = Expected::read(&run.join("model/model.safetensors"));
+    file.names()
+        .into_iter()
+        .map(|n| {
+            let floats = file
+                .raw(&n)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (n, floats)
+        })
+        .collect()
+}
+
+/// The largest difference between two saved models' parameters.
+fn largest_difference(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (model_floats(a), model_floats(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        for (p, q) in x.iter().zip(y) {
+            assert!(p.is_finite() && q.is_finite(), "{name}");
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
+/// The largest parameter change a run made (how far it moved from `start`).
+fn moved(start: &Path, end: &Path) -> f32 {
+    largest_difference(start, end)
+}
+
+const CASES: [(&str, &[&str]); 4] = [
+    (DPO, &["--method", "dpo"]),
+    (DPO, &["--method", "otpo"]),
+    (REWARD, &["--loss", "bt"]),
+    (REWARD, &["--loss", "aplot"]),
+];
+
+#[test]
+fn two_replicas_at_batch_b_train_what_one_device_does_at_batch_2b() {
+    for (program, method) in CASES {
+        let name = format!(
+            "{}-{}",
+            if program == DPO { "dpo" } else { "rm" },
+            method[1]
+        );
+        let one = ScratchFolder::empty(&format!("dp-one-{name}"));
+        run_ok(&mut tiny(program, &one.0, 4, method));
+        let two = ScratchFolder::empty(&format!("dp-two-{name}"));
+        let stdout = run_ok(tiny(program, &two.0, 2, method).args(["--devices", "2"])).stdout;
+        let difference = largest_difference(&one.0, &two.0);
+        assert!(
+            difference <= 1e-5,
+            "{name}: parameters differ by {difference}"
+        );
+        // The replicas' run trained: its parameters moved from the untrained model's.
+        let untrained = ScratchFolder::empty(&format!("dp-untrained-{name}"));
+        run_ok(tiny(program, &untrained.0, 4, method).args(["--lr", "1e-12"]));
+        assert!(moved(&untrained.0, &two.0) > 1e-3, "{name} did not train");
+        // The main replica alone prints: one summary.
+        let stdout = String::from_utf8_lossy(&stdout);
+        assert_eq!(stdout.matches("summary").count(), 1, "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn aplot_over_each_replicas_half_alone_would_differ() {
+    // One device at batch 2 with two micro-batches sees the same 4 pairs per step as two
+    // replicas at batch 2, but solves APLOT's OT over each half on its own: what replicas
+    // that did not gather their rows would compute. Long enough and fast enough for the
+    // representations, and so the margins, to differ between pairs.
+    let aplot = ["--loss", "aplot", "--steps", "20", "--lr", "1e-2"];
+    let global = ScratchFolder::empty("dp-aplot-global");
+    run_ok(&mut tiny(REWARD, &global.0, 4, &aplot));
+    let replicas = ScratchFolder::empty("dp-aplot-replicas");
+    run_ok(tiny(REWARD, &replicas.0, 2, &aplot).args(["--devices", "2"]));
+    let halves = ScratchFolder::empty("dp-aplot-halves");
+    run_ok(tiny(REWARD, &halves.0, 2, &aplot).args(["--grad-accum", "2"]));
+    let gathered = largest_difference(&global.0, &replicas.0);
+    let per_half = largest_difference(&global.0, &halves.0);
+    assert!(gathered <= 5e-5, "the replicas differ by {gathered}");
+    assert!(
+        per_half >= 1e-3 && per_half >= 100.0 * gathered,
+        "per-half margins should change the run: {per_half} against {gathered}"
+    );
+    // Bradley-Terry has no batch-level term: the same comparison agrees.
+    let bt = ["--loss", "bt"];
+    let bt_global = ScratchFolder::empty("dp-bt-global");
+    run_ok(&mut tiny(REWARD, &bt_global.0, 4, &bt));
+    let bt_halves = ScratchFolder::empty("dp-bt-halves");
+    run_ok(tiny(REWARD, &bt_halves.0, 2, &bt).args(["--grad-accum", "2"]));
+    assert!(largest_difference(&bt_global.0, &bt_halves.0) <= 1e-5);
+}
+
+#[test]
+fn a_resumed_two_replica_run_ends_where_an_uninterrupted_one_does() {
+    for (program, method) in [CASES[1], CASES[3]] {
+        let args = [
+            method,
+            &["--devices", "2", "--steps", "4", "--save-every", "2"],
+        ]
+        .concat();
+        let straight = ScratchFolder::empty(&format!("dp-straight-{}", method[1]));
+        run_ok(&mut tiny(program, &straight.0, 2, &args));
+        let resumed = ScratchFolder::empty(&format!("dp-resumed-{}", method[1]));
+        run_ok(&mut tiny(program, &resumed.0, 2, &args));
+        std::fs::remove_dir_all(resumed.0.join("checkpoints/step-00000004")).unwrap();
+        std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
+        let stdout = run_ok(tiny(program, &resumed.0, 2, &args).arg("--resume")).stdout;
+        assert!(String::from_utf8_lossy(&stdout).contains("resumed from"));
+        let difference = largest_difference(&straight.0, &resumed.0);
+        assert!(
+            difference == 0.0,
+            "{}: resumed differs by {difference}",
+            method[1]
+        );
+    }
+}
+
+/// Waits until `OUTPUT/metrics.jsonl` has `records` lines (or 120 s pass).
+fn wait_for_records(output: &Path, records: usize) {
+    let path = output.join("metrics.jsonl");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
+        if lines >= records {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{} never reached {records} records", path.display());
+}
+
+#[test]
+fn a_sigterm_stops_both_replicas_at_one_step_with_a_checkpoint_that_resumes_exactly() {
+    let args = [
+        "--loss",
+        "aplot",
+        "--devices",
+        "2",
+        "--steps",
+        "300",
+        "--save-every",
+        "0",
+    ];
+    let straight = ScratchFolder::empty("dp-term-straight");
+    run_ok(&mut tiny(REWARD, &straight.0, 2, &args));
+    let stopped = ScratchFolder::empty("dp-term-stopped");
+    let child = tiny(REWARD, &stopped.0, 2, &args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_records(&stopped.0, 6);
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.matches("SIGTERM: checkpoint saved").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(!stopped.0.join("model").exists());
+    let resumed = run_ok(tiny(REWARD, &stopped.0, 2, &args).arg("--resume")).stdout;
+    assert!(String::from_utf8_lossy(&resumed).contains("resumed from"));
+    let difference = largest_difference(&straight.0, &stopped.0);
+    assert!(difference == 0.0, "resumed differs by {difference}");
+}
+
+#[test]
+fn data_parallel_flags_are_checked_before_training() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--devices", "0"], "--devices must be at least 1"),
+        (&["--devices", "two"], "--devices takes a count"),
+        (&["--devices", "0,1"], "--devices on cpu is a count"),
+    ];
+    for (flags, expected) in cases {
+        let out = ScratchFolder::empty("dp-flags");
+        let output = tiny(REWARD, &out.0, 2, flags).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flags:?}: {stderr}");
+        assert!(
+            !out.0.join("config.json").exists(),
+            "{flags:?} started training"
+        );
+    }
+}
