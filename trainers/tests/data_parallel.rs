@@ -9,9 +9,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{run_ok, Expected, ScratchFolder};
+use common::{model_floats, run_ok, wait_for_records, ScratchFolder};
 
 const DPO: &str = env!("CARGO_BIN_EXE_dpo_trainer");
 const REWARD: &str = env!("CARGO_BIN_EXE_reward_trainer");
@@ -19,16 +18,8 @@ const REWARD: &str = env!("CARGO_BIN_EXE_reward_trainer");
 /// A small built-in run of `program` at `--batch-size batch` with `extra` flags.
 fn tiny(program: &str, output: &Path, batch: usize, extra: &[&str]) -> Command {
     let mut command = Command::new(program);
-    command.args(["--output", output.to_str().unwrap()]);
+    command.args(common::tiny_builtin(output, 32, 8));
     command.args([
-        "--builtin-hidden",
-        "16",
-        "--builtin-layers",
-        "1",
-        "--builtin-train-pairs",
-        "32",
-        "--builtin-eval-pairs",
-        "8",
         "--log-every",
         "1",
         "--eval-every",
@@ -53,22 +44,6 @@ fn tiny(program: &str, output: &Path, batch: usize, extra: &[&str]) -> Command {
     }
     command.args(extra);
     command
-}
-
-/// The saved model's tensors as floats, by name.
-fn model_floats(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let file = Expected::read(&run.join("model/model.safetensors"));
-    file.names()
-        .into_iter()
-        .map(|n| {
-            let floats = file
-                .raw(&n)
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (n, floats)
-        })
-        .collect()
 }
 
 /// The largest difference between two saved models' parameters.
@@ -177,20 +152,6 @@ fn a_resumed_two_replica_run_ends_where_an_uninterrupted_one_does() {
             method[1]
         );
     }
-}
-
-/// Waits until `OUTPUT/metrics.jsonl` has `records` lines (or 120 s pass).
-fn wait_for_records(output: &Path, records: usize) {
-    let path = output.join("metrics.jsonl");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(120) {
-        let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
-        if lines >= records {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("{} never reached {records} records", path.display());
 }
 
 #[test]

@@ -16,16 +16,8 @@ fn trainer() -> Command {
 /// A small, fast built-in run (tiny model, few pairs) writing to `output`.
 fn small_run(output: &Path) -> Command {
     let mut command = trainer();
-    command.args(["--output", output.to_str().unwrap()]);
+    command.args(common::tiny_builtin(output, 64, 16));
     command.args([
-        "--builtin-hidden",
-        "16",
-        "--builtin-layers",
-        "1",
-        "--builtin-train-pairs",
-        "64",
-        "--builtin-eval-pairs",
-        "16",
         "--batch-size",
         "4",
         "--sft-steps",

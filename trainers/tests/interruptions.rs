@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{metrics, run_ok, Expected, ScratchFolder};
+use common::{metrics, model_floats, run_ok, wait_for_records, ScratchFolder};
 
 #[derive(Clone, Copy, Debug)]
 enum Program {
@@ -42,42 +42,11 @@ impl Program {
             ),
         };
         let mut command = Command::new(binary);
-        command.args(["--output", output.to_str().unwrap()]);
-        command.args([
-            "--builtin-hidden",
-            "16",
-            "--builtin-layers",
-            "1",
-            "--builtin-train-pairs",
-            "64",
-            "--builtin-eval-pairs",
-            "16",
-            "--batch-size",
-            "4",
-            "--log-every",
-            "1",
-            "--eval-every",
-            "0",
-        ]);
+        command.args(common::tiny_builtin(output, 64, 16));
+        command.args(["--batch-size", "4", "--log-every", "1", "--eval-every", "0"]);
         command.args(phase_flags);
         command
     }
-}
-
-/// The saved model's tensors as floats, by name.
-fn model_floats(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let file = Expected::read(&run.join("model/model.safetensors"));
-    file.names()
-        .into_iter()
-        .map(|n| {
-            let floats = file
-                .raw(&n)
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (n, floats)
-        })
-        .collect()
 }
 
 fn assert_same_models(a: &Path, b: &Path, program: Program) {
@@ -103,20 +72,6 @@ fn checkpoint_steps(run: &Path) -> Vec<usize> {
         .unwrap_or_default();
     steps.sort();
     steps
-}
-
-/// Waits until `OUTPUT/metrics.jsonl` has `records` lines (or 120 s pass).
-fn wait_for_records(output: &Path, records: usize) {
-    let path = output.join("metrics.jsonl");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(120) {
-        let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
-        if lines >= records {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("{} never reached {records} records", path.display());
 }
 
 #[test]

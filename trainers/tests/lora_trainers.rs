@@ -188,16 +188,8 @@ fn model_files(run: &Path) -> Vec<(String, Vec<u8>)> {
 /// dropout on the adapters; a checkpoint inside the DPO phase.
 fn built_in_lora(output: &Path) -> Command {
     let mut command = dpo_trainer();
-    command.args(["--output", output.to_str().unwrap()]);
+    command.args(common::tiny_builtin(output, 64, 16));
     command.args([
-        "--builtin-hidden",
-        "16",
-        "--builtin-layers",
-        "1",
-        "--builtin-train-pairs",
-        "64",
-        "--builtin-eval-pairs",
-        "16",
         "--batch-size",
         "4",
         "--sft-steps",

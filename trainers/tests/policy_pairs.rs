@@ -178,23 +178,8 @@ fn best_of_n_counts_ties_at_the_top_by_their_share_of_correct_answers() {
 
 fn tiny(program: &str, output: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(program);
-    command.args(["--output", output.to_str().unwrap()]);
-    command.args([
-        "--builtin-hidden",
-        "16",
-        "--builtin-layers",
-        "1",
-        "--builtin-train-pairs",
-        "16",
-        "--builtin-eval-pairs",
-        "8",
-        "--batch-size",
-        "4",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "0",
-    ]);
+    command.args(common::tiny_builtin(output, 16, 8));
+    command.args(["--batch-size", "4", "--log-every", "1", "--eval-every", "0"]);
     command.args(args);
     command
 }

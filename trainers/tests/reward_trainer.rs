@@ -15,16 +15,8 @@ fn trainer() -> Command {
 
 fn small_run(output: &Path) -> Command {
     let mut command = trainer();
-    command.args(["--output", output.to_str().unwrap()]);
+    command.args(common::tiny_builtin(output, 64, 32));
     command.args([
-        "--builtin-hidden",
-        "16",
-        "--builtin-layers",
-        "1",
-        "--builtin-train-pairs",
-        "64",
-        "--builtin-eval-pairs",
-        "32",
         "--batch-size",
         "8",
         "--steps",

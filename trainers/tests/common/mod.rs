@@ -219,3 +219,52 @@ pub fn failure(program: &str, args: &[&str]) -> String {
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
+
+/// The saved model's tensors (`OUTPUT/model/model.safetensors`) as f32 values, by name.
+pub fn model_floats(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let file = Expected::read(&run.join("model/model.safetensors"));
+    file.names()
+        .into_iter()
+        .map(|n| {
+            let floats = file
+                .raw(&n)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (n, floats)
+        })
+        .collect()
+}
+
+/// Waits until `OUTPUT/metrics.jsonl` has `records` lines (or 120 s pass).
+pub fn wait_for_records(output: &Path, records: usize) {
+    let path = output.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
+        if lines >= records {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("{} never reached {records} records", path.display());
+}
+
+/// The flags of a run on the smallest built-in model (width 16, one layer) with `train` and
+/// `eval` built-in pairs, writing to `output`.
+pub fn tiny_builtin(output: &Path, train: usize, eval: usize) -> Vec<String> {
+    [
+        "--output",
+        output.to_str().unwrap(),
+        "--builtin-hidden",
+        "16",
+        "--builtin-layers",
+        "1",
+        "--builtin-train-pairs",
+        &train.to_string(),
+        "--builtin-eval-pairs",
+        &eval.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The data-parallel sitting of docs/benchmarks.md ("Data-parallel scaling"): both trainers on
+# the built-in task at one global batch, on 1 replica and on N replicas (threads sharing this
+# machine's cores), one after the other on a quiet machine. Prints one line per run: tokens/s
+# (the progress line at the last step, summed over replicas), peak resident memory and wall
+# time of the whole process (/usr/bin/time -v).
+#
+#   scripts/bench/data_parallel.sh [STEPS] [GLOBAL_BATCH] [REPLICAS]
+#
+# Needs the release binaries (`cargo build --release -p otpref-trainers`).
+set -euo pipefail
+steps=${1:-30}; global=${2:-32}; replicas=${3:-2}
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+work=$(mktemp -d)
+common=(--steps "$steps" --eval-every 0 --save-every 0 --log-every 1 --output "$work/run")
+
+measure() { # LABEL COMMAND...: runs COMMAND under /usr/bin/time, prints LABEL tok/s peak wall
+    local label=$1; shift
+    rm -rf "$work/run"
+    /usr/bin/time -v "$@" > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
+    local rate peak wall
+    rate=$(grep -oE '[0-9.]+ tok/s' "$work/log" | tail -1 | cut -d' ' -f1)
+    peak=$(awk '/Maximum resident/ {printf "%.2f GiB", $6 / 1048576}' "$work/log")
+    wall=$(awk '/Elapsed/ {print $8}' "$work/log")
+    printf '%-44s %8.0f tok/s  %s  %s\n' "$label" "$rate" "$peak" "$wall"
+}
+
+for n in 1 "$replicas"; do
+    batch=$((global / n))
+    measure "reward_trainer --loss aplot, $n x batch $batch" \
+        "$root/target/release/reward_trainer" "${common[@]}" --loss aplot \
+        --batch-size "$batch" --devices "$n"
+    measure "dpo_trainer --method otpo, $n x batch $batch" \
+        "$root/target/release/dpo_trainer" "${common[@]}" --method otpo --sft-steps 0 \
+        --eval-prompts 0 --batch-size "$batch" --devices "$n"
+done
+rm -rf "$work"
