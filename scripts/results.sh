@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces docs/results.md: every run of the built-in task's comparison, then the tables.
 #
-#   scripts/results.sh            # all 70 runs (about two hours on 2 cores), then the tables
+#   scripts/results.sh            # all 76 runs (about two hours on 2 cores), then the tables
 #   RUNS=runs/results scripts/results.sh   # where the run folders go (the default)
 #
 # A run whose folder already has a summary.json is not run again, so an interrupted sweep
@@ -73,6 +73,13 @@ for seed in 1 2 3; do
 done
 for method in uniform similarity; do
     run "dpo-$method-sft600-onpolicy4-seed1" dpo_trainer --method "$method" --sft-steps 600 --pairs-from-policy 4 --seed 1
+done
+# Iterative DPO: the same recipe with the pairs sampled again from the current policy every 50
+# DPO steps (4 rounds), DPO and OTPO over three seeds.
+for seed in 1 2 3; do
+    for method in dpo otpo; do
+        run "dpo-$method-sft600-onpolicy4-every50-seed$seed" dpo_trainer --method "$method" --sft-steps 600 --pairs-from-policy 4 --resample-every 50 --seed "$seed"
+    done
 done
 
 python3 scripts/results_table.py "$SAVED" docs/results.md

@@ -84,8 +84,13 @@ def dpo_table(groups):
 
 def on_policy_table(groups):
     """The weaker reference's rows: offline pairs, then on-policy pairs."""
+    def first_round(summary):
+        # One report per round since iterative DPO; a single one before.
+        reports = summary.get("policy_pairs") or {}
+        return reports[0] if isinstance(reports, list) else reports
+
     def sampled(field):
-        return lambda s: (s.get("policy_pairs") or {}).get(field, float("nan"))
+        return lambda s: first_round(s).get(field, float("nan"))
 
     return table(groups, "dpo-", GENERATIONS + [
         ("on-policy pairs", sampled("pairs"), 1),

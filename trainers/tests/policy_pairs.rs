@@ -253,7 +253,7 @@ fn dpo_trains_on_pairs_a_reward_model_ranked_and_resumes_exactly_best_of_n_sampl
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(straight.0.join("summary.json")).unwrap())
             .unwrap();
-    let report = &summary["policy_pairs"];
+    let report = &summary["policy_pairs"][0];
     assert_eq!(report["pairs"].as_u64().unwrap() as usize, pairs.len());
     assert_eq!(
         report["pairs"].as_u64().unwrap() + report["skipped_all_equal"].as_u64().unwrap(),
@@ -301,8 +301,75 @@ fn dpo_trains_on_pairs_a_reward_model_ranked_and_resumes_exactly_best_of_n_sampl
 }
 
 #[test]
+fn iterative_dpo_resamples_every_n_steps_and_resumes_exactly_at_and_inside_a_round() {
+    let reward = ScratchFolder::empty("iterative-reward");
+    run_ok(&mut tiny(REWARD, &reward.0, &["--steps", "2"]));
+    let reward_dir = reward.0.join("model");
+    let args = [
+        "--sft-steps",
+        "2",
+        "--steps",
+        "4",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "8",
+        "--eval-prompts",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--pairs-from-policy",
+        "3",
+        "--resample-every",
+        "2",
+        "--reward-model",
+        reward_dir.to_str().unwrap(),
+    ];
+    let straight = ScratchFolder::empty("iterative-straight");
+    run_ok(&mut tiny(DPO, &straight.0, &args));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.0.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["policy_pairs"].as_array().unwrap().len(), 2);
+    let read = |run: &Path, name: &str| std::fs::read(run.join(name)).unwrap();
+    let (round0, round1) = (
+        read(&straight.0, "policy_pairs.jsonl"),
+        read(&straight.0, "policy_pairs-round-1.jsonl"),
+    );
+    assert!(
+        !round1.is_empty() && round1 != round0,
+        "round 1 did not sample anew"
+    );
+
+    // Resumed at the start of round 1 (step 4 of 6: it samples from the restored policy) and
+    // inside it (step 5: it reads round 1's pairs back), the run ends with the same model.
+    for (from, drop) in [(4, [5, 6]), (5, [6, 6])] {
+        let resumed = ScratchFolder::empty(&format!("iterative-resumed-{from}"));
+        run_ok(&mut tiny(DPO, &resumed.0, &args));
+        for step in drop {
+            let _ = std::fs::remove_dir_all(resumed.0.join(format!("checkpoints/step-{step:08}")));
+        }
+        std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
+        if from == 4 {
+            std::fs::remove_file(resumed.0.join("policy_pairs-round-1.jsonl")).unwrap();
+        }
+        let stdout = run_ok(tiny(DPO, &resumed.0, &args).arg("--resume")).stdout;
+        assert!(String::from_utf8_lossy(&stdout).contains("resumed from"));
+        assert!(
+            read(&resumed.0, "policy_pairs-round-1.jsonl") == round1,
+            "from {from}"
+        );
+        assert!(
+            read(&straight.0, "model/model.safetensors")
+                == read(&resumed.0, "model/model.safetensors"),
+            "resumed from step {from}: the model differs"
+        );
+    }
+}
+
+#[test]
 fn sampling_flags_are_checked_before_training() {
-    let cases: [(&str, &[&str], &str); 7] = [
+    let cases: [(&str, &[&str], &str); 8] = [
         (
             DPO,
             &["--pairs-from-policy", "1"],
@@ -314,6 +381,11 @@ fn sampling_flags_are_checked_before_training() {
             "--temperature 0",
         ),
         (DPO, &["--reward-model", "x"], "give --pairs-from-policy K"),
+        (
+            DPO,
+            &["--resample-every", "2"],
+            "give --pairs-from-policy K",
+        ),
         (DPO, &["--top-p", "0"], "--top-p must lie in (0, 1]"),
         (REWARD, &["--best-of-n", "4"], "give --policy DIR"),
         (REWARD, &["--policy", "x"], "give --best-of-n N"),

@@ -4,6 +4,7 @@
 //! generations for the policy beside its reference.
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use super::dpo_eval::{
 };
 use super::model_source::{load_for_role, model_and_tokenizer, ModelSource};
 use super::policy_pairs::{
-    check_scorable, dpo_pairs, PairSource, PolicyPairsArgs, PolicyPairsReport,
+    check_scorable, dpo_pairs, round_report, PairSource, PolicyPairsArgs, PolicyPairsReport,
 };
 use super::samples::SampleSettings;
 use crate::data::{collate_indices, Dataset, TokenizedPair};
@@ -36,8 +37,8 @@ use crate::model::{CausalLm, LoraConfig, RewardModel};
 use crate::say;
 use crate::tokenizer::Tokenizer;
 use crate::training::{
-    drawn, load_module, one_at_a_time, save_module, scalar, Checkpoints, Method, MetricsLog,
-    MicroStep, ParameterCounts, Replica, StopSignal, Trainer,
+    drawn, load_module, one_at_a_time, save_module, scalar, Checkpoints, Fitted, Method,
+    MetricsLog, MicroStep, ParameterCounts, Phase, Replica, StopSignal, Trainer,
 };
 
 /// Every setting of the DPO trainer.
@@ -211,9 +212,10 @@ pub struct DpoSummary {
     pub model_dir: PathBuf,
     /// The signal (Ctrl-C, SIGTERM) that stopped the run before its last step, if one did.
     pub stopped_by: Option<StopSignal>,
-    /// What sampling found, when DPO trained on on-policy pairs (`--pairs-from-policy`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_pairs: Option<PolicyPairsReport>,
+    /// What sampling found, when DPO trained on on-policy pairs (`--pairs-from-policy`): one
+    /// report per round (one round unless `--resample-every`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_pairs: Vec<PolicyPairsReport>,
 }
 
 /// What a run reads before training: the model source, its tokenizer, the data.
@@ -331,60 +333,57 @@ where
     }
     let source = &data.source;
     let reference = reference_model(config, source, &policy, lora.is_some(), starts_dpo, device)?;
-    let sampled = on_policy_pairs(
+    let context = DpoContext {
         config,
-        &data,
-        &reference,
-        scorer.as_ref(),
-        starts_dpo,
-        device,
-    )?;
-    let (pairs, policy_pairs) = match sampled {
-        Some((pairs, report)) => {
-            trainer.println(&report.line());
-            trainer.set_train_len(pairs.len());
-            (Cow::Owned(pairs), Some(report))
-        }
-        None => (Cow::Borrowed(&data.train_pairs[..]), None),
-    };
-    let precomputed = config.precompute_ref.then(|| {
-        trainer.println(&format!(
-            "precomputing the reference's log-probabilities over {} pairs",
-            pairs.len()
-        ));
-        reference_logps(&reference, &pairs, common.batch_size, pad, device)
-    });
-
-    let dpo = common.phase(config.sft_steps, common.steps, config.lr);
-    let mut method = DpoStep {
-        config,
-        objective: config.objective(),
+        data: &data,
         reference: &reference,
-        precomputed,
-        pairs: &pairs,
-        eval_pairs: &data.eval_pairs,
-        pad,
+        scorer: scorer.as_ref(),
         device,
-        weight_time: Duration::ZERO,
     };
-    let fitted = trainer.fit(&mut method, policy, optimizer, &dpo, device)?;
-    trainer.finish();
-    if let Some(signal) = fitted.stopped {
-        return Ok(DpoSummary::stopped(config.method, signal));
+    let mut fitted = Fitted {
+        model: policy,
+        optimizer,
+        stopped: None,
+        step_time: Duration::ZERO,
+    };
+    let mut sampled = SampledRounds::default();
+    let mut weight_time = Duration::ZERO;
+    for round in dpo_rounds(config) {
+        let (step, step_time) = (trainer.next_step(), fitted.step_time);
+        if step >= round.end {
+            sampled.reports.extend(context.report_of(&round)?);
+            continue;
+        }
+        let fresh = step == round.start;
+        let pairs =
+            context.round_pairs(&round, fresh, &fitted.model, &mut sampled, &mut trainer)?;
+        let mut method = context.method(pairs, &trainer);
+        let phase = Phase {
+            end: round.end,
+            ..common.phase(config.sft_steps, common.steps, config.lr)
+        };
+        fitted = trainer.fit(&mut method, fitted.model, fitted.optimizer, &phase, device)?;
+        fitted.step_time += step_time;
+        weight_time += method.weight_time;
+        if let Some(signal) = fitted.stopped {
+            trainer.finish();
+            return Ok(DpoSummary::stopped(config.method, signal));
+        }
     }
+    trainer.finish();
     if !replica.is_main() {
         return Ok(DpoSummary::unsummarised(config.method));
     }
-    let share = method.weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
+    let share = weight_time.as_secs_f64() / fitted.step_time.as_secs_f64().max(1e-9);
     let trained = fitted.model.valid();
-    let objective = method.objective;
+    let objective = config.objective();
     let outcome = Outcome {
         trained: &trained,
         reference: &reference,
         objective: &objective,
         lora: lora.as_ref(),
         weight_time_share: share,
-        policy_pairs,
+        policy_pairs: sampled.reports,
     };
     summarise(config, &data, outcome, trainer.metrics(), device)
 }
@@ -396,7 +395,7 @@ struct Outcome<'a, B: Backend> {
     objective: &'a DpoObjective,
     lora: Option<&'a LoraConfig>,
     weight_time_share: f64,
-    policy_pairs: Option<PolicyPairsReport>,
+    policy_pairs: Vec<PolicyPairsReport>,
 }
 
 /// The end of a finished run: held-out pairs and generations of the policy beside its
@@ -480,7 +479,7 @@ impl DpoSummary {
             weight_time_share: 0.0,
             model_dir: PathBuf::new(),
             stopped_by: None,
-            policy_pairs: None,
+            policy_pairs: Vec::new(),
         }
     }
 }
@@ -510,36 +509,167 @@ fn reference_model<B: AutodiffBackend>(
     load_module(CausalLm::new(source.config(), device), &path, device)
 }
 
-/// The DPO phase's on-policy pairs, tokenized, when the run asks for them (sampled from the
-/// reference as DPO starts, read back from the output folder on a resume).
+/// The DPO phase's rounds of sampling, as ranges of the run's steps: one over the whole phase,
+/// or one every `--resample-every` steps (iterative DPO).
+fn dpo_rounds(config: &DpoConfig) -> Vec<Range<usize>> {
+    let (start, steps) = (config.sft_steps, config.common.steps);
+    let every = match config.policy.resample_every {
+        0 => steps,
+        n => n,
+    };
+    (start..start + steps)
+        .step_by(every)
+        .map(|first| first..(first + every).min(start + steps))
+        .collect()
+}
+
+/// The reports of the rounds sampled so far, and the last round's pairs (a round whose
+/// samples all score alike trains on them again).
+#[derive(Default)]
+struct SampledRounds {
+    reports: Vec<PolicyPairsReport>,
+    last: Option<Vec<TokenizedPair>>,
+}
+
+/// What every round of the DPO phase reads: the run's settings and data, the frozen
+/// reference, the reward model that scores samples.
+struct DpoContext<'a, B: AutodiffBackend> {
+    config: &'a DpoConfig,
+    data: &'a Prepared,
+    reference: &'a CausalLm<B::InnerBackend>,
+    scorer: Option<&'a RewardModel<B::InnerBackend>>,
+    device: &'a B::Device,
+}
+
+impl<'a, B> DpoContext<'a, B>
+where
+    B: AutodiffBackend + OtBackend,
+    B::InnerBackend: OtBackend,
+{
+    /// The index of the round that starts at step `round.start`.
+    fn index(&self, round: &Range<usize>) -> usize {
+        let every = self.config.policy.resample_every.max(1);
+        (round.start - self.config.sft_steps) / every
+    }
+
+    /// The report of a round a resumed run has already trained on on-policy pairs.
+    fn report_of(&self, round: &Range<usize>) -> Result<Option<PolicyPairsReport>> {
+        if self.config.policy.pairs_from_policy == 0 {
+            return Ok(None);
+        }
+        round_report(&self.config.common.output, self.index(round)).map(Some)
+    }
+
+    /// The pairs a round trains on: the given ones, or on-policy pairs sampled (`fresh`) or
+    /// read back; round 0 samples from the reference, later ones from `policy`.
+    fn round_pairs(
+        &self,
+        round: &Range<usize>,
+        fresh: bool,
+        policy: &CausalLm<B>,
+        sampled: &mut SampledRounds,
+        trainer: &mut Trainer,
+    ) -> Result<Cow<'a, [TokenizedPair]>> {
+        let index = self.index(round);
+        let current;
+        let sampler = match index {
+            0 => self.reference,
+            _ => {
+                current = policy.valid();
+                &current
+            }
+        };
+        let pairs = on_policy_pairs(
+            self.config,
+            self.data,
+            sampler,
+            self.scorer,
+            (index, fresh),
+            self.device,
+        )?;
+        let Some((pairs, report)) = pairs else {
+            return Ok(Cow::Borrowed(&self.data.train_pairs[..]));
+        };
+        trainer.println(&format!("round {index}: {}", report.line()));
+        sampled.reports.push(report);
+        let pairs = match (pairs.is_empty(), sampled.last.take()) {
+            (true, Some(previous)) => {
+                trainer.println("no new pairs: training on the last round's again");
+                previous
+            }
+            _ => pairs,
+        };
+        trainer.set_train_len(pairs.len());
+        sampled.last = Some(pairs.clone());
+        Ok(Cow::Owned(pairs))
+    }
+
+    /// The DPO method on `pairs` (with the reference's log-probabilities precomputed over
+    /// them when the run asks for it).
+    fn method(&self, pairs: Cow<'a, [TokenizedPair]>, trainer: &Trainer) -> DpoStep<'a, B> {
+        let (config, pad) = (self.config, self.data.tokenizer.pad_id());
+        let precomputed = config.precompute_ref.then(|| {
+            trainer.println(&format!(
+                "precomputing the reference's log-probabilities over {} pairs",
+                pairs.len()
+            ));
+            reference_logps(
+                self.reference,
+                &pairs,
+                config.common.batch_size,
+                pad,
+                self.device,
+            )
+        });
+        DpoStep {
+            config,
+            objective: config.objective(),
+            reference: self.reference,
+            precomputed,
+            pairs,
+            eval_pairs: &self.data.eval_pairs,
+            pad,
+            device: self.device,
+            weight_time: Duration::ZERO,
+        }
+    }
+}
+
+/// Round `round`'s on-policy pairs, tokenized, when the run asks for them: sampled from
+/// `sampler` (the reference in round 0, the current policy later) as the round starts
+/// (`fresh`), read back from the output folder on a resume inside the round.
 fn on_policy_pairs<B: Backend>(
     config: &DpoConfig,
     data: &Prepared,
-    reference: &CausalLm<B>,
+    sampler: &CausalLm<B>,
     scorer: Option<&RewardModel<B>>,
-    starts_dpo: bool,
+    (round, fresh): (usize, bool),
     device: &B::Device,
 ) -> Result<Option<(Vec<TokenizedPair>, PolicyPairsReport)>> {
     let (common, args) = (&config.common, &config.policy);
     if args.pairs_from_policy == 0 {
         return Ok(None);
     }
+    // Round 0 draws from the run's seed; each later round from a stream of its own.
+    let seed = common.seed ^ (round as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
     let source = PairSource {
-        model: reference,
+        model: sampler,
         reward_model: scorer,
         settings: SampleSettings {
             per_prompt: args.pairs_from_policy,
-            sampling: args.sampling.sampling(common.seed),
+            sampling: args.sampling.sampling(seed),
             max_new_tokens: config.max_new_tokens,
         },
     };
     let tokenizer = &data.tokenizer;
+    let output = &common.output;
     let (pairs, report) = dpo_pairs(
         &source,
         &data.train,
         tokenizer,
-        &common.output,
-        starts_dpo,
+        output,
+        round,
+        fresh,
         device,
     )?;
     Ok(Some((tokenize(&pairs, tokenizer, common)?, report)))
@@ -616,7 +746,7 @@ struct DpoStep<'a, B: AutodiffBackend> {
     objective: DpoObjective,
     reference: &'a CausalLm<B::InnerBackend>,
     precomputed: Option<Vec<ReferenceLogps>>,
-    pairs: &'a [TokenizedPair],
+    pairs: Cow<'a, [TokenizedPair]>,
     eval_pairs: &'a [TokenizedPair],
     pad: u32,
     device: &'a B::Device,
@@ -648,7 +778,7 @@ where
         indices: &[usize],
         step: usize,
     ) -> Result<MicroStep<B>> {
-        let batch = collate_indices::<B>(self.pairs, indices, self.pad, self.device);
+        let batch = collate_indices::<B>(&self.pairs[..], indices, self.pad, self.device);
         let tokens = batch.num_tokens;
         let precomputed = self
             .precomputed
@@ -697,8 +827,8 @@ where
 
 fn print_summary(summary: &DpoSummary) {
     say!("\n== {:?} summary", summary.method);
-    if let Some(report) = &summary.policy_pairs {
-        say!("{}", report.line());
+    for (round, report) in summary.policy_pairs.iter().enumerate() {
+        say!("round {round}: {}", report.line());
     }
     let h = &summary.held_out;
     say!(

@@ -33,6 +33,12 @@ pub struct PolicyPairsArgs {
     #[arg(long, value_name = "DIR")]
     #[serde(default)]
     pub reward_model: Option<PathBuf>,
+    /// Iterative DPO: sample fresh pairs from the current policy every N DPO steps (the first
+    /// round's from the reference as DPO starts; round r's written to
+    /// OUTPUT/policy_pairs-round-r.jsonl). 0: sample once.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[serde(default)]
+    pub resample_every: usize,
     /// How the samples are drawn.
     #[command(flatten)]
     #[serde(flatten)]
@@ -43,6 +49,11 @@ impl PolicyPairsArgs {
     /// Checks the flags (the data is checked with [`check_scorable`] once read).
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.sampling.sampling(0).check()?;
+        if self.resample_every > 0 && self.pairs_from_policy == 0 {
+            return Err(
+                "--resample-every samples on-policy pairs: give --pairs-from-policy K".into(),
+            );
+        }
         if self.reward_model.is_some() && self.pairs_from_policy == 0 {
             return Err(
                 "--reward-model scores on-policy samples: give --pairs-from-policy K".into(),
@@ -191,7 +202,8 @@ pub fn reward_model_scores<B: Backend>(
 
 /// What the DPO trainer samples its on-policy pairs with.
 pub struct PairSource<'a, B: Backend> {
-    /// The model the answers are sampled from (the reference).
+    /// The model the answers are sampled from (the reference; the current policy in later
+    /// rounds of iterative DPO).
     pub model: &'a CausalLm<B>,
     /// Scores the answers (`None`: the built-in task's checker).
     pub reward_model: Option<&'a RewardModel<B>>,
@@ -199,24 +211,22 @@ pub struct PairSource<'a, B: Backend> {
     pub settings: SampleSettings,
 }
 
-/// The DPO phase's on-policy pairs: sampled over `train`'s prompts when DPO starts (`fresh`)
-/// and written to `OUTPUT/policy_pairs.jsonl` with the report beside it; read back from there
-/// when a run resumes inside DPO.
+/// Round `round`'s on-policy pairs of the DPO phase: sampled over `train`'s prompts as the round
+/// starts (`fresh`) and written to `OUTPUT/policy_pairs.jsonl` (round 0) or
+/// `policy_pairs-round-R.jsonl`, with the report beside it; read back from there when a run
+/// resumes inside the round.
 pub fn dpo_pairs<B: Backend>(
     source: &PairSource<'_, B>,
     train: &Dataset,
     tokenizer: &Tokenizer,
     output: &Path,
+    round: usize,
     fresh: bool,
     device: &B::Device,
 ) -> Result<(Dataset, PolicyPairsReport)> {
-    let path = output.join("policy_pairs.jsonl");
-    let report_path = output.join("policy_pairs.json");
+    let (path, report_path) = round_files(output, round);
     if !fresh {
-        let text = std::fs::read_to_string(&report_path).map_err(|e| Error::io(&report_path, e))?;
-        let report =
-            serde_json::from_str(&text).map_err(|e| Error::invalid(&report_path, e.to_string()))?;
-        return Ok((read_jsonl(&path)?, report));
+        return Ok((read_jsonl(&path)?, round_report(output, round)?));
     }
     let prompts = eval_prompts(train, train.len(), tokenizer)?;
     let answers = sample_answers(source.model, &prompts, tokenizer, &source.settings, device)?;
@@ -225,7 +235,8 @@ pub fn dpo_pairs<B: Backend>(
         None => checker_scores(&prompts, &answers)?,
     };
     let (pairs, report) = pair_answers(&prompts, &answers, &scores);
-    if pairs.is_empty() {
+    // A later round may find none (every prompt answered alike): its caller decides.
+    if pairs.is_empty() && round == 0 {
         return Err(Error::Training(format!(
             "--pairs-from-policy: no prompt's {} samples differ in score, so there is no pair \
              to train on: raise --temperature or --pairs-from-policy",
@@ -241,4 +252,23 @@ pub fn dpo_pairs<B: Backend>(
         Dataset::from_pairs(path.display().to_string(), pairs),
         report,
     ))
+}
+
+/// The pairs file and the report of round `round` in `output`.
+fn round_files(output: &Path, round: usize) -> (PathBuf, PathBuf) {
+    let stem = match round {
+        0 => "policy_pairs".to_string(),
+        r => format!("policy_pairs-round-{r}"),
+    };
+    (
+        output.join(format!("{stem}.jsonl")),
+        output.join(format!("{stem}.json")),
+    )
+}
+
+/// The report of round `round`'s pairs, as sampling wrote it.
+pub fn round_report(output: &Path, round: usize) -> Result<PolicyPairsReport> {
+    let (_, path) = round_files(output, round);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::invalid(&path, e.to_string()))
 }
