@@ -3,7 +3,7 @@
 //! Every replica runs the whole program, as the ranks of `torchrun` or `accelerate` do: each
 //! loads the model and the data, trains on its shard of every global batch, and the replicas'
 //! gradients are averaged with burn's all-reduce before every optimizer step, so that all of
-//! them take the same step. Only the main replica (global rank 0) prints, writes metrics and
+//! them take the same step. Only the main replica (rank 0) prints, writes metrics and
 //! saves checkpoints and the model.
 //!
 //! Why burn-collective's functions and not burn-train's DDP strategy: the trainers run their
