@@ -310,3 +310,52 @@ fn chunked_head_gradients_match_the_full_logits() {
         "chunked head and checkpointed layers",
     );
 }
+
+/// Every other position of `ids` `[batch, len]`, as the `[batch, len - 1]` mask of
+/// log-probabilities a loss reads (a response mask with gaps).
+fn every_other_position(ids: &Tensor<A, 2, Int>) -> Tensor<A, 2> {
+    let [batch, len] = ids.dims();
+    let values: Vec<f32> = (0..batch * (len - 1))
+        .map(|i| ((i % (len - 1)) % 2) as f32)
+        .collect();
+    Tensor::from_data(
+        burn::tensor::TensorData::new(values, [batch, len - 1]),
+        &Default::default(),
+    )
+}
+
+/// The head over the positions a loss reads (`forward_logps_where`) gives the full logits'
+/// log-probabilities there and zero elsewhere, and the same gradients as the full logits
+/// under that loss: one chunk, several chunks, tied and untied heads.
+#[test]
+fn head_over_the_needed_positions_matches_the_full_logits() {
+    let _turn = take_turn();
+    for (name, chunk_rows) in [("llama", None), ("llama", Some(3)), ("smollm", Some(4))] {
+        let what = format!("{name}, chunks of {chunk_rows:?} rows");
+        let model = policy(name);
+        let (ids, mask) = batch(name);
+        let needed = every_other_position(&ids);
+        let loss_of = |logps: Tensor<A, 2>, hidden: Tensor<A, 3>| {
+            (logps * needed.clone()).sum() + hidden.powi_scalar(2).mean().mul_scalar(0.1)
+        };
+        let out = model.forward(ids.clone(), mask.clone());
+        let full = next_token_logps(out.logits, ids.clone());
+        let plain_loss = loss_of(full.clone(), out.hidden);
+        let plain = GradientsParams::from_grads(plain_loss.backward(), &model);
+        let plain = all_grads(&model, &plain);
+        let under_test = match chunk_rows {
+            Some(rows) => model.clone().with_head_chunk_rows(rows),
+            None => model.clone(),
+        };
+        let out = under_test.forward_logps_where(ids, mask, needed.clone());
+        let selected: Vec<f32> = out.logps.clone().into_data().to_vec().unwrap();
+        let full: Vec<f32> = full.into_data().to_vec().unwrap();
+        let keep: Vec<f32> = needed.clone().into_data().to_vec().unwrap();
+        for ((x, y), k) in selected.iter().zip(&full).zip(&keep) {
+            let expected = if *k == 0.0 { 0.0 } else { *y };
+            assert!((x - expected).abs() <= 1e-5, "{what}: {x} vs {expected}");
+        }
+        let grads = under_test.backward(loss_of(out.logps, out.hidden));
+        assert_close(&plain, &all_grads(&under_test, &grads), &what);
+    }
+}

@@ -65,7 +65,12 @@ where
     let b = batch.pairs;
     let [rows, len] = batch.input_ids.dims();
     // Differentiated through `CausalLm::backward` (the head runs in chunks).
-    let out = policy.forward_logps(batch.input_ids.clone(), batch.attention_mask.clone());
+    let mask = batch.response_mask;
+    let out = policy.forward_logps_where(
+        batch.input_ids.clone(),
+        batch.attention_mask.clone(),
+        mask.clone(),
+    );
     let logps = out.logps;
     let reference_logps = objective
         .method
@@ -73,9 +78,10 @@ where
         .then(|| match precomputed {
             Some(rows) => precomputed_tensor::<B>(rows, len - 1, device),
             None => {
-                let out = reference.forward_logps(
+                let out = reference.forward_logps_where(
                     batch.input_ids.clone().inner(),
                     batch.attention_mask.clone().inner(),
+                    mask.clone().inner(),
                 );
                 Tensor::from_inner(out.logps)
             }
@@ -85,7 +91,6 @@ where
         .method
         .needs_hidden_states()
         .then(|| out.hidden.slice([0..rows, 0..len - 1]).detach());
-    let mask = batch.response_mask;
     let chosen_nll = chosen_nll(logps.clone(), mask.clone());
     let (out, weights, weight_time) = weighted_loss(
         objective,

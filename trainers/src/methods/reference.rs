@@ -27,7 +27,7 @@ pub fn reference_logps<B: burn::tensor::backend::Backend>(
     for chunk in pairs.chunks(batch_size) {
         let batch = collate_pairs::<B>(chunk, pad, device);
         let logps = reference
-            .forward_logps(batch.input_ids, batch.attention_mask)
+            .forward_logps_where(batch.input_ids, batch.attention_mask, batch.response_mask)
             .logps;
         let [rows, width] = logps.dims();
         let values = logps

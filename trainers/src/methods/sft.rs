@@ -14,7 +14,10 @@ pub fn sft_loss<B: AutodiffBackend>(policy: &CausalLm<B>, batch: PairBatch<B>) -
     let mask = batch.attention_mask.slice([0..pairs, 0..len]);
     let response = batch.response_mask.slice([0..pairs, 0..len - 1]);
     // Differentiated through `CausalLm::backward` (the head runs in chunks).
-    response_nll(policy.forward_logps(ids, mask).logps, response)
+    let logps = policy
+        .forward_logps_where(ids, mask, response.clone())
+        .logps;
+    response_nll(logps, response)
 }
 
 /// The chosen responses' negative log-likelihood per response token (TRL's `nll_loss`): rows

@@ -8,7 +8,7 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::DecoderConfig;
 use super::decoder::{Decoder, DecoderCache};
-use super::head::{chunk_rows, chunked_logps};
+use super::head::{chunk_rows, chunked_logps, HeadRows};
 use super::lora::LoraConfig;
 use super::projection::linear;
 use super::tape::{HeadTape, Tapes};
@@ -164,36 +164,69 @@ impl<B: Backend> CausalLm<B> {
         attention_mask: Tensor<B, 2, Bool>,
     ) -> TokenLogps<B> {
         let [batch, len] = input_ids.dims();
+        self.logps_at(input_ids, attention_mask, HeadRows::all(batch * (len - 1)))
+    }
+
+    /// [`CausalLm::forward_logps`] where `needed` (`[batch, len - 1]`, aligned with the
+    /// log-probabilities: a response mask) is nonzero, and zero elsewhere: the head's product
+    /// and log-softmax skip the prompt and the padding. Losses that read only the masked
+    /// positions come out the same.
+    pub fn forward_logps_where(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        needed: Tensor<B, 2>,
+    ) -> TokenLogps<B> {
+        self.logps_at(input_ids, attention_mask, HeadRows::where_nonzero(needed))
+    }
+
+    fn logps_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        rows: HeadRows<B>,
+    ) -> TokenLogps<B> {
+        let [batch, len] = input_ids.dims();
         let device = input_ids.device();
         let hidden = self.model.forward(input_ids.clone(), attention_mask);
         let width = hidden.dims()[2];
-        let targets = input_ids.clone().slice([0..batch, 1..len]);
-        let shifted = |h: Tensor<B, 3>| h.slice([0..batch, 0..len - 1, 0..width]);
+        // Row `b · (len - 1) + t`: the hidden state at `t` predicts token `t + 1`.
+        let flat = |h: Tensor<B, 3>| {
+            h.slice([0..batch, 0..len - 1, 0..width])
+                .reshape([batch * (len - 1), width])
+        };
+        let targets = rows.take_targets(
+            input_ids
+                .slice([0..batch, 1..len])
+                .reshape([batch * (len - 1)]),
+        );
+        let unflat = |logps: Tensor<B, 1>| rows.spread(logps).reshape([batch, len - 1]);
+        if rows.count() == 0 {
+            let logps = Tensor::zeros([batch, len - 1], &device);
+            return TokenLogps { logps, hidden };
+        }
         let step = chunk_rows(
             self.model.embed_tokens.weight.dims()[0],
             self.head_chunk_rows,
         );
-        if batch * (len - 1) <= step {
-            // One chunk holds every position: the plain graph, nothing to recompute.
-            let logits = linear(hidden.clone(), self.head_weight(), None);
-            let logps = next_token_logps(logits, input_ids);
-            return TokenLogps { logps, hidden };
-        }
-        if !B::ad_enabled(&device) {
-            let logps = chunked_logps(shifted(hidden.clone()), self.head_weight(), targets, step);
+        if rows.count() <= step || !B::ad_enabled(&device) {
+            // One chunk holds every row (the plain graph, nothing to recompute), or no graph.
+            let taken = rows.take(flat(hidden.clone()));
+            let logps = unflat(chunked_logps(taken, self.head_weight(), targets, step));
             return TokenLogps { logps, hidden };
         }
         let values = chunked_logps(
-            shifted(hidden.clone().detach()),
+            rows.take(flat(hidden.clone().detach())),
             self.head_weight().detach(),
             targets.clone(),
             step,
         );
         let tape = HeadTape {
             hidden_leaf: hidden.clone().detach().require_grad(),
-            logps_leaf: values.detach().require_grad(),
+            logps_leaf: unflat(values).detach().require_grad(),
             hidden,
             targets,
+            rows,
             chunk_rows: step,
         };
         let out = TokenLogps {

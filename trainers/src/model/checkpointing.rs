@@ -74,17 +74,23 @@ fn head_gradient<B: AutodiffBackend, M: AutodiffModule<B>>(
     let direct = tape.hidden_leaf.grad_remove(grads);
     let through_head = tape.logps_leaf.grad_remove(grads).map(|upstream| {
         let [batch, len, width] = tape.hidden.dims();
-        let shifted = tape.hidden.clone().slice([0..batch, 0..len - 1, 0..width]);
-        let targets = tape.targets.clone();
+        let total = batch * (len - 1);
+        let shifted = tape
+            .hidden
+            .clone()
+            .detach()
+            .slice([0..batch, 0..len - 1, 0..width]);
+        let inner_rows = tape.rows.inner();
         let grad = super::head::backward(
             model,
             weight,
-            shifted,
-            targets,
+            tape.rows.take(shifted.reshape([total, width])),
+            tape.targets.clone(),
             tape.chunk_rows,
-            upstream,
+            inner_rows.take(upstream.reshape([total])),
             accumulator,
         );
+        let grad = inner_rows.spread(grad).reshape([batch, len - 1, width]);
         // The last position predicts nothing: its share is zero.
         let last = Tensor::zeros([batch, 1, width], &grad.device());
         Tensor::cat(vec![grad, last], 1)

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 
+use super::head::HeadRows;
 use super::rotary::RotaryTables;
 
 /// Where a forward leaves what its backward will recompute from. The tapes are type-erased
@@ -55,12 +56,13 @@ pub(super) struct LayerTape<B: Backend> {
 
 /// What a training forward's chunked log-probabilities keep: the decoder's last hidden state
 /// as autodiff recorded it, the leaves the loss was computed from instead (the hidden state and
-/// the log-probabilities), and the target tokens.
+/// the log-probabilities), the rows the head computed and their target tokens.
 pub(super) struct HeadTape<B: Backend> {
     pub hidden: Tensor<B, 3>,
     pub hidden_leaf: Tensor<B, 3>,
     pub logps_leaf: Tensor<B, 2>,
-    pub targets: Tensor<B, 2, Int>,
+    pub targets: Tensor<B, 1, Int>,
+    pub rows: HeadRows<B>,
     pub chunk_rows: usize,
 }
 

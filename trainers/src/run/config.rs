@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::optim::AdamWConfig;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -14,7 +13,7 @@ use super::parallel::ParallelArgs;
 use crate::error::{Error, Result as TrainResult};
 use crate::hub::is_adapter_folder;
 use crate::model::{LoraConfig, LoraTarget};
-use crate::training::{LoopConfig, Phase, Replica, WarmupCosine};
+use crate::training::{HostAdamW, LoopConfig, Phase, Replica, WarmupCosine};
 
 /// Where to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -351,11 +350,10 @@ impl CommonConfig {
         }
     }
 
-    /// AdamW with the run's weight decay and ε (β 0.9 and 0.999, as torch's).
-    pub fn optimizer(&self) -> AdamWConfig {
-        AdamWConfig::new()
-            .with_weight_decay(self.weight_decay as f32)
-            .with_epsilon(self.adam_epsilon as f32)
+    /// AdamW with the run's weight decay and ε (β 0.9 and 0.999, as torch's), updating in
+    /// one pass when `host` (the backend's tensors are host memory).
+    pub fn optimizer(&self, host: bool) -> HostAdamW {
+        HostAdamW::new(self.weight_decay as f32, self.adam_epsilon as f32, host)
     }
 
     /// A phase of `steps` steps from step `origin` with peak learning rate `peak`: linear

@@ -282,7 +282,7 @@ where
     // Replicas start from the main one's parameters (fresh adapters, the built-in model).
     loaded.model = replica.main_parameters(loaded.model)?;
     say!("{}", ParameterCounts::of(&loaded.model));
-    let new_optimizer = || common.optimizer().init::<B, CausalLm<B>>();
+    let new_optimizer = || common.optimizer(B::HOST_MEMORY).init::<B, CausalLm<B>>();
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints)
         .with_settings(serde_json::to_value(config).expect("configurations serialise"));
     let (policy, optimizer, state) =

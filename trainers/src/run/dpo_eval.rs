@@ -103,18 +103,21 @@ where
         let batch = collate_pairs::<B>(chunk, pad, device);
         let b = batch.pairs;
         let [rows, len] = batch.input_ids.dims();
-        let out = policy.forward_logps(batch.input_ids.clone(), batch.attention_mask.clone());
+        let mask = batch.response_mask;
+        let logps_of = |model: &CausalLm<B>| {
+            let (ids, attention) = (batch.input_ids.clone(), batch.attention_mask.clone());
+            model.forward_logps_where(ids, attention, mask.clone())
+        };
+        let out = logps_of(policy);
         let logps = out.logps;
-        let reference_logps = objective.method.uses_reference().then(|| {
-            reference
-                .forward_logps(batch.input_ids.clone(), batch.attention_mask.clone())
-                .logps
-        });
+        let reference_logps = objective
+            .method
+            .uses_reference()
+            .then(|| logps_of(reference).logps);
         let hidden = objective
             .method
             .needs_hidden_states()
             .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-        let mask = batch.response_mask;
         let (out, _, _) = weighted_loss(objective, 0, logps, reference_logps, hidden, mask)?;
         loss_sum += scalar(out.loss) * b as f64;
         let margins = out

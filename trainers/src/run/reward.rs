@@ -256,7 +256,7 @@ where
     // Replicas start from the main one's parameters (fresh adapters, the built-in model).
     loaded.model = replica.main_parameters(loaded.model)?;
     say!("{}", ParameterCounts::of(&loaded.model));
-    let optimizer = common.optimizer().init::<B, RewardModel<B>>();
+    let optimizer = common.optimizer(B::HOST_MEMORY).init::<B, RewardModel<B>>();
     // Before any resume: "before" is the model the run started from, not a checkpoint.
     let pad = tokenizer.pad_id();
     let before = match replica.is_main() {

@@ -1,6 +1,7 @@
 //! The training loop ([`Trainer`], one for every method and phase) and its parts that burn
 //! 0.21 does not provide in the form the trainers need.
 
+mod adamw;
 mod checkpoint;
 mod clip;
 mod data_parallel;
@@ -13,6 +14,7 @@ mod progress;
 mod schedule;
 mod trainer;
 
+pub use adamw::HostAdamW;
 pub use checkpoint::{
     load_module, read_json, save_module, write_json, Checkpoints, RunState, SETTINGS_FILE,
 };
