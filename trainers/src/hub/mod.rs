@@ -153,7 +153,7 @@ impl ModelFolder {
         if self.is_reward_model() {
             return Err(self.wrong_head("a reward model (score head)", "load_reward_model"));
         }
-        let mut model = CausalLm::new(&self.config, device);
+        let mut model = CausalLm::new(&self.config.to_be_loaded(), device);
         let unused = Unused {
             names: if self.config.tie_word_embeddings {
                 vec!["lm_head.weight"]
@@ -183,7 +183,7 @@ impl ModelFolder {
                 "load_reward_model_from_base",
             ));
         }
-        let mut model = RewardModel::new(&self.config, device);
+        let mut model = RewardModel::new(&self.config.to_be_loaded(), device);
         load_into(
             &mut model,
             &self.weights,
@@ -205,7 +205,7 @@ impl ModelFolder {
         if self.is_reward_model() {
             return Err(self.wrong_head("already a reward model", "load_reward_model"));
         }
-        let mut decoder = CausalLm::new(&self.config, device);
+        let mut decoder = CausalLm::new(&self.config.to_be_loaded(), device);
         decoder.lm_head = None;
         let unused = Unused {
             names: vec!["lm_head.weight"],

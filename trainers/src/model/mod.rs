@@ -32,8 +32,13 @@ pub use tape::Tapes;
 
 use burn::nn::Initializer;
 
-/// `transformers`' initialisation of fresh weights: normal with std `initializer_range`.
+/// `transformers`' initialisation of fresh weights: normal with std `initializer_range`; zeros
+/// when that is 0 (the same, without drawing a random number per weight: for weights that a
+/// checkpoint overwrites next, see [`DecoderConfig::to_be_loaded`]).
 fn normal_init(config: &DecoderConfig) -> Initializer {
+    if config.initializer_range == 0.0 {
+        return Initializer::Zeros;
+    }
     Initializer::Normal {
         mean: 0.0,
         std: config.initializer_range,
