@@ -72,13 +72,21 @@ impl<B: Backend> Attention<B> {
         cache: &mut Option<KeyValues<B>>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        // `[batch, len, hidden]` split into heads; rotated there, then heads ahead of positions.
-        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]);
-        let heads_first = |t: Tensor<B, 4>| t.swap_dims(1, 2);
-        let q = heads_first(rotary.apply(split(self.q_proj.forward(x.clone()), self.num_heads)));
-        let k = split(self.k_proj.forward(x.clone()), self.num_kv_heads);
-        let k = heads_first(rotary.apply(k));
-        let v = heads_first(split(self.v_proj.forward(x), self.num_kv_heads));
+        let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let group = heads / kv_heads;
+        // `[batch, len, hidden]` split into heads and rotated there. Query head `h` reads kv
+        // head `h / group` (transformers' `repeat_kv`): instead of repeating the keys and
+        // values, each kv head's `group` query heads are stacked along the positions, so
+        // attention runs per kv head over `group · len` queries with no copy of the keys.
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, dim]);
+        let q = rotary.apply(split(self.q_proj.forward(x.clone()), heads));
+        let q = q
+            .reshape([batch, len, kv_heads, group, dim])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([batch, kv_heads, group * len, dim]);
+        let k = rotary.apply(split(self.k_proj.forward(x.clone()), kv_heads));
+        let k = k.swap_dims(1, 2);
+        let v = split(self.v_proj.forward(x), kv_heads).swap_dims(1, 2);
         let (k, v) = match cache.take() {
             Some(past) => (
                 Tensor::cat(vec![past.keys, k], 2),
@@ -90,9 +98,11 @@ impl<B: Backend> Attention<B> {
             keys: k.clone(),
             values: v.clone(),
         });
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let keys_len = k.dims()[2];
-        let masked = masked.expand([batch, self.num_heads, len, keys_len]);
+        let masked = masked
+            .unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, group, len, keys_len])
+            .reshape([batch, kv_heads, group * len, keys_len]);
         // Fully masked rows (a left-padded query) come out as zeros, not NaN.
         let out = attention(
             q,
@@ -103,21 +113,9 @@ impl<B: Backend> Attention<B> {
             AttentionModuleOptions::default(),
         );
         let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, len, self.num_heads * self.head_dim]);
+            .reshape([batch, kv_heads, group, len, dim])
+            .permute([0, 3, 1, 2, 4])
+            .reshape([batch, len, heads * dim]);
         self.o_proj.forward(out)
-    }
-
-    /// Key/value heads repeated so that query head `h` reads kv head `h / group`
-    /// (transformers' `repeat_kv`).
-    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let group = self.num_heads / self.num_kv_heads;
-        if group == 1 {
-            return x;
-        }
-        let [batch, kv_heads, len, dim] = x.dims();
-        x.unsqueeze_dim::<5>(2)
-            .expand([batch, kv_heads, group, len, dim])
-            .reshape([batch, kv_heads * group, len, dim])
     }
 }
