@@ -84,19 +84,22 @@ fn clipping_scales_every_gradient_by_one_factor() {
 
 /// `HostAdamW` (the one-pass update on host memory) gives burn's `AdamW`'s parameters to the
 /// bit over several steps, with and without weight decay, and its state resumes under burn's.
+/// The weight (600 × 250) spans several of the update's parallel chunks, the last one partial.
 #[test]
 fn host_adamw_is_burns_adamw_to_the_bit() {
     use burn::optim::{AdamWConfig, Optimizer};
     use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
     use burn::tensor::TensorData;
     use otpref_trainers::training::HostAdamW;
+    const WIDTH_IN: usize = 600;
 
     fn grads_of(model: &Linear<A>, step: usize) -> GradientsParams {
         // Inputs from a formula, not the backend's random stream (other tests draw from it).
-        let values: Vec<f32> = (0..30)
+        let values: Vec<f32> = (0..5 * WIDTH_IN)
             .map(|i| ((i * 7 + step * 13) % 11) as f32 / 2.0 - 2.5)
             .collect();
-        let x = Tensor::<A, 2>::from_data(TensorData::new(values, [5, 6]), &Default::default());
+        let x =
+            Tensor::<A, 2>::from_data(TensorData::new(values, [5, WIDTH_IN]), &Default::default());
         let loss = model.forward(x).powi_scalar(2).mean();
         GradientsParams::from_grads(loss.backward(), model)
     }
@@ -116,7 +119,7 @@ fn host_adamw_is_burns_adamw_to_the_bit() {
     }
     for weight_decay in [0.0f32, 0.1] {
         let device = Default::default();
-        let start: Linear<A> = LinearConfig::new(6, 4).init(&device);
+        let start: Linear<A> = LinearConfig::new(WIDTH_IN, 250).init(&device);
         // Drawn now: a lazily initialised module's clones would each draw their own.
         let first_values = floats(&start);
         let burn_config = AdamWConfig::new()

@@ -15,6 +15,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, SimpleOptimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
 
 /// AdamW with torch's and burn's update rule; see the module's documentation.
 #[derive(Clone)]
@@ -100,7 +101,9 @@ impl HostAdamW {
             None => (None, 1),
         };
         let (mut moment_1, mut moment_2) = moments.unwrap_or_else(|| {
-            let zeros = || TensorData::zeros::<f32, _>(shape.clone());
+            // Zeroed allocations (calloc: fresh pages stay untouched until the update writes
+            // them, on every core), not `TensorData::zeros`' element-by-element loop.
+            let zeros = || TensorData::new(vec![0f32; shape.num_elements()], shape.clone());
             (zeros(), zeros())
         });
         let first = time == 1;
@@ -122,28 +125,88 @@ impl HostAdamW {
 
     /// burn's AdamW on slices, each operation as burn's tensor ops do it in f32: the moments
     /// (`m·β₁ + g·(1 − β₁)`; at the first step `g·(1 − β₁)`), their bias corrections, the
-    /// step `m̂ / (√v̂ + ε)` and the decayed parameter `p·(1 − lr·λ) − lr·step`.
+    /// step `m̂ / (√v̂ + ε)` and the decayed parameter `p·(1 − lr·λ) − lr·step`. Large
+    /// parameters are split over rayon's threads (each element's arithmetic is unchanged, so
+    /// the result is the same to the bit); on the first step this also spreads the first
+    /// touch of the fresh moments' pages over the cores.
     fn update(&self, lr: LearningRate, time: usize, first: bool, s: Slices<'_>) {
-        let (beta_1, beta_2, epsilon) = (self.beta_1, self.beta_2, self.epsilon);
-        let (factor_1, factor_2) = (1.0 - beta_1, 1.0 - beta_2);
-        let correction_1 = 1f32 - beta_1.powi(time as i32);
-        let correction_2 = 1f32 - beta_2.powi(time as i32);
-        let decay_rate = lr * self.weight_decay as f64;
-        let keep = (1.0 - decay_rate) as f32;
-        let lr = lr as f32;
+        let rule = UpdateRule::new(self, lr, time, first);
+        let chunks = s
+            .param
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .zip(s.grad.par_chunks(PARALLEL_CHUNK))
+            .zip(s.moment_1.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(s.moment_2.par_chunks_mut(PARALLEL_CHUNK));
+        chunks.for_each(|(((param, grad), moment_1), moment_2)| {
+            rule.apply(Slices {
+                param,
+                grad,
+                moment_1,
+                moment_2,
+            })
+        });
+    }
+}
+
+/// Elements per parallel task of the update: small parameters (norms, biases) stay on one
+/// thread, where splitting would cost more than it saves.
+const PARALLEL_CHUNK: usize = 1 << 16;
+
+/// The constants of one step's update, shared by its parallel chunks.
+struct UpdateRule {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    factor_1: f32,
+    factor_2: f32,
+    correction_1: f32,
+    correction_2: f32,
+    /// `lr · λ` (the weight decay's rate), in f64 as burn computes it.
+    decay_rate: f64,
+    /// `1 − lr · λ`.
+    keep: f32,
+    lr: f32,
+    first: bool,
+}
+
+impl UpdateRule {
+    fn new(optimizer: &HostAdamW, lr: LearningRate, time: usize, first: bool) -> Self {
+        let (beta_1, beta_2) = (optimizer.beta_1, optimizer.beta_2);
+        let decay_rate = lr * optimizer.weight_decay as f64;
+        Self {
+            beta_1,
+            beta_2,
+            epsilon: optimizer.epsilon,
+            factor_1: 1.0 - beta_1,
+            factor_2: 1.0 - beta_2,
+            correction_1: 1f32 - beta_1.powi(time as i32),
+            correction_2: 1f32 - beta_2.powi(time as i32),
+            decay_rate,
+            keep: (1.0 - decay_rate) as f32,
+            lr: lr as f32,
+            first,
+        }
+    }
+
+    /// The update of one chunk of a parameter.
+    fn apply(&self, s: Slices<'_>) {
         let moments = s.moment_1.iter_mut().zip(s.moment_2.iter_mut());
         for ((p, g), (m, v)) in s.param.iter_mut().zip(s.grad).zip(moments) {
             let (g, square) = (*g, *g * *g);
-            if first {
-                *m = g * factor_1;
-                *v = square * factor_2;
+            if self.first {
+                *m = g * self.factor_1;
+                *v = square * self.factor_2;
             } else {
-                *m = *m * beta_1 + g * factor_1;
-                *v = *v * beta_2 + square * factor_2;
+                *m = *m * self.beta_1 + g * self.factor_1;
+                *v = *v * self.beta_2 + square * self.factor_2;
             }
-            let delta = (*m / correction_1) / ((*v / correction_2).sqrt() + epsilon);
-            let decayed = if decay_rate == 0.0 { *p } else { *p * keep };
-            *p = decayed - delta * lr;
+            let delta = (*m / self.correction_1) / ((*v / self.correction_2).sqrt() + self.epsilon);
+            let decayed = if self.decay_rate == 0.0 {
+                *p
+            } else {
+                *p * self.keep
+            };
+            *p = decayed - delta * self.lr;
         }
     }
 }
