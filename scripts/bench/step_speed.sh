@@ -9,10 +9,12 @@
 #
 # MODEL_DIR: a causal-LM folder (scripts/gpu/make_model.py); PAIRS_JSONL: TRL preference pairs
 # (e.g. the first 200 of `dpo_trainer --write-builtin`). Needs the release binaries
-# (`cargo build --release -p otpref-trainers`) and Python with torch, transformers and trl.
+# (`cargo build --release -p otpref-trainers`; OTPREF_BIN=DIR runs the binaries in DIR instead,
+# e.g. a copy of an earlier commit's) and Python with torch, transformers and trl.
 set -euo pipefail
 model=$1; pairs=$2; steps=${3:-3}; batch=${4:-4}
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin=${OTPREF_BIN:-$root/target/release}
 work=$(mktemp -d)
 common=(--model "$model" --data "$pairs" --steps "$steps" --batch-size "$batch" --max-length 128
         --max-prompt-length 64 --eval-every 0 --save-every 0 --log-every 1 --warmup-ratio 0
@@ -31,11 +33,11 @@ measure() { # LABEL COMMAND...: runs COMMAND under /usr/bin/time, prints LABEL t
     printf '%-28s %8.1f tok/s  %s  %s\n' "$label" "$rate" "$peak" "$wall"
 }
 
-measure "otpref dpo_trainer" "$root/target/release/dpo_trainer" "${common[@]}" \
+measure "otpref dpo_trainer" "$bin/dpo_trainer" "${common[@]}" \
     --method dpo --sft-steps 0 --eval-prompts 0 --rpo-alpha 0
 measure "TRL DPOTrainer" python3 "$root/scripts/gpu/trl_dpo.py" "$model" "$pairs" "$work/run" \
     "$steps" "$batch" cpu
-measure "otpref reward_trainer" "$root/target/release/reward_trainer" "${common[@]}" \
+measure "otpref reward_trainer" "$bin/reward_trainer" "${common[@]}" \
     --loss bt --lr 1e-5 --max-grad-norm 0
 measure "TRL RewardTrainer" python3 "$root/scripts/bench/trl_reward.py" "$model" "$pairs" \
     "$work/run" "$steps" "$batch" 128
