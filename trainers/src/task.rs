@@ -121,6 +121,8 @@ pub fn pairs(count: usize, seed: u64, config: &TaskConfig) -> Vec<PreferencePair
                 // TRL's margin column: how clearly chosen is better (1 for an obvious error,
                 // 0 for a near miss).
                 margin: Some(if near_miss { 0.0 } else { 1.0 }),
+                chosen_weights: None,
+                rejected_weights: None,
             }
         })
         .collect()

@@ -115,6 +115,8 @@ fn plain_pairs_get_special_tokens_on_the_prompt_and_eos_on_responses() {
         chosen: Text::Plain(" 47".into()),
         rejected: Text::Plain(" 48".into()),
         margin: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let ids = tokenize_pair(&pair, &tokenizer).unwrap();
     // The Llama-3 style tokenizer adds BOS to the prompt (id 0 in the fixture).
@@ -142,6 +144,8 @@ fn conversational_pairs_match_transformers_chat_template_ids() {
                 chosen: Text::Conversation(response.clone()),
                 rejected: Text::Conversation(response),
                 margin: None,
+                chosen_weights: None,
+                rejected_weights: None,
             };
             let ids = tokenize_pair(&pair, &tokenizer).unwrap();
             let expected =
@@ -159,6 +163,8 @@ fn mixing_string_prompt_and_message_response_is_an_error_naming_the_line() {
         chosen: Text::Conversation(vec![Message::new("assistant", "Hello")]),
         rejected: Text::Plain("Bye".into()),
         margin: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let data = Dataset::from_pairs("train.jsonl", vec![pair]);
     let limits = LengthLimits {
@@ -182,6 +188,8 @@ fn truncation_keeps_the_prompt_end_and_skips_pairs_that_do_not_fit() {
         chosen: Text::Plain(chosen.into()),
         rejected: Text::Plain("1".into()),
         margin: None,
+        chosen_weights: None,
+        rejected_weights: None,
     };
     let data = Dataset::from_pairs(
         "built-in",
@@ -213,6 +221,48 @@ fn truncation_keeps_the_prompt_end_and_skips_pairs_that_do_not_fit() {
         .contains("1 skipped as longer than max_length"));
 }
 
+/// The data's token weights are laid out as the response mask is: entry t weighs the token at
+/// position t + 1, 0 on the prompt and the padding (worked out by hand for two pairs).
+#[test]
+fn collated_token_weights_align_with_the_response_tokens() {
+    let pairs = vec![
+        TokenizedPair {
+            prompt: vec![1, 2],
+            chosen: vec![3, 9],
+            rejected: vec![4, 5, 9],
+            margin: None,
+            chosen_weights: Some(vec![0.5, 1.5]),
+            rejected_weights: Some(vec![2.0, 3.0, 4.0]),
+        },
+        TokenizedPair {
+            prompt: vec![6],
+            chosen: vec![7, 9],
+            rejected: vec![9],
+            margin: None,
+            chosen_weights: Some(vec![5.0, 6.0]),
+            rejected_weights: Some(vec![7.0]),
+        },
+    ];
+    let batch = collate_pairs::<B>(&pairs, 0, &Default::default());
+    // Rows of length 5 (prompt 2 + rejected 3), so 4 next-token entries per row.
+    let weights: Vec<f32> = batch.token_weights.unwrap().into_data().to_vec().unwrap();
+    assert_eq!(
+        weights,
+        vec![
+            0.0, 0.5, 1.5, 0.0, // prompt [1, 2], chosen [3, 9]
+            5.0, 6.0, 0.0, 0.0, // prompt [6], chosen [7, 9]
+            0.0, 2.0, 3.0, 4.0, // prompt [1, 2], rejected [4, 5, 9]
+            7.0, 0.0, 0.0, 0.0, // prompt [6], rejected [9]
+        ]
+    );
+    // A pair without weights: the batch has none.
+    let mut mixed = pairs;
+    mixed[1].rejected_weights = None;
+    assert!(collate_pairs::<B>(&mixed, 0, &Default::default())
+        .token_weights
+        .is_none());
+}
+
 #[test]
 fn collation_stacks_chosen_then_rejected_with_aligned_masks() {
     let pairs = vec![
@@ -221,12 +271,16 @@ fn collation_stacks_chosen_then_rejected_with_aligned_masks() {
             chosen: vec![3, 9],
             rejected: vec![4, 5, 9],
             margin: Some(1.0),
+            chosen_weights: None,
+            rejected_weights: None,
         },
         TokenizedPair {
             prompt: vec![6],
             chosen: vec![7, 9],
             rejected: vec![9],
             margin: Some(0.0),
+            chosen_weights: None,
+            rejected_weights: None,
         },
     ];
     let batch = collate_pairs::<B>(&pairs, 0, &Default::default());

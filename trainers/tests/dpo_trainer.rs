@@ -228,6 +228,134 @@ fn confpo_weighs_a_subset_of_the_response_tokens() {
     );
 }
 
+/// The built-in task's pairs as JSON lines with each response's token weights set by
+/// `weights(response)` (the built-in tokenizer: one token per character, then EOS).
+fn weighted_builtin_data(folder: &Path, weights: impl Fn(&str) -> Vec<f64>) -> String {
+    std::fs::create_dir_all(folder).unwrap();
+    let plain = folder.join("builtin.jsonl");
+    run_ok(trainer().args([
+        "--write-builtin",
+        plain.to_str().unwrap(),
+        "--builtin-train-pairs",
+        "64",
+    ]));
+    let mut lines = String::new();
+    for line in std::fs::read_to_string(&plain).unwrap().lines().take(64) {
+        let mut pair: Value = serde_json::from_str(line).unwrap();
+        for name in ["chosen", "rejected"] {
+            let response = pair[name].as_str().unwrap().to_string();
+            pair[format!("{name}_weights")] = weights(&response).into();
+        }
+        lines += &format!("{pair}\n");
+    }
+    let data = folder.join("weighted.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    data.to_str().unwrap().to_string()
+}
+
+/// `--method given` trains on the data's token weights: weight 2 on every response token at
+/// β is DPO at 2β (the loss is −log σ(β Σ w_i Δ_i), a closed form), step for step.
+#[test]
+fn given_token_weights_of_two_are_dpo_at_twice_beta() {
+    let out = ScratchFolder::empty("dpo-given");
+    let data = weighted_builtin_data(&out.0, |r| vec![2.0; r.chars().count() + 1]);
+    let losses = |method: &str, beta: &str| -> Vec<f64> {
+        let run = out.0.join(format!("{method}-{beta}"));
+        let mut command = trainer();
+        command.args(common::tiny_builtin(&run, 64, 16));
+        command.args([
+            "--data",
+            &data,
+            "--eval-data",
+            &data,
+            "--method",
+            method,
+            "--beta",
+            beta,
+            "--sft-steps",
+            "2",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--eval-prompts",
+            "0",
+            "--lr",
+            "1e-3",
+        ]);
+        run_ok(&mut command);
+        metrics(&run)
+            .iter()
+            .filter(|r| r["phase"] == "dpo")
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let given = losses("given", "0.1");
+    let dpo = losses("dpo", "0.2");
+    assert_eq!(given.len(), 3);
+    for (g, d) in given.iter().zip(&dpo) {
+        assert!((g - d).abs() < 1e-5, "given {given:?} vs dpo {dpo:?}");
+    }
+    // Not trivially equal: the runs moved away from ln 2.
+    assert!(
+        given
+            .iter()
+            .any(|l| (l - std::f64::consts::LN_2).abs() > 1e-4),
+        "{given:?}"
+    );
+}
+
+/// `--method given` refuses, before training and naming the line, data without token
+/// weights, weights that do not match the response's tokens, and negative weights.
+#[test]
+fn given_token_weights_are_checked_before_training() {
+    let out = ScratchFolder::empty("dpo-given-bad");
+    let short = weighted_builtin_data(&out.0.join("short"), |r| vec![1.0; r.chars().count()]);
+    let stderr = failure(
+        env!("CARGO_BIN_EXE_dpo_trainer"),
+        &["--method", "given", "--data", &short],
+    );
+    assert!(
+        stderr.contains("weighted.jsonl line 1: \"chosen_weights\" has")
+            && stderr.contains("(the end-of-sequence token included)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let negative = weighted_builtin_data(&out.0.join("negative"), |r| {
+        let mut w = vec![1.0; r.chars().count() + 1];
+        w[0] = -1.0;
+        w
+    });
+    let stderr = failure(
+        env!("CARGO_BIN_EXE_dpo_trainer"),
+        &["--method", "given", "--data", &negative],
+    );
+    assert!(
+        stderr.contains("line 1: \"chosen_weights\" entry 0 is -1.0: token weights must be finite numbers, 0 or more"),
+        "{stderr}"
+    );
+    let stderr = failure(env!("CARGO_BIN_EXE_dpo_trainer"), &["--method", "given"]);
+    assert!(
+        stderr.contains("--method given reads each pair's \"chosen_weights\"")
+            && stderr.contains("built-in task (train) line 1 has no \"chosen_weights\""),
+        "{stderr}"
+    );
+    let stderr = failure(
+        env!("CARGO_BIN_EXE_dpo_trainer"),
+        &["--method", "given", "--pairs-from-policy", "4"],
+    );
+    assert!(
+        stderr.contains("--pairs-from-policy samples pairs that have none"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_one_line_error_before_training() {
     let cases: [(&[&str], &str); 9] = [

@@ -57,6 +57,8 @@ fn the_first_best_answer_is_paired_with_the_first_worst() {
         chosen: Text::Plain(c.into()),
         rejected: Text::Plain(r.into()),
         margin: Some(m),
+        chosen_weights: None,
+        rejected_weights: None,
     };
     assert_eq!(
         pairs,

@@ -18,6 +18,9 @@ pub struct PairBatch<B: Backend> {
     pub response_mask: Tensor<B, 2>,
     /// The pairs' margins `[pairs]`, when every pair has one.
     pub margins: Option<Tensor<B, 1>>,
+    /// The data's token weights aligned with `response_mask` (entry `t` weighs token `t + 1`;
+    /// 0 outside the responses), `[2·pairs, len - 1]`, when every pair has them.
+    pub token_weights: Option<Tensor<B, 2>>,
     /// Number of pairs.
     pub pairs: usize,
     /// Number of real (non-padding) tokens in the batch.
@@ -60,14 +63,45 @@ pub fn collate_pairs<B: Backend>(
     }
     let batch = rows.len();
     let margins: Option<Vec<f32>> = pairs.iter().map(|p| p.margin.map(|m| m as f32)).collect();
+    let token_weights = pairs
+        .iter()
+        .all(TokenizedPair::has_token_weights)
+        .then(|| aligned_weights(pairs, len))
+        .map(|w| Tensor::from_data(TensorData::new(w, [batch, len - 1]), device));
     PairBatch {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
         num_tokens: attention.iter().filter(|&&a| a).count(),
         attention_mask: Tensor::from_data(TensorData::new(attention, [batch, len]), device),
         response_mask: Tensor::from_data(TensorData::new(response, [batch, len - 1]), device),
         margins: margins.map(|m| Tensor::from_data(TensorData::new(m, [pairs.len()]), device)),
+        token_weights,
         pairs: pairs.len(),
     }
+}
+
+/// Every pair's token weights (chosen rows, then rejected) laid out as the response mask of
+/// sequences padded to `len`: entry `t` holds the weight of the token at position `t + 1`.
+fn aligned_weights(pairs: &[TokenizedPair], len: usize) -> Vec<f32> {
+    let rows = pairs
+        .iter()
+        .map(|p| (p.prompt.len(), p.chosen_weights.as_deref()))
+        .chain(
+            pairs
+                .iter()
+                .map(|p| (p.prompt.len(), p.rejected_weights.as_deref())),
+        );
+    let mut out = Vec::with_capacity(2 * pairs.len() * (len - 1));
+    for (prompt, weights) in rows {
+        let weights = weights.expect("checked by the caller");
+        out.extend((1..len).map(|position| {
+            position
+                .checked_sub(prompt)
+                .and_then(|token| weights.get(token))
+                .copied()
+                .unwrap_or(0.0)
+        }));
+    }
+    out
 }
 
 /// The pairs `indices` of `pairs` collated into one batch (a training micro-batch).

@@ -1,5 +1,7 @@
 //! Preference data as TRL writes it: one JSON object per line with `prompt`, `chosen` and
-//! `rejected` (strings, or lists of `{role, content}` messages) and an optional `margin`.
+//! `rejected` (strings, or lists of `{role, content}` messages) and an optional `margin`; and,
+//! for `dpo_trainer --method given`, optional per-token weights `chosen_weights` and
+//! `rejected_weights` (one finite, non-negative number per response token).
 
 use std::path::Path;
 
@@ -31,6 +33,13 @@ pub struct PreferencePair {
     /// How much better `chosen` is (TRL's reward-trainer `margin` column), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<f64>,
+    /// One weight per token of the chosen response as the model's tokenizer splits it,
+    /// end-of-sequence token included (`dpo_trainer --method given`), when the data gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_weights: Option<Vec<f64>>,
+    /// The rejected response's weights, as `chosen_weights`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_weights: Option<Vec<f64>>,
 }
 
 /// Preference pairs with where each came from, so that a problem found later (a chat
@@ -142,7 +151,31 @@ fn parse_line(line: &str) -> std::result::Result<PreferencePair, String> {
         chosen: field("chosen")?,
         rejected: field("rejected")?,
         margin,
+        chosen_weights: token_weights(object, "chosen_weights")?,
+        rejected_weights: token_weights(object, "rejected_weights")?,
     })
+}
+
+/// The optional per-token weights `name`: a list of finite numbers, 0 or more.
+fn token_weights(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+) -> std::result::Result<Option<Vec<f64>>, String> {
+    let items = match object.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(format!("\"{name}\" must be a list of numbers")),
+    };
+    let weights = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_f64()
+                .filter(|w| w.is_finite() && *w >= 0.0 && *w <= f32::MAX as f64)
+                .ok_or_else(|| format!("\"{name}\" entry {i} is {item}: token weights must be finite numbers, 0 or more"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Some(weights))
 }
 
 fn text(value: &Value) -> std::result::Result<Text, String> {

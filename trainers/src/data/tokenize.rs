@@ -27,6 +27,17 @@ pub struct TokenizedPair {
     pub rejected: Vec<u32>,
     /// The pair's margin, when the data gives one.
     pub margin: Option<f64>,
+    /// One weight per id of `chosen`, when the data gives them (`--method given`).
+    pub chosen_weights: Option<Vec<f32>>,
+    /// One weight per id of `rejected`, when the data gives them.
+    pub rejected_weights: Option<Vec<f32>>,
+}
+
+impl TokenizedPair {
+    /// Whether the data gave both responses' token weights.
+    pub fn has_token_weights(&self) -> bool {
+        self.chosen_weights.is_some() && self.rejected_weights.is_some()
+    }
 }
 
 /// Sequence length limits.
@@ -94,12 +105,33 @@ pub fn tokenize_pair(pair: &PreferencePair, tokenizer: &Tokenizer) -> Result<Tok
         Text::Plain(text) => tokenizer.encode(text, true)?,
         Text::Conversation(messages) => tokenizer.encode_chat(messages, true)?,
     };
+    let chosen = response_ids(&pair.prompt, &pair.chosen, tokenizer, "chosen")?;
+    let rejected = response_ids(&pair.prompt, &pair.rejected, tokenizer, "rejected")?;
     Ok(TokenizedPair {
-        chosen: response_ids(&pair.prompt, &pair.chosen, tokenizer, "chosen")?,
-        rejected: response_ids(&pair.prompt, &pair.rejected, tokenizer, "rejected")?,
+        chosen_weights: token_weights(pair.chosen_weights.as_deref(), &chosen, "chosen")?,
+        rejected_weights: token_weights(pair.rejected_weights.as_deref(), &rejected, "rejected")?,
+        chosen,
+        rejected,
         prompt,
         margin: pair.margin,
     })
+}
+
+/// The data's weights of response `name` (`ids`), checked to give one weight per token.
+fn token_weights(weights: Option<&[f64]>, ids: &[u32], name: &str) -> Result<Option<Vec<f32>>> {
+    let Some(weights) = weights else {
+        return Ok(None);
+    };
+    if weights.len() != ids.len() {
+        return Err(Error::Tokenizer(format!(
+            "\"{name}_weights\" has {} entries but the {name} response is {} tokens (the \
+             end-of-sequence token included): give one weight per token, as the model's \
+             tokenizer splits the response",
+            weights.len(),
+            ids.len()
+        )));
+    }
+    Ok(Some(weights.iter().map(|&w| w as f32).collect()))
 }
 
 fn response_ids(

@@ -27,6 +27,9 @@ pub enum DpoMethod {
     Confpo,
     /// ConfPO on DPO: the reference and --loss over only the low-confidence tokens.
     ConfpoDpo,
+    /// The data's own token weights (`chosen_weights`, `rejected_weights`: one per response
+    /// token), with the reference and --loss.
+    Given,
 }
 
 /// The loss shape (TRL's `loss_type`).
@@ -83,6 +86,7 @@ impl DpoMethod {
             DpoMethod::ConfpoDpo => TokenWeighting::ConfPo {
                 length_normalized: false,
             },
+            DpoMethod::Given => TokenWeighting::Given,
         }
     }
 
@@ -107,6 +111,11 @@ impl DpoMethod {
     /// Whether the method reads the policy's per-token log-probabilities (ConfPO's selection).
     pub fn needs_policy_logps(self) -> bool {
         matches!(self, DpoMethod::Confpo | DpoMethod::ConfpoDpo)
+    }
+
+    /// Whether the method reads the data's token weights.
+    pub fn needs_given_weights(self) -> bool {
+        self == DpoMethod::Given
     }
 
     /// Whether the method compares against a reference model.

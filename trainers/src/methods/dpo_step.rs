@@ -98,6 +98,7 @@ where
         logps,
         reference_logps,
         hidden,
+        batch.token_weights,
         mask.clone(),
     )?;
     let loss = out.loss.clone() + chosen_nll.clone().mul_scalar(objective.rpo_alpha);
@@ -129,17 +130,20 @@ where
 }
 
 /// The method's token weights for a batch whose rows `0..b` are chosen and `b..2b` rejected
-/// responses (`mask`: the response masks; `hidden`: the shifted hidden states and `logps` the
-/// policy's per-token log-probabilities, read when the method needs them).
+/// responses (`mask`: the response masks; `hidden`: the shifted hidden states, `logps` the
+/// policy's per-token log-probabilities and `given` the data's token weights, each read when
+/// the method needs it).
 pub fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
     objective: &DpoObjective,
     step: usize,
     hidden: Option<Tensor<B, 3>>,
     logps: Option<Tensor<B, 2>>,
+    given: Option<Tensor<B, 2>>,
     mask: Tensor<B, 2>,
 ) -> Result<otpref::TokenWeights<B>> {
     let b = mask.dims()[0] / 2;
     let logps = logps.filter(|_| objective.method.needs_policy_logps());
+    let given = given.filter(|_| objective.method.needs_given_weights());
     Ok(token_weights(
         &objective
             .method
@@ -151,25 +155,27 @@ pub fn pair_weights<B: burn::tensor::backend::Backend + OtBackend>(
             rejected_hidden: hidden.map(|h| h.narrow(0, b, b)),
             chosen_logps: logps.clone().map(|l| l.narrow(0, 0, b).detach()),
             rejected_logps: logps.map(|l| l.narrow(0, b, b).detach()),
-            chosen_weights: None,
-            rejected_weights: None,
+            chosen_weights: given.clone().map(|w| w.narrow(0, 0, b)),
+            rejected_weights: given.map(|w| w.narrow(0, b, b)),
         },
     )?)
 }
 
 /// Token weights for the pairs of one batch (rows `0..b` chosen, `b..2b` rejected) and the
-/// weighted DPO loss over them; also the time the weights took.
+/// weighted DPO loss over them; also the time the weights took. `given`: the data's token
+/// weights (the batch's `token_weights`).
 pub fn weighted_loss<B: burn::tensor::backend::Backend + OtBackend>(
     objective: &DpoObjective,
     step: usize,
     logps: Tensor<B, 2>,
     reference_logps: Option<Tensor<B, 2>>,
     hidden: Option<Tensor<B, 3>>,
+    given: Option<Tensor<B, 2>>,
     mask: Tensor<B, 2>,
 ) -> Result<(otpref::DpoLoss<B>, otpref::TokenWeights<B>, Duration)> {
     let b = mask.dims()[0] / 2;
     let started = Instant::now();
-    let weights = pair_weights(objective, step, hidden, Some(logps.clone()), mask)?;
+    let weights = pair_weights(objective, step, hidden, Some(logps.clone()), given, mask)?;
     let weight_time = started.elapsed();
     let inputs = DpoInputs {
         policy_chosen: logps.clone().narrow(0, 0, b),

@@ -26,8 +26,8 @@ use super::policy_pairs::{
     check_scorable, dpo_pairs, round_report, PairSource, PolicyPairsArgs, PolicyPairsReport,
 };
 use super::samples::SampleSettings;
-use crate::data::{collate_indices, Dataset, TokenizedPair};
-use crate::error::Result;
+use crate::data::{collate_indices, Dataset, PreferencePair, TokenizedPair};
+use crate::error::{Error, Result};
 use crate::hub::{load_adapted_reward_model, LoadOptions};
 use crate::methods::{
     dpo_loss, reference_logps, sft_loss, DpoLoss, DpoMethod, DpoObjective, MethodSettings,
@@ -146,6 +146,11 @@ impl DpoConfig {
         if self.common.steps == 0 {
             return Err("--steps must be at least 1".into());
         }
+        if self.method.needs_given_weights() && self.policy.pairs_from_policy > 0 {
+            return Err("--method given reads token weights from the data, and \
+                 --pairs-from-policy samples pairs that have none: use another --method"
+                .into());
+        }
         self.policy.validate()
     }
 
@@ -234,6 +239,10 @@ impl Prepared {
         let (source, tokenizer) = model_and_tokenizer(common)?;
         let (train, eval) = datasets(common)?;
         check_scorable(&config.policy, &train)?;
+        if config.method.needs_given_weights() {
+            check_token_weights(&train)?;
+            check_token_weights(&eval)?;
+        }
         let train_pairs = tokenize(&train, &tokenizer, common)?;
         let eval_pairs = tokenize(&eval, &tokenizer, common)?;
         if crate::training::speaks() {
@@ -247,6 +256,33 @@ impl Prepared {
             train_pairs,
             eval_pairs,
         })
+    }
+}
+
+/// `--method given`'s requirement: every pair of `data` carries both responses' token weights.
+/// (Their lengths are checked against the tokens when the pairs are tokenized.)
+fn check_token_weights(data: &Dataset) -> Result<()> {
+    let missing = |p: &PreferencePair| {
+        if p.chosen_weights.is_none() {
+            Some("chosen_weights")
+        } else if p.rejected_weights.is_none() {
+            Some("rejected_weights")
+        } else {
+            None
+        }
+    };
+    match data
+        .pairs
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| missing(p).map(|f| (i, f)))
+    {
+        Some((i, field)) => Err(Error::Training(format!(
+            "--method given reads each pair's \"chosen_weights\" and \"rejected_weights\" \
+             (one weight per response token), and {} has no \"{field}\"",
+            data.locate(i)
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -57,7 +57,14 @@ pub(super) fn weighted_examples<B: burn::tensor::backend::Backend + OtBackend>(
         .method
         .needs_hidden_states()
         .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-    let weights = pair_weights(objective, 0, hidden, Some(out.logps), batch.response_mask)?;
+    let weights = pair_weights(
+        objective,
+        0,
+        hidden,
+        Some(out.logps),
+        batch.token_weights,
+        batch.response_mask,
+    )?;
     let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
     let (chosen, rejected) = (host(weights.chosen), host(weights.rejected));
     let width = len - 1;
@@ -118,7 +125,8 @@ where
             .method
             .needs_hidden_states()
             .then(|| out.hidden.slice([0..rows, 0..len - 1]));
-        let (out, _, _) = weighted_loss(objective, 0, logps, reference_logps, hidden, mask)?;
+        let given = batch.token_weights;
+        let (out, _, _) = weighted_loss(objective, 0, logps, reference_logps, hidden, given, mask)?;
         loss_sum += scalar(out.loss) * b as f64;
         let margins = out
             .reward_margins

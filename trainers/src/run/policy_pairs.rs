@@ -148,6 +148,8 @@ pub fn pair_answers(
                 chosen: as_response(&prompt.prompt, &answers[best]),
                 rejected: as_response(&prompt.prompt, &answers[worst]),
                 margin: Some(scores[best] - scores[worst]),
+                chosen_weights: None,
+                rejected_weights: None,
             });
         } else {
             report.skipped_all_equal += 1;

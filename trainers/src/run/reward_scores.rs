@@ -36,6 +36,8 @@ pub fn reward_scores<B: Backend>(
                 chosen: two[0].clone(),
                 rejected: two.get(1).unwrap_or(&two[0]).clone(),
                 margin: None,
+                chosen_weights: None,
+                rejected_weights: None,
             })
             .collect();
         let batch = collate_pairs::<B>(&pairs, tokenizer.pad_id(), device);
@@ -63,6 +65,8 @@ fn whole_sequence(prompt: &Text, answer: &str, tokenizer: &Tokenizer) -> Result<
             chosen: response.clone(),
             rejected: response,
             margin: None,
+            chosen_weights: None,
+            rejected_weights: None,
         },
         tokenizer,
     )?;
