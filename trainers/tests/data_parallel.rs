@@ -30,8 +30,9 @@ fn tiny(program: &str, output: &Path, batch: usize, extra: &[&str]) -> Command {
         &batch.to_string(),
     ]);
     if program == DPO {
-        // No warm-up and no RPO term: a token mean is per replica (as it is per micro-batch
-        // with gradient accumulation), the DPO losses are means over pairs.
+        // No warm-up (tested on its own below) and no RPO term (a token mean per replica, as
+        // it is per micro-batch with gradient accumulation); the DPO losses are means over
+        // pairs.
         command.args([
             "--sft-steps",
             "0",
@@ -98,6 +99,53 @@ fn two_replicas_at_batch_b_train_what_one_device_does_at_batch_2b() {
         let stdout = String::from_utf8_lossy(&stdout);
         assert_eq!(stdout.matches("summary").count(), 1, "{name}: {stdout}");
     }
+}
+
+/// The SFT warm-up's loss is the mean over every response token of a step: two replicas at
+/// batch b, and one device at b with `--grad-accum 2`, train what one device does at 2b,
+/// though the halves hold different numbers of tokens (the built-in answers vary in length).
+#[test]
+fn sft_token_means_span_replicas_and_micro_batches() {
+    let sft = |output: &Path, batch: usize, sft_lr: &str, extra: &[&str]| {
+        let mut command = Command::new(DPO);
+        command.args(common::tiny_builtin(output, 32, 8));
+        command.args([
+            "--log-every",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-prompts",
+            "0",
+            "--sft-steps",
+            "4",
+            "--sft-lr",
+            sft_lr,
+            "--steps",
+            "1",
+            "--rpo-alpha",
+            "0",
+            "--batch-size",
+            &batch.to_string(),
+        ]);
+        command.args(extra);
+        command
+    };
+    let one = ScratchFolder::empty("dp-sft-one");
+    run_ok(&mut sft(&one.0, 4, "1e-2", &[]));
+    let two = ScratchFolder::empty("dp-sft-two");
+    run_ok(&mut sft(&two.0, 2, "1e-2", &["--devices", "2"]));
+    let accumulated = ScratchFolder::empty("dp-sft-accumulated");
+    run_ok(&mut sft(&accumulated.0, 2, "1e-2", &["--grad-accum", "2"]));
+    let replicas = largest_difference(&one.0, &two.0);
+    let micro_batches = largest_difference(&one.0, &accumulated.0);
+    assert!(replicas <= 1e-5, "the replicas differ by {replicas}");
+    assert!(
+        micro_batches <= 1e-5,
+        "the micro-batches differ by {micro_batches}"
+    );
+    let untrained = ScratchFolder::empty("dp-sft-untrained");
+    run_ok(&mut sft(&untrained.0, 4, "1e-12", &["--lr", "1e-12"]));
+    assert!(moved(&untrained.0, &one.0) > 1e-3, "SFT did not train");
 }
 
 #[test]

@@ -774,6 +774,11 @@ impl<B: AutodiffBackend> Method<B> for SftStep<'_, B> {
             tokens,
         })
     }
+
+    /// The SFT loss is a mean over the chosen responses' tokens (EOS included).
+    fn loss_items(&self, indices: &[usize]) -> Option<usize> {
+        Some(indices.iter().map(|&i| self.pairs[i].chosen.len()).sum())
+    }
 }
 
 /// The DPO phase as a [`Method`]: token weights, the weighted DPO loss, held-out pairs.

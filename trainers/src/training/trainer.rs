@@ -49,6 +49,16 @@ pub trait Method<B: AutodiffBackend> {
     fn loss(&mut self, model: &Self::Model, indices: &[usize], step: usize)
         -> Result<MicroStep<B>>;
 
+    /// How many items the loss of micro-batch `indices` averages over, when that number
+    /// varies between micro-batches (SFT: response tokens). The loop then weighs each
+    /// micro-batch by its items' share of the step's, over every micro-batch and replica, so
+    /// that a step's loss is the mean over all of its items however `--grad-accum` and
+    /// `--devices` split it (transformers' `num_items_in_batch`). `None` (the default): the
+    /// loss is a mean over pairs and the micro-batches' means are averaged.
+    fn loss_items(&self, _indices: &[usize]) -> Option<usize> {
+        None
+    }
+
     /// The parameters' gradients of a micro-batch's loss (a model that recomputes
     /// checkpointed activations overrides this).
     fn backward(&self, model: &Self::Model, loss: Tensor<B, 1>) -> GradientsParams {
@@ -266,12 +276,15 @@ impl Trainer {
         let mut accumulator = GradientsAccumulator::<M::Model>::new();
         let mut record = Map::new();
         let mut tokens = 0;
-        for micro in 0..accum {
-            let global = self.order.batch(step * accum + micro, global_batch);
-            let out = method.loss(model, &replica.shard(&global), step)?;
+        let shards: Vec<Vec<usize>> = (0..accum)
+            .map(|micro| replica.shard(&self.order.batch(step * accum + micro, global_batch)))
+            .collect();
+        let weights = micro_batch_weights::<B, M>(method, &shards, replica, device)?;
+        for (shard, weight) in shards.iter().zip(weights) {
+            let out = method.loss(model, shard, step)?;
             tokens += out.tokens;
             add_means(&mut record, &out.metrics, accum);
-            let grads = method.backward(model, out.loss / accum as f64);
+            let grads = method.backward(model, out.loss * (weight / accum as f64));
             accumulator.accumulate(model, grads);
         }
         let tokens = self.replicas_mean::<B::InnerBackend>(&mut record, tokens, device)?;
@@ -427,4 +440,34 @@ impl Trainer {
             (false, false) => None,
         })
     }
+}
+
+/// Each micro-batch's weight in its step (1 when the method's loss is a mean over pairs; see
+/// [`Method::loss_items`]): its items times the number of micro-batches of the step over all
+/// replicas, over the step's items, so that the loop's average of the weighted means is the
+/// mean over every item.
+fn micro_batch_weights<B, M>(
+    method: &M,
+    shards: &[Vec<usize>],
+    replica: &Replica,
+    device: &B::Device,
+) -> Result<Vec<f64>>
+where
+    B: AutodiffBackend,
+    M: Method<B>,
+{
+    let items: Option<Vec<usize>> = shards.iter().map(|s| method.loss_items(s)).collect();
+    let Some(items) = items else {
+        return Ok(vec![1.0; shards.len()]);
+    };
+    let local = items.iter().sum::<usize>() as f64;
+    let total = replica.sum::<B::InnerBackend>(&[local], device)?[0];
+    if total == 0.0 {
+        return Ok(vec![1.0; shards.len()]);
+    }
+    let micro_batches = (shards.len() * replica.world()) as f64;
+    Ok(items
+        .iter()
+        .map(|&n| n as f64 * micro_batches / total)
+        .collect())
 }
