@@ -2,7 +2,9 @@
 pairs, batch, length limit, steps, learning rate and beta), on the same GPU in the same sitting:
 the anchor for dpo_trainer's tokens/s and peak memory. One JSON line on stdout.
 
-    python3 scripts/gpu/trl_dpo.py MODEL_DIR PAIRS_JSONL OUT_DIR STEPS BATCH [cpu|cuda]
+    python3 scripts/gpu/trl_dpo.py MODEL_DIR PAIRS_JSONL OUT_DIR STEPS BATCH [cpu|cuda] [MAX_LENGTH]
+
+MAX_LENGTH (default 128) is TRL's `max_length`, as dpo_trainer's `--max-length`.
 
 Tokens are TRL's own `num_tokens` (real tokens of prompt + chosen and prompt + rejected, as
 dpo_trainer counts them). TRL and datasets come from the pack (the GPU machine has neither).
@@ -18,6 +20,7 @@ from trl import DPOConfig, DPOTrainer
 
 model_dir, pairs, out, steps, batch = sys.argv[1:6]
 device = sys.argv[6] if len(sys.argv) > 6 else "cuda"
+max_length = int(sys.argv[7]) if len(sys.argv) > 7 else 128
 steps, batch = int(steps), int(batch)
 
 rows = [json.loads(line) for line in open(pairs)]
@@ -33,7 +36,7 @@ config = DPOConfig(
     max_steps=steps,
     learning_rate=2e-6,
     beta=0.1,
-    max_length=128,
+    max_length=max_length,
     logging_steps=5,
     save_strategy="no",
     report_to=[],
