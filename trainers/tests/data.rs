@@ -225,24 +225,11 @@ fn truncation_keeps_the_prompt_end_and_skips_pairs_that_do_not_fit() {
 /// position t + 1, 0 on the prompt and the padding (worked out by hand for two pairs).
 #[test]
 fn collated_token_weights_align_with_the_response_tokens() {
-    let pairs = vec![
-        TokenizedPair {
-            prompt: vec![1, 2],
-            chosen: vec![3, 9],
-            rejected: vec![4, 5, 9],
-            margin: None,
-            chosen_weights: Some(vec![0.5, 1.5]),
-            rejected_weights: Some(vec![2.0, 3.0, 4.0]),
-        },
-        TokenizedPair {
-            prompt: vec![6],
-            chosen: vec![7, 9],
-            rejected: vec![9],
-            margin: None,
-            chosen_weights: Some(vec![5.0, 6.0]),
-            rejected_weights: Some(vec![7.0]),
-        },
-    ];
+    let mut pairs = two_pairs();
+    pairs[0].chosen_weights = Some(vec![0.5, 1.5]);
+    pairs[0].rejected_weights = Some(vec![2.0, 3.0, 4.0]);
+    pairs[1].chosen_weights = Some(vec![5.0, 6.0]);
+    pairs[1].rejected_weights = Some(vec![7.0]);
     let batch = collate_pairs::<B>(&pairs, 0, &Default::default());
     // Rows of length 5 (prompt 2 + rejected 3), so 4 next-token entries per row.
     let weights: Vec<f32> = batch.token_weights.unwrap().into_data().to_vec().unwrap();
@@ -263,26 +250,26 @@ fn collated_token_weights_align_with_the_response_tokens() {
         .is_none());
 }
 
+/// Two tokenized pairs of different lengths (prompts [1, 2] and [6]; EOS is 9), with margins
+/// and no token weights.
+fn two_pairs() -> Vec<TokenizedPair> {
+    let pair = |prompt: &[u32], chosen: &[u32], rejected: &[u32], margin| TokenizedPair {
+        prompt: prompt.to_vec(),
+        chosen: chosen.to_vec(),
+        rejected: rejected.to_vec(),
+        margin: Some(margin),
+        chosen_weights: None,
+        rejected_weights: None,
+    };
+    vec![
+        pair(&[1, 2], &[3, 9], &[4, 5, 9], 1.0),
+        pair(&[6], &[7, 9], &[9], 0.0),
+    ]
+}
+
 #[test]
 fn collation_stacks_chosen_then_rejected_with_aligned_masks() {
-    let pairs = vec![
-        TokenizedPair {
-            prompt: vec![1, 2],
-            chosen: vec![3, 9],
-            rejected: vec![4, 5, 9],
-            margin: Some(1.0),
-            chosen_weights: None,
-            rejected_weights: None,
-        },
-        TokenizedPair {
-            prompt: vec![6],
-            chosen: vec![7, 9],
-            rejected: vec![9],
-            margin: Some(0.0),
-            chosen_weights: None,
-            rejected_weights: None,
-        },
-    ];
+    let pairs = two_pairs();
     let batch = collate_pairs::<B>(&pairs, 0, &Default::default());
     let ids = batch
         .input_ids

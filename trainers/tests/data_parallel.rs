@@ -106,27 +106,10 @@ fn two_replicas_at_batch_b_train_what_one_device_does_at_batch_2b() {
 /// though the halves hold different numbers of tokens (the built-in answers vary in length).
 #[test]
 fn sft_token_means_span_replicas_and_micro_batches() {
+    // `tiny`'s DPO run (no RPO term) with an SFT warm-up and one DPO step; later flags win.
     let sft = |output: &Path, batch: usize, sft_lr: &str, extra: &[&str]| {
-        let mut command = Command::new(DPO);
-        command.args(common::tiny_builtin(output, 32, 8));
-        command.args([
-            "--log-every",
-            "1",
-            "--eval-every",
-            "0",
-            "--eval-prompts",
-            "0",
-            "--sft-steps",
-            "4",
-            "--sft-lr",
-            sft_lr,
-            "--steps",
-            "1",
-            "--rpo-alpha",
-            "0",
-            "--batch-size",
-            &batch.to_string(),
-        ]);
+        let warm_up = ["--sft-steps", "4", "--sft-lr", sft_lr, "--steps", "1"];
+        let mut command = tiny(DPO, output, batch, &warm_up);
         command.args(extra);
         command
     };

@@ -34,74 +34,58 @@ pub fn collate_pairs<B: Backend>(
     pad_id: u32,
     device: &B::Device,
 ) -> PairBatch<B> {
-    let rows: Vec<(&[u32], &[u32])> = pairs
+    // Each row's prompt, response and the data's weights of the response's tokens.
+    let chosen = pairs
         .iter()
-        .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
-        .chain(
-            pairs
-                .iter()
-                .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
-        )
-        .collect();
+        .map(|p| (&p.prompt, &p.chosen, &p.chosen_weights));
+    let rejected = pairs
+        .iter()
+        .map(|p| (&p.prompt, &p.rejected, &p.rejected_weights));
+    let rows: Vec<_> = chosen.chain(rejected).collect();
     // At least two positions, so that there is one next-token target.
     let len = rows
         .iter()
-        .map(|(prompt, response)| prompt.len() + response.len())
+        .map(|(prompt, response, _)| prompt.len() + response.len())
         .max()
         .unwrap_or(0)
         .max(2);
     let mut ids = Vec::with_capacity(rows.len() * len);
     let mut attention = Vec::with_capacity(rows.len() * len);
     let mut response = Vec::with_capacity(rows.len() * (len - 1));
-    for (prompt, reply) in &rows {
+    // The weights laid out as the response mask, when every row has them.
+    let mut token_weights = rows
+        .iter()
+        .all(|(_, _, w)| w.is_some())
+        .then(|| Vec::with_capacity(rows.len() * (len - 1)));
+    for (prompt, reply, weights) in &rows {
         let real = prompt.len() + reply.len();
         ids.extend(prompt.iter().chain(reply.iter()).map(|&t| t as i64));
         ids.extend(std::iter::repeat_n(pad_id as i64, len - real));
         attention.extend((0..len).map(|t| t < real));
         // Target position t + 1 is a response token when prompt.len() <= t + 1 < real.
         response.extend((0..len - 1).map(|t| f32::from(t + 1 >= prompt.len() && t + 1 < real)));
+        if let (Some(out), Some(weights)) = (token_weights.as_mut(), weights.as_deref()) {
+            // Entry t weighs the token at position t + 1: response token t + 1 − prompt.len().
+            out.extend((1..len).map(|position| {
+                position
+                    .checked_sub(prompt.len())
+                    .and_then(|token| weights.get(token))
+                    .map_or(0.0, |&w| w)
+            }));
+        }
     }
     let batch = rows.len();
     let margins: Option<Vec<f32>> = pairs.iter().map(|p| p.margin.map(|m| m as f32)).collect();
-    let token_weights = pairs
-        .iter()
-        .all(TokenizedPair::has_token_weights)
-        .then(|| aligned_weights(pairs, len))
-        .map(|w| Tensor::from_data(TensorData::new(w, [batch, len - 1]), device));
     PairBatch {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
         num_tokens: attention.iter().filter(|&&a| a).count(),
         attention_mask: Tensor::from_data(TensorData::new(attention, [batch, len]), device),
         response_mask: Tensor::from_data(TensorData::new(response, [batch, len - 1]), device),
         margins: margins.map(|m| Tensor::from_data(TensorData::new(m, [pairs.len()]), device)),
-        token_weights,
+        token_weights: token_weights
+            .map(|w| Tensor::from_data(TensorData::new(w, [batch, len - 1]), device)),
         pairs: pairs.len(),
     }
-}
-
-/// Every pair's token weights (chosen rows, then rejected) laid out as the response mask of
-/// sequences padded to `len`: entry `t` holds the weight of the token at position `t + 1`.
-fn aligned_weights(pairs: &[TokenizedPair], len: usize) -> Vec<f32> {
-    let rows = pairs
-        .iter()
-        .map(|p| (p.prompt.len(), p.chosen_weights.as_deref()))
-        .chain(
-            pairs
-                .iter()
-                .map(|p| (p.prompt.len(), p.rejected_weights.as_deref())),
-        );
-    let mut out = Vec::with_capacity(2 * pairs.len() * (len - 1));
-    for (prompt, weights) in rows {
-        let weights = weights.expect("checked by the caller");
-        out.extend((1..len).map(|position| {
-            position
-                .checked_sub(prompt)
-                .and_then(|token| weights.get(token))
-                .copied()
-                .unwrap_or(0.0)
-        }));
-    }
-    out
 }
 
 /// The pairs `indices` of `pairs` collated into one batch (a training micro-batch).

@@ -33,13 +33,6 @@ pub struct TokenizedPair {
     pub rejected_weights: Option<Vec<f32>>,
 }
 
-impl TokenizedPair {
-    /// Whether the data gave both responses' token weights.
-    pub fn has_token_weights(&self) -> bool {
-        self.chosen_weights.is_some() && self.rejected_weights.is_some()
-    }
-}
-
 /// Sequence length limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LengthLimits {

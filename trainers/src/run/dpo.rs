@@ -26,7 +26,7 @@ use super::policy_pairs::{
     check_scorable, dpo_pairs, round_report, PairSource, PolicyPairsArgs, PolicyPairsReport,
 };
 use super::samples::SampleSettings;
-use crate::data::{collate_indices, Dataset, PreferencePair, TokenizedPair};
+use crate::data::{collate_indices, Dataset, TokenizedPair};
 use crate::error::{Error, Result};
 use crate::hub::{load_adapted_reward_model, LoadOptions};
 use crate::methods::{
@@ -262,28 +262,20 @@ impl Prepared {
 /// `--method given`'s requirement: every pair of `data` carries both responses' token weights.
 /// (Their lengths are checked against the tokens when the pairs are tokenized.)
 fn check_token_weights(data: &Dataset) -> Result<()> {
-    let missing = |p: &PreferencePair| {
-        if p.chosen_weights.is_none() {
-            Some("chosen_weights")
-        } else if p.rejected_weights.is_none() {
-            Some("rejected_weights")
-        } else {
-            None
+    for (i, pair) in data.pairs.iter().enumerate() {
+        let fields = [
+            ("chosen_weights", &pair.chosen_weights),
+            ("rejected_weights", &pair.rejected_weights),
+        ];
+        if let Some((field, _)) = fields.iter().find(|(_, weights)| weights.is_none()) {
+            return Err(Error::Training(format!(
+                "--method given reads each pair's \"chosen_weights\" and \"rejected_weights\" \
+                 (one weight per response token), and {} has no \"{field}\"",
+                data.locate(i)
+            )));
         }
-    };
-    match data
-        .pairs
-        .iter()
-        .enumerate()
-        .find_map(|(i, p)| missing(p).map(|f| (i, f)))
-    {
-        Some((i, field)) => Err(Error::Training(format!(
-            "--method given reads each pair's \"chosen_weights\" and \"rejected_weights\" \
-             (one weight per response token), and {} has no \"{field}\"",
-            data.locate(i)
-        ))),
-        None => Ok(()),
     }
+    Ok(())
 }
 
 /// Runs the DPO trainer on backend `B` (resuming from `OUTPUT/checkpoints` when `resume`):

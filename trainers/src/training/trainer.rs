@@ -284,7 +284,8 @@ impl Trainer {
             let out = method.loss(model, shard, step)?;
             tokens += out.tokens;
             add_means(&mut record, &out.metrics, accum);
-            let grads = method.backward(model, out.loss * (weight / accum as f64));
+            // Times 1 (a mean over pairs) is exact, so such a step divides as it always did.
+            let grads = method.backward(model, out.loss * weight / accum as f64);
             accumulator.accumulate(model, grads);
         }
         let tokens = self.replicas_mean::<B::InnerBackend>(&mut record, tokens, device)?;
