@@ -49,12 +49,13 @@ impl Program {
     }
 }
 
+/// The two runs' saved models are the same to the bit.
 fn assert_same_models(a: &Path, b: &Path, program: Program) {
     let (a, b) = (model_floats(a), model_floats(b));
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         for (p, q) in x.iter().zip(y) {
-            assert!((p - q).abs() <= 1e-6, "{program:?} {name}: {p} vs {q}");
+            assert_eq!(p.to_bits(), q.to_bits(), "{program:?} {name}: {p} vs {q}");
         }
     }
 }
@@ -265,4 +266,35 @@ fn a_kill_during_saving_leaves_a_checkpoint_to_resume_from() {
             "{program:?}"
         );
     }
+}
+
+#[test]
+fn a_second_signal_stops_at_once_without_saving() {
+    let out = ScratchFolder::empty("reward-second-signal");
+    // A model wide enough that a step takes far longer than the gap between the two signals,
+    // so the second lands while the first is waiting for the step to end.
+    let child = Command::new(env!("CARGO_BIN_EXE_reward_trainer"))
+        .args(["--output", out.0.to_str().unwrap()])
+        .args(["--builtin-hidden", "256", "--builtin-layers", "4"])
+        .args(["--builtin-train-pairs", "64", "--builtin-eval-pairs", "16"])
+        .args(["--batch-size", "32", "--steps", "400", "--log-every", "1"])
+        .args(["--eval-every", "0", "--save-every", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_records(&out.0, 1);
+    let pid = child.id().to_string();
+    let term = || {
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+    };
+    term();
+    std::thread::sleep(Duration::from_millis(100));
+    term();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("checkpoint saved"), "{stdout}");
+    assert!(checkpoint_steps(&out.0).is_empty(), "no checkpoint");
+    assert!(!out.0.join("model").exists(), "no model");
 }

@@ -40,6 +40,20 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "max_new_tokens",
 ];
 
+/// Settings of [`MAY_CHANGE_ON_RESUME`] that also shape the answers a run samples for its own
+/// preference pairs (`--pairs-from-policy`): such a run must keep them, or a resume that
+/// samples (from the reference, or at an iterative round) would train on other pairs.
+const SHAPE_SAMPLED_PAIRS: &[&str] = &["max_new_tokens"];
+
+/// Whether a resumed run may change `key`, given the saved run's settings.
+fn may_change(key: &str, saved: &serde_json::Map<String, Value>) -> bool {
+    let samples_pairs = saved
+        .get("pairs_from_policy")
+        .and_then(Value::as_u64)
+        .is_some_and(|k| k > 0);
+    MAY_CHANGE_ON_RESUME.contains(&key) && !(samples_pairs && SHAPE_SAMPLED_PAIRS.contains(&key))
+}
+
 /// Whether the run resumes: `mode` against the checkpoints there are, the newest one's saved
 /// settings checked against `settings` (the run's, as JSON).
 pub fn resolve(
@@ -77,7 +91,7 @@ pub fn resolve(
     }
 }
 
-/// The first setting outside [`MAY_CHANGE_ON_RESUME`] whose value differs between the saved
+/// The first setting a resumed run may not change (see [`MAY_CHANGE_ON_RESUME`]) whose value differs between the saved
 /// run's settings and this run's, as a message naming its flag. Settings the saved run did not
 /// have (added to the program since) are not compared.
 pub fn check_unchanged(saved: &Value, current: &Value) -> std::result::Result<(), String> {
@@ -85,7 +99,7 @@ pub fn check_unchanged(saved: &Value, current: &Value) -> std::result::Result<()
         return Err("the saved settings are not a JSON object".into());
     };
     for (key, before) in saved {
-        if MAY_CHANGE_ON_RESUME.contains(&key.as_str()) {
+        if may_change(key, saved) {
             continue;
         }
         let now = current.get(key).unwrap_or(&Value::Null);
@@ -144,5 +158,19 @@ mod tests {
         let model = json!({"batch_size": 32, "log_every": 10, "model": "m"});
         let err = check_unchanged(&saved, &model).unwrap_err();
         assert!(err.starts_with("--model is m here but unset"), "{err}");
+    }
+
+    #[test]
+    fn the_answer_length_may_change_unless_the_run_samples_its_pairs() {
+        let offline = json!({"pairs_from_policy": 0, "max_new_tokens": 32});
+        let longer = json!({"pairs_from_policy": 0, "max_new_tokens": 64});
+        assert_eq!(check_unchanged(&offline, &longer), Ok(()));
+        let sampled = json!({"pairs_from_policy": 4, "max_new_tokens": 32});
+        let longer = json!({"pairs_from_policy": 4, "max_new_tokens": 64});
+        let err = check_unchanged(&sampled, &longer).unwrap_err();
+        assert!(
+            err.starts_with("--max-new-tokens is 64 here but 32"),
+            "{err}"
+        );
     }
 }
