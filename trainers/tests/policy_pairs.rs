@@ -178,12 +178,104 @@ fn best_of_n_counts_ties_at_the_top_by_their_share_of_correct_answers() {
     assert!((result.oracle - 2.0 / 3.0).abs() < 1e-12);
 }
 
+#[test]
+fn a_reward_model_that_scores_correctness_picks_as_well_as_the_oracle() {
+    // 50 prompts of 6 answers, correct at random; rewards that rank every correct answer
+    // above every wrong one (correctness plus noise below one half) pick like the oracle, and
+    // reversed rewards never pick a correct answer where a wrong one exists.
+    let mut state = 7u64;
+    let mut unit = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let correct: Vec<Vec<f64>> = (0..50)
+        .map(|_| (0..6).map(|_| f64::from(u8::from(unit() < 0.3))).collect())
+        .collect();
+    let right: Vec<Vec<f64>> = correct
+        .iter()
+        .map(|row| row.iter().map(|c| c + 0.4 * unit()).collect())
+        .collect();
+    let result = best_of_n_rates(&correct, &right);
+    let oracle = correct.iter().filter(|row| row.contains(&1.0)).count() as f64 / 50.0;
+    assert!((result.oracle - oracle).abs() < 1e-12);
+    assert!((result.reward_model - oracle).abs() < 1e-12, "{result:?}");
+    let wrong: Vec<Vec<f64>> = right
+        .iter()
+        .map(|row| row.iter().map(|r| -r).collect())
+        .collect();
+    let all_correct = correct.iter().filter(|row| !row.contains(&0.0)).count() as f64 / 50.0;
+    let reversed = best_of_n_rates(&correct, &wrong);
+    assert!(
+        (reversed.reward_model - all_correct).abs() < 1e-12,
+        "{reversed:?}"
+    );
+    assert!(reversed.reward_model < result.random && result.random < result.reward_model);
+}
+
 fn tiny(program: &str, output: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command.args(common::tiny_builtin(output, 16, 8));
     command.args(["--batch-size", "4", "--log-every", "1", "--eval-every", "0"]);
     command.args(args);
     command
+}
+
+/// Whether `answer` ends with `:` and the sum of the prompt `a+b=`, read here from the text.
+fn adds_up(prompt: &str, answer: &str) -> bool {
+    let (a, b) = prompt.trim_end_matches('=').split_once('+').unwrap();
+    let sum = a.parse::<u32>().unwrap() + b.parse::<u32>().unwrap();
+    answer.rsplit_once(':').map(|(_, tail)| tail.trim()) == Some(sum.to_string().as_str())
+}
+
+#[test]
+fn the_task_checker_pairs_a_correct_sample_with_a_wrong_one_and_counts_skipped_prompts() {
+    let out = ScratchFolder::empty("policy-pairs-checker");
+    // 200 supervised steps on 16 prompts: the reference answers most of them right, some not,
+    // so some prompts' four samples disagree (pairs) and others all agree (skipped).
+    // The default built-in model (the tiny one of the other tests learns too little).
+    let mut command = Command::new(DPO);
+    command.args(["--output", out.0.to_str().unwrap()]);
+    command.args(["--builtin-train-pairs", "16", "--builtin-eval-pairs", "4"]);
+    command.args([
+        "--sft-steps",
+        "200",
+        "--steps",
+        "1",
+        "--pairs-from-policy",
+        "4",
+    ]);
+    command.args([
+        "--eval-prompts",
+        "1",
+        "--eval-every",
+        "0",
+        "--max-new-tokens",
+        "40",
+    ]);
+    run_ok(&mut command);
+    let lines = std::fs::read_to_string(out.0.join("policy_pairs.jsonl")).unwrap();
+    let pairs: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for pair in &pairs {
+        let prompt = text(&pair["prompt"]);
+        assert!(adds_up(prompt, text(&pair["chosen"])), "{pair}");
+        assert!(!adds_up(prompt, text(&pair["rejected"])), "{pair}");
+        assert_eq!(pair["margin"].as_f64(), Some(1.0), "{pair}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("policy_pairs.json")).unwrap())
+            .unwrap();
+    let (kept, skipped) = (
+        report["pairs"].as_u64().unwrap(),
+        report["skipped_all_equal"].as_u64().unwrap(),
+    );
+    assert_eq!(kept as usize, pairs.len());
+    assert_eq!(kept + skipped, 16);
+    assert!(kept > 0 && skipped > 0, "{report}");
 }
 
 /// The reward of `prompt` + `response` + EOS, computed here from the saved reward model.

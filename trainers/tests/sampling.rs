@@ -1,5 +1,5 @@
 //! Sampled decoding: temperature, top-k and top-p draw from the closed-form distribution,
-//! temperature 0 (and top-k 1) is greedy decoding, and a seed fixes the samples whatever the
+//! temperature 0, a temperature near it and top-k 1 are greedy decoding, and a seed fixes the samples whatever the
 //! batch.
 
 mod common;
@@ -67,7 +67,14 @@ fn temperature_zero_and_top_k_one_are_greedy_decoding() {
         seed: 11,
         ..Sampling::default()
     };
-    for sampling in [cold, only_best] {
+    // The limit, not just the special case: a temperature near 0 samples the greedy tokens
+    // (the runner-up's probability is at most e^(-gap / T), far below the draws' resolution).
+    let near_zero = Sampling {
+        temperature: 1e-6,
+        seed: 5,
+        ..Sampling::default()
+    };
+    for sampling in [cold, only_best, near_zero] {
         let sampled = generate_sampled(&model, &prompts(), 8, eos, &sampling, 0, &device);
         assert_eq!(sampled, greedy, "{sampling:?}");
     }
