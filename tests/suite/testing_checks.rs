@@ -4,9 +4,10 @@
 use crate::common::{tensor, TestAutodiff, TestBackend};
 use burn::tensor::{DType, Tensor};
 use otpref::testing::{
-    check_balanced_marginals, check_finite, check_gradient, check_plan_support, check_weight_budget,
+    check_balanced_marginals, check_finite, check_gradient, check_plan_support,
+    check_unbalanced_marginals, check_weight_budget,
 };
-use otpref::{TokenWeights, WeightBudget};
+use otpref::{TokenWeights, Transport, WeightBudget};
 
 fn t<const D: usize>(values: Vec<f64>, shape: [usize; D]) -> Tensor<TestBackend, D> {
     tensor(values, shape, DType::F32)
@@ -31,6 +32,31 @@ fn marginal_and_support_checks_name_the_entry_and_the_size() {
         Ok(())
     );
     assert_eq!(check_plan_support(first, a0, b0), Ok(()));
+}
+
+#[test]
+fn the_unbalanced_check_compares_with_the_relaxed_marginals_of_the_potentials() {
+    // a = b = (0.5, 0.5), ρ = 1. With f = g = 0 the relaxed marginals are a and b themselves;
+    // f₁ = −ln 1.2 moves row 1's to 0.5 · 1.2 = 0.6. The second plan's row 1 and column 1
+    // sum to 0.6: right for row 1 with that f, 0.1 (relative 0.2) too much for column 1.
+    let transport = |plan: Vec<f64>, f: Vec<f64>| Transport {
+        plan: t(plan, [1, 2, 2]),
+        f: t(f, [1, 2]),
+        g: t(vec![0.0, 0.0], [1, 2]),
+        iterations: vec![1],
+        converged: vec![true],
+        marginal_error: vec![0.0],
+    };
+    let (a, b) = (t(vec![0.5, 0.5], [1, 2]), t(vec![0.5, 0.5], [1, 2]));
+    let even = transport(vec![0.25; 4], vec![0.0, 0.0]);
+    assert_eq!(
+        check_unbalanced_marginals(&even, a.clone(), b.clone(), 1.0, 1.0, 1e-5),
+        Ok(())
+    );
+    let heavier = transport(vec![0.25, 0.25, 0.25, 0.35], vec![0.0, -(1.2f64.ln())]);
+    let v = check_unbalanced_marginals(&heavier, a, b, 1.0, 1.0, 1e-3).unwrap_err();
+    assert_eq!(v.location, "problem 0, column 1", "{v}");
+    assert!((v.size - 0.2).abs() < 1e-5, "{v}");
 }
 
 #[test]
