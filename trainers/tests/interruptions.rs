@@ -60,6 +60,13 @@ fn assert_same_models(a: &Path, b: &Path, program: Program) {
     }
 }
 
+/// Truncates `file` to half its length (a write cut short).
+fn cut_in_half(file: &Path) {
+    let len = std::fs::metadata(file).unwrap().len();
+    let handle = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    handle.set_len(len / 2).unwrap();
+}
+
 fn checkpoint_steps(run: &Path) -> Vec<usize> {
     let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
         .map(|d| {
@@ -82,10 +89,19 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         run_ok(&mut program.run(&straight.0, 10));
         let resumed = ScratchFolder::empty(&format!("{program:?}-resumed"));
         run_ok(program.run(&resumed.0, 10).args(["--save-every", "5"]));
-        std::fs::remove_dir_all(resumed.0.join("checkpoints/step-00000010")).unwrap();
+        // The last checkpoint as a kill during its save leaves it: written into its
+        // `.partial` folder, its model file cut short, never renamed. Resuming skips it.
+        let last = resumed.0.join("checkpoints/step-00000010");
+        let partial = resumed.0.join("checkpoints/step-00000010.partial");
+        std::fs::rename(&last, &partial).unwrap();
+        cut_in_half(&partial.join("model.mpk"));
         std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
         let output = run_ok(program.run(&resumed.0, 10).arg("--resume"));
-        assert!(String::from_utf8_lossy(&output.stdout).contains("resumed from"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("resumed from") && stdout.contains("step 5"),
+            "{stdout}"
+        );
         assert_same_models(&straight.0, &resumed.0, program);
         if let Program::Reward = program {
             // "before" is the starting model's accuracy, resumed or not.

@@ -233,33 +233,48 @@ fn a_resumed_lora_run_ends_where_an_uninterrupted_one_does() {
     }
 }
 
+/// A LoRA reward-model run on the fixture `llama-reward` at a constant learning rate (add
+/// `--steps`; its first steps do not depend on how many follow).
+fn lora_reward_flags(data: &str, output: &Path) -> Vec<String> {
+    let fixture = fixture("llama-reward");
+    [
+        "--model",
+        fixture.to_str().unwrap(),
+        "--data",
+        data,
+        "--eval-data",
+        data,
+        "--output",
+        output.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--warmup-ratio",
+        "0",
+        "--final-lr-ratio",
+        "1",
+        "--log-every",
+        "1",
+        "--lora-rank",
+        "4",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 #[test]
 fn lora_reward_model_trains_adapters_and_the_score_head() {
     let out = ScratchFolder::empty("lora-reward");
     let data = pairs(&out.0);
     let run = out.0.join("run");
-    run_ok(reward_trainer().args([
-        "--model",
-        fixture("llama-reward").to_str().unwrap(),
-        "--data",
-        &data,
-        "--eval-data",
-        &data,
-        "--output",
-        run.to_str().unwrap(),
-        "--steps",
-        "10",
-        "--batch-size",
-        "8",
-        "--lr",
-        "0.01",
-        "--log-every",
-        "1",
-        "--lora-rank",
-        "4",
-    ]));
-    let losses = losses(&run);
-    assert!(losses[9] < losses[0], "{losses:?}");
+    run_ok(
+        reward_trainer()
+            .args(lora_reward_flags(&data, &run))
+            .args(["--steps", "10"]),
+    );
+    let trained_losses = losses(&run);
+    assert!(trained_losses[9] < trained_losses[0], "{trained_losses:?}");
     let adapter = AdapterFolder::open(run.join("model")).unwrap();
     assert!(adapter.is_reward_model());
     let weights = Expected::read(&run.join("model").join(ADAPTER_WEIGHTS));
@@ -272,6 +287,33 @@ fn lora_reward_model_trains_adapters_and_the_score_head() {
         original.f32("score.weight").0,
         "the score head did not train"
     );
+
+    // The adapter folder as --model loads base + adapters + score head: one step from it
+    // starts with the loss of step 11 of an 11-step run (one batch holds all eight pairs).
+    let longer = out.0.join("eleven");
+    run_ok(
+        reward_trainer()
+            .args(lora_reward_flags(&data, &longer))
+            .args(["--steps", "11"]),
+    );
+    let continued = out.0.join("continued");
+    let adapter_dir = run.join("model");
+    run_ok(reward_trainer().args([
+        "--model",
+        adapter_dir.to_str().unwrap(),
+        "--data",
+        &data,
+        "--eval-data",
+        &data,
+        "--output",
+        continued.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+    ]));
+    let (eleventh, first) = (losses(&longer)[10], losses(&continued)[0]);
+    assert!((eleventh - first).abs() < 1e-5, "{eleventh} vs {first}");
 }
 
 #[test]
