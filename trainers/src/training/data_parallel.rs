@@ -11,9 +11,10 @@
 //! (threads of one process on Flex in CI, one thread per CUDA device), which burn-train's
 //! `DistributedBackend` (CubeCL backends only) does not.
 //!
-//! One machine only: burn 0.21's all-reduce between machines (its global orchestrator) reuses
-//! the same transfer ids on every call, so the second all-reduce of a run hangs
-//! (tracel-ai/burn#4549, seen here on the loopback address with each of its strategies).
+//! One machine only: the second all-reduce of a run between machines (burn 0.21's global
+//! orchestrator) hangs, seen here on the loopback address with each of its strategies: their
+//! shared barrier (`global/node/sync.rs`) clears a copy of the list of nodes that reached it,
+//! not the list (and tracel-ai/burn#4549: every call reuses the same transfer ids).
 
 use std::cell::Cell;
 use std::sync::Mutex;
