@@ -19,6 +19,9 @@ pub mod policy_pairs;
 pub mod report;
 pub mod resume;
 pub mod reward;
+mod reward_config;
+mod reward_eval;
+mod reward_phase;
 pub mod reward_scores;
 pub mod samples;
 
