@@ -19,4 +19,5 @@ for m, k, n in SHAPES:
     for _ in range(calls):
         a @ b
     seconds = (time.perf_counter() - started) / calls
-    print(f"{m} x {k} x {n}: torch {seconds * 1e3:.3f} ms, {2 * m * k * n / seconds / 1e9:.1f} GFLOP/s")
+    gflops = 2 * m * k * n / seconds / 1e9
+    print(f"{m} x {k} x {n}: torch {seconds * 1e3:.3f} ms, {gflops:.1f} GFLOP/s")

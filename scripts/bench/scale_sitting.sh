@@ -14,16 +14,8 @@ model=$1; pairs=$2; eval=$3
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work=$(mktemp -d)
 
-measure() { # LABEL COMMAND...
-    local label=$1; shift
-    rm -rf "$work/run"
-    /usr/bin/time -v "$@" > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-    local rate peak
-    rate=$(grep -oE '[0-9.]+ tok/s' "$work/log" | tail -1 | cut -d' ' -f1 || true)
-    [ -n "$rate" ] || rate=$(grep -oE '"tokens_per_s": [0-9.]+' "$work/log" | tail -1 | cut -d' ' -f2)
-    peak=$(awk '/Maximum resident/ {printf "%.2f GiB", $6 / 1048576}' "$work/log")
-    printf '%-44s %8.1f tok/s  %s\n' "$label" "$rate" "$peak"
-}
+# shellcheck source=measure.sh
+source "$root/scripts/bench/measure.sh"
 
 # /usr/bin/time runs programs, not shell functions: the two commands as arrays.
 otpref=("$root/target/release/dpo_trainer" --model "$model" --data "$pairs" --eval-data "$eval"

@@ -20,18 +20,8 @@ common=(--model "$model" --data "$pairs" --steps "$steps" --batch-size "$batch" 
         --max-prompt-length 64 --eval-every 0 --save-every 0 --log-every 1 --warmup-ratio 0
         --output "$work/run")
 
-measure() { # LABEL COMMAND...: runs COMMAND under /usr/bin/time, prints LABEL tok/s peak wall
-    local label=$1; shift
-    rm -rf "$work/run"
-    /usr/bin/time -v "$@" > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-    local rate
-    rate=$(grep -oE '[0-9.]+ tok/s' "$work/log" | tail -1 | cut -d' ' -f1 || true)
-    [ -n "$rate" ] || rate=$(grep -oE '"tokens_per_s": [0-9.]+' "$work/log" | tail -1 | cut -d' ' -f2)
-    local peak wall
-    peak=$(awk '/Maximum resident/ {printf "%.2f GiB", $6 / 1048576}' "$work/log")
-    wall=$(awk '/Elapsed/ {print $8}' "$work/log")
-    printf '%-28s %8.1f tok/s  %s  %s\n' "$label" "$rate" "$peak" "$wall"
-}
+# shellcheck source=measure.sh
+source "$root/scripts/bench/measure.sh"
 
 measure "otpref dpo_trainer" "$bin/dpo_trainer" "${common[@]}" \
     --method dpo --sft-steps 0 --eval-prompts 0 --rpo-alpha 0

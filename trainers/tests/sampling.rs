@@ -1,6 +1,6 @@
 //! Sampled decoding: temperature, top-k and top-p draw from the closed-form distribution,
-//! temperature 0, a temperature near it and top-k 1 are greedy decoding, and a seed fixes the samples whatever the
-//! batch.
+//! temperature 0, a temperature near it and top-k 1 are greedy decoding, and a seed fixes the
+//! samples whatever the batch.
 
 mod common;
 

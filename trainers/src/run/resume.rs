@@ -45,12 +45,9 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
 /// samples (from the reference, or at an iterative round) would train on other pairs.
 const SHAPE_SAMPLED_PAIRS: &[&str] = &["max_new_tokens"];
 
-/// Whether a resumed run may change `key`, given the saved run's settings.
-fn may_change(key: &str, saved: &serde_json::Map<String, Value>) -> bool {
-    let samples_pairs = saved
-        .get("pairs_from_policy")
-        .and_then(Value::as_u64)
-        .is_some_and(|k| k > 0);
+/// Whether a resumed run may change `key`; `samples_pairs`: whether the saved run samples its
+/// own pairs.
+fn may_change(key: &str, samples_pairs: bool) -> bool {
     MAY_CHANGE_ON_RESUME.contains(&key) && !(samples_pairs && SHAPE_SAMPLED_PAIRS.contains(&key))
 }
 
@@ -91,15 +88,19 @@ pub fn resolve(
     }
 }
 
-/// The first setting a resumed run may not change (see [`MAY_CHANGE_ON_RESUME`]) whose value differs between the saved
-/// run's settings and this run's, as a message naming its flag. Settings the saved run did not
+/// The first setting a resumed run may not change (see [`MAY_CHANGE_ON_RESUME`]) whose value
+/// differs between the saved run's settings and this run's, as a message naming its flag. Settings the saved run did not
 /// have (added to the program since) are not compared.
 pub fn check_unchanged(saved: &Value, current: &Value) -> std::result::Result<(), String> {
     let (Some(saved), Some(current)) = (saved.as_object(), current.as_object()) else {
         return Err("the saved settings are not a JSON object".into());
     };
+    let samples_pairs = saved
+        .get("pairs_from_policy")
+        .and_then(Value::as_u64)
+        .is_some_and(|k| k > 0);
     for (key, before) in saved {
-        if may_change(key, saved) {
+        if may_change(key, samples_pairs) {
             continue;
         }
         let now = current.get(key).unwrap_or(&Value::Null);
