@@ -2,13 +2,15 @@
 //! (threads) at batch b end with the parameters of one device at batch 2b, for the DPO
 //! trainer (DPO, OTPO) and the reward trainer (Bradley-Terry, APLOT with its margins over the
 //! gathered global batch); APLOT over each replica's half alone would differ; a resumed
-//! two-replica run ends where an uninterrupted one does, also after a SIGTERM; bad flags fail
-//! first.
+//! two-replica run ends where an uninterrupted one does, also after a SIGTERM; two processes
+//! (nodes) on the loopback address, meeting at burn's global orchestrator, train what one
+//! process does, and resume exactly; bad flags fail first.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{model_floats, run_ok, wait_for_records, ScratchFolder};
 
@@ -225,12 +227,115 @@ fn a_sigterm_stops_both_replicas_at_one_step_with_a_checkpoint_that_resumes_exac
     assert!(difference == 0.0, "resumed differs by {difference}");
 }
 
+/// A port of the loopback address that nothing listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `child`'s output, or a failed test (and the child killed) after `limit`.
+fn finished_within(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "no end after {limit:?}:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "a node failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Two processes of `program` on the loopback address, nodes 0 and 1 of one run meeting at
+/// burn's global orchestrator, each at `--batch-size 2` with `flags`; both write to `output`,
+/// as nodes on a shared file system do (node 0 alone saves). Their outputs, in rank order.
+fn two_nodes(program: &str, output: &Path, flags: &[&str]) -> [Output; 2] {
+    let orchestrator = format!("127.0.0.1:{}", free_port());
+    let node = |rank: usize| {
+        let address = format!("127.0.0.1:{}", free_port());
+        tiny(program, output, 2, flags)
+            .args(["--nodes", "2", "--orchestrator", &orchestrator])
+            .args(["--node-rank", &rank.to_string(), "--node-address", &address])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (node(0), node(1));
+    let limit = Duration::from_secs(120);
+    [
+        finished_within(first, limit),
+        finished_within(second, limit),
+    ]
+}
+
+#[test]
+fn two_nodes_on_the_loopback_address_train_what_one_process_does() {
+    for (program, method) in [CASES[0], CASES[3]] {
+        let name = method[1];
+        let flags = [method, &["--steps", "2"]].concat();
+        let one = ScratchFolder::empty(&format!("nodes-one-{name}"));
+        run_ok(&mut tiny(program, &one.0, 4, &flags));
+        let nodes = ScratchFolder::empty(&format!("nodes-two-{name}"));
+        let [first, second] = two_nodes(program, &nodes.0, &flags);
+        let difference = largest_difference(&one.0, &nodes.0);
+        assert!(difference <= 1e-5, "{name}: nodes differ by {difference}");
+        // Node 0 speaks for the run; node 1 prints no summary.
+        let summaries = |output: &Output| {
+            String::from_utf8_lossy(&output.stdout)
+                .matches("summary")
+                .count()
+        };
+        assert_eq!((summaries(&first), summaries(&second)), (1, 0), "{name}");
+    }
+}
+
+#[test]
+fn a_resumed_two_node_run_ends_where_an_uninterrupted_one_does() {
+    let flags = ["--loss", "aplot", "--steps", "4", "--save-every", "2"];
+    let straight = ScratchFolder::empty("nodes-straight");
+    two_nodes(REWARD, &straight.0, &flags);
+    let resumed = ScratchFolder::empty("nodes-resumed");
+    two_nodes(REWARD, &resumed.0, &flags);
+    std::fs::remove_dir_all(resumed.0.join("checkpoints/step-00000004")).unwrap();
+    std::fs::remove_dir_all(resumed.0.join("model")).unwrap();
+    let [first, _] = two_nodes(REWARD, &resumed.0, &[&flags[..], &["--resume"]].concat());
+    assert!(String::from_utf8_lossy(&first.stdout).contains("resumed from"));
+    let difference = largest_difference(&straight.0, &resumed.0);
+    assert!(difference == 0.0, "resumed differs by {difference}");
+}
+
 #[test]
 fn data_parallel_flags_are_checked_before_training() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--devices", "0"], "--devices must be at least 1"),
         (&["--devices", "two"], "--devices takes a count"),
         (&["--devices", "0,1"], "--devices on cpu is a count"),
+        (
+            &["--nodes", "2"],
+            "--nodes 2 needs --orchestrator HOST:PORT",
+        ),
+        (
+            &["--nodes", "2", "--node-rank", "2"],
+            "--node-rank must be below --nodes (2), got 2",
+        ),
+        (
+            &["--nodes", "2", "--orchestrator", "10.0.0.1"],
+            "--orchestrator takes HOST:PORT",
+        ),
+        (&["--node-rank", "1"], "go with --nodes 2 or more"),
     ];
     for (flags, expected) in cases {
         let out = ScratchFolder::empty("dp-flags");

@@ -117,6 +117,9 @@ fn run<S: TrainerSettings>(
     let checkpoints = Checkpoints::new(&common.output, common.keep_checkpoints);
     let as_json = serde_json::to_value(&settings).expect("configurations serialise");
     let resume = resolve(options.resume, &checkpoints, &as_json).map_err(|e| e.to_string())?;
+    if let Some(link) = common.parallel.link()? {
+        link.start().map_err(|e| e.to_string())?;
+    }
     let replicas = common.parallel.replicas();
     let trained = match common.device {
         DeviceKind::Cpu => {

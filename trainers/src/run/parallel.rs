@@ -1,5 +1,5 @@
-//! Launching a data-parallel run: `--devices`, and one replica per device on a thread of its
-//! own.
+//! Launching a data-parallel run: `--devices` (and `--nodes` for several machines), and one
+//! replica per device on a thread of its own.
 
 use std::sync::mpsc;
 
@@ -8,9 +8,9 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::training::{Replica, StopSignal};
+use crate::training::{Endpoint, NodeLink, Replica, StopSignal};
 
-/// Where a run trains: how many replicas on this machine.
+/// Where a run trains: how many replicas on this machine, and on how many machines.
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 pub struct ParallelArgs {
     /// Data-parallel replicas on this machine, each on its share of every batch (--batch-size
@@ -19,16 +19,43 @@ pub struct ParallelArgs {
     #[arg(long, default_value = "1", value_name = "N|LIST")]
     #[serde(default = "one_device")]
     pub devices: String,
+    /// Machines in the run, each running this command with its own --node-rank and the same
+    /// --devices count (a step sees batch-size × devices × nodes × grad-accum pairs).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// This machine's rank, 0..nodes; node 0 prints, saves and starts the orchestrator.
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    #[serde(default)]
+    pub node_rank: usize,
+    /// HOST:PORT of burn's global orchestrator, on node 0 (which listens on that port);
+    /// needed with --nodes.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(default)]
+    pub orchestrator: Option<String>,
+    /// HOST:PORT at which the other machines reach this one (its tensor data service listens
+    /// on that port); needed with --nodes.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(default)]
+    pub node_address: Option<String>,
 }
 
 fn one_device() -> String {
     "1".into()
 }
 
+fn one() -> usize {
+    1
+}
+
 impl Default for ParallelArgs {
     fn default() -> Self {
         Self {
             devices: one_device(),
+            nodes: 1,
+            node_rank: 0,
+            orchestrator: None,
+            node_address: None,
         }
     }
 }
@@ -72,13 +99,56 @@ impl ParallelArgs {
                 self.devices
             ));
         }
-        Ok(())
+        self.link().map(|_| ())
+    }
+
+    /// This machine's place among several (`None` for a run on one machine).
+    pub fn link(&self) -> std::result::Result<Option<NodeLink>, String> {
+        if self.nodes == 0 {
+            return Err("--nodes must be at least 1".into());
+        }
+        if self.nodes == 1 {
+            return match (self.node_rank, &self.orchestrator, &self.node_address) {
+                (0, None, None) => Ok(None),
+                _ => Err(
+                    "--node-rank, --orchestrator and --node-address go with --nodes 2 or \
+                          more"
+                        .into(),
+                ),
+            };
+        }
+        if self.node_rank >= self.nodes {
+            return Err(format!(
+                "--node-rank must be below --nodes ({}), got {}",
+                self.nodes, self.node_rank
+            ));
+        }
+        let endpoint = |value: &Option<String>, flag: &str| match value {
+            Some(text) => Endpoint::parse(text, flag),
+            None => Err(format!(
+                "--nodes {} needs {flag} HOST:PORT (see docs/trainers.md, several machines)",
+                self.nodes
+            )),
+        };
+        let orchestrator = endpoint(&self.orchestrator, "--orchestrator")?;
+        let node = endpoint(&self.node_address, "--node-address")?;
+        Ok(Some(NodeLink::new(
+            self.nodes,
+            self.node_rank,
+            orchestrator,
+            node,
+        )))
     }
 
     /// The replicas of this machine, in rank order.
     pub fn replicas(&self) -> Vec<Replica> {
         let peers = self.device_indices().map_or(1, |d| d.len());
-        (0..peers).map(|peer| Replica::new(peer, peers)).collect()
+        match self.link() {
+            Ok(Some(link)) => (0..peers)
+                .map(|peer| Replica::on_node(peer, peers, link.clone()))
+                .collect(),
+            _ => (0..peers).map(|peer| Replica::new(peer, peers)).collect(),
+        }
     }
 }
 
@@ -95,22 +165,14 @@ where
     B: AutodiffBackend,
     F: Fn(&Replica, &B::Device) -> Result<Option<StopSignal>> + Send + Sync + Clone + 'static,
 {
-    if replicas.len() == 1 {
-        return train(&replicas[0], &devices[0]);
+    if let [replica] = &replicas[..] {
+        return run_replica::<B, _>(replica, &devices[0], &train);
     }
     let (results, received) = mpsc::channel();
     for (replica, device) in replicas.into_iter().zip(devices) {
         let (results, train) = (results.clone(), train.clone());
         std::thread::spawn(move || {
-            replica.enter();
-            let outcome = replica
-                .join::<B::InnerBackend>(&device)
-                .and_then(|()| train(&replica, &device));
-            let outcome = outcome.and_then(|stopped| {
-                replica.leave::<B::InnerBackend>()?;
-                Ok(stopped)
-            });
-            let _ = results.send(outcome);
+            let _ = results.send(run_replica::<B, _>(&replica, &device, &train));
         });
     }
     drop(results);
@@ -119,5 +181,19 @@ where
     for outcome in received {
         stopped = outcome?;
     }
+    Ok(stopped)
+}
+
+/// Runs `train` as `replica` on this thread: joins the collective (a run of one replica joins
+/// nothing), trains, leaves.
+fn run_replica<B, F>(replica: &Replica, device: &B::Device, train: &F) -> Result<Option<StopSignal>>
+where
+    B: AutodiffBackend,
+    F: Fn(&Replica, &B::Device) -> Result<Option<StopSignal>>,
+{
+    replica.enter();
+    replica.join::<B::InnerBackend>(device)?;
+    let stopped = train(replica, device)?;
+    replica.leave::<B::InnerBackend>()?;
     Ok(stopped)
 }

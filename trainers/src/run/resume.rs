@@ -38,6 +38,9 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "precompute_ref",
     "eval_prompts",
     "max_new_tokens",
+    "node_rank",
+    "orchestrator",
+    "node_address",
 ];
 
 /// Settings of [`MAY_CHANGE_ON_RESUME`] that also shape the answers a run samples for its own

@@ -11,10 +11,8 @@
 //! (threads of one process on Flex in CI, one thread per CUDA device), which burn-train's
 //! `DistributedBackend` (CubeCL backends only) does not.
 //!
-//! One machine only: the second all-reduce of a run between machines (burn 0.21's global
-//! orchestrator) hangs, seen here on the loopback address with each of its strategies: their
-//! shared barrier (`global/node/sync.rs`) clears a copy of the list of nodes that reached it,
-//! not the list (and tracel-ai/burn#4549: every call reuses the same transfer ids).
+//! Several machines: the replicas of every node ([`NodeLink`]) form one run, ranked node by
+//! node; burn-collective reduces within each node, then between the nodes.
 
 use std::cell::Cell;
 use std::sync::Mutex;
@@ -27,13 +25,18 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
+use super::nodes::NodeLink;
 use crate::error::{Error, Result};
 
 /// Where one replica stands in a data-parallel run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replica {
+    /// Its index among this machine's replicas.
     peer: usize,
+    /// The number of replicas on each machine.
     peers: usize,
+    /// The other machines of a multi-node run.
+    link: Option<NodeLink>,
 }
 
 thread_local! {
@@ -65,17 +68,30 @@ impl Replica {
 
     /// Replica `peer` of `peers` (threads of this process, one per device).
     pub fn new(peer: usize, peers: usize) -> Self {
-        Self { peer, peers }
+        Self {
+            peer,
+            peers,
+            link: None,
+        }
     }
 
-    /// The replica's rank among the run's replicas.
+    /// Replica `peer` of the `peers` on this machine, one of the machines of `link`.
+    pub fn on_node(peer: usize, peers: usize, link: NodeLink) -> Self {
+        Self {
+            peer,
+            peers,
+            link: Some(link),
+        }
+    }
+
+    /// The replica's rank among the run's replicas (machine by machine).
     pub fn rank(&self) -> usize {
-        self.peer
+        self.link.as_ref().map_or(0, NodeLink::rank) * self.peers + self.peer
     }
 
-    /// The number of replicas in the run.
+    /// The number of replicas in the run, on every machine.
     pub fn world(&self) -> usize {
-        self.peers
+        self.link.as_ref().map_or(1, NodeLink::nodes) * self.peers
     }
 
     /// Whether this is the main replica (rank 0): the one that prints, logs and saves.
@@ -94,13 +110,18 @@ impl Replica {
         if self.world() == 1 {
             return Ok(());
         }
-        let config = CollectiveConfig::default().with_num_devices(self.peers);
+        let mut config = CollectiveConfig::default().with_num_devices(self.peers);
+        if let Some(link) = &self.link {
+            config = link.configure(config);
+        }
         register::<B>(self.peer_id(), device.clone(), config).map_err(collective_error)
     }
 
-    /// Leaves the collective (at the end of training).
+    /// Leaves the collective (at the end of training). Not in a multi-node run: leaving asks
+    /// the orchestrator, which ends with node 0's process (or at its SIGTERM), and a node that
+    /// asked after that would wait for an answer forever; exiting closes the connections.
     pub fn leave<B: Backend>(&self) -> Result<()> {
-        if self.world() == 1 {
+        if self.world() == 1 || self.link.is_some() {
             return Ok(());
         }
         finish_collective::<B>(self.peer_id()).map_err(collective_error)

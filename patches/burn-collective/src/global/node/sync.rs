@@ -65,23 +65,29 @@ impl<P: Protocol> SyncService<P> {
                 .await
                 .expect("Peer closed connection unexpectedly");
         }
+        let mut all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
+        all_node_ids.sort();
         loop {
+            // Register for the wake-up before looking, so that an arrival between the look and
+            // the wait is not lost (`notify_waiters` only wakes registered waiters).
+            let notified = self.sync_notif.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
-                // compare currently synced peers with list of all nodes
-                let mut syncing_peers = self.syncing_peers.lock().unwrap().to_vec();
-                syncing_peers.sort();
-
-                let mut all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
-                all_node_ids.sort();
-
-                if syncing_peers == all_node_ids {
-                    // all nodes have synced
-                    syncing_peers.clear();
+                let mut syncing_peers = self.syncing_peers.lock().unwrap();
+                if all_node_ids.iter().all(|id| syncing_peers.contains(id)) {
+                    // All nodes have synced: remove the arrivals counted (patched: 0.21 cleared
+                    // a copy of the list, so every later barrier hung). An arrival beyond them
+                    // belongs to the next barrier and stays.
+                    for id in &all_node_ids {
+                        let at = syncing_peers.iter().position(|p| p == id).unwrap();
+                        syncing_peers.remove(at);
+                    }
                     return;
                 }
             }
             // Wait for the next sync to come in
-            self.sync_notif.notified().await
+            notified.await;
         }
     }
 
