@@ -227,6 +227,63 @@ fn a_sigterm_stops_both_replicas_at_one_step_with_a_checkpoint_that_resumes_exac
     assert!(difference == 0.0, "resumed differs by {difference}");
 }
 
+#[test]
+fn a_sharded_optimizer_trains_what_an_unsharded_one_does_and_saves_the_whole_state() {
+    let lora: &[&str] = &["--method", "dpo", "--lora-rank", "4"];
+    for (program, method) in [CASES[1], CASES[3], (DPO, lora)] {
+        let name = format!("{}{}", method[1], method.len());
+        let args = [
+            method,
+            &["--devices", "2", "--steps", "4", "--save-every", "2"],
+        ]
+        .concat();
+        let plain = ScratchFolder::empty(&format!("zero-plain-{name}"));
+        run_ok(&mut tiny(program, &plain.0, 2, &args));
+        let sharded_args = [&args[..], &["--shard-optimizer"]].concat();
+        let sharded = ScratchFolder::empty(&format!("zero-sharded-{name}"));
+        let stdout = run_ok(&mut tiny(program, &sharded.0, 2, &sharded_args)).stdout;
+        let difference = largest_difference(&plain.0, &sharded.0);
+        assert!(
+            difference <= 1e-5,
+            "{name}: sharded differs by {difference}"
+        );
+        // The main replica keeps about half of the state: "keeps K of T trained values".
+        let stdout = String::from_utf8_lossy(&stdout);
+        let counts: Vec<f64> = stdout
+            .split("replica 0 keeps ")
+            .nth(1)
+            .and_then(|rest| rest.split(" trained values").next())
+            .unwrap_or_else(|| panic!("{name}: no sharding line in {stdout}"))
+            .split(" of ")
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let share = counts[0] / counts[1];
+        assert!(
+            (0.3..=0.7).contains(&share),
+            "{name}: keeps {share} of the state"
+        );
+        // The checkpoint holds the whole state: resumed without sharding from step 2, the
+        // run ends where the unsharded one does (a missing moment would change the steps).
+        std::fs::remove_dir_all(sharded.0.join("checkpoints/step-00000004")).unwrap();
+        std::fs::remove_dir_all(sharded.0.join("model")).unwrap();
+        run_ok(tiny(program, &sharded.0, 2, &args).arg("--resume"));
+        let difference = largest_difference(&plain.0, &sharded.0);
+        assert!(
+            difference <= 1e-5,
+            "{name}: resumed unsharded differs by {difference}"
+        );
+        // And a sharded run resumes its own checkpoint.
+        std::fs::remove_dir_all(sharded.0.join("checkpoints/step-00000004")).unwrap();
+        std::fs::remove_dir_all(sharded.0.join("model")).unwrap();
+        run_ok(tiny(program, &sharded.0, 2, &sharded_args).arg("--resume"));
+        let difference = largest_difference(&plain.0, &sharded.0);
+        assert!(
+            difference <= 1e-5,
+            "{name}: resumed sharded differs by {difference}"
+        );
+    }
+}
+
 /// A port of the loopback address that nothing listens on now.
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

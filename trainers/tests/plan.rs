@@ -25,6 +25,7 @@ fn input(name: &str, lora: Option<LoraConfig>, language_model: bool) -> PlanInpu
         language_model,
         frozen_bytes: 4.0,
         devices: 1,
+        optimizer_shards: 1,
     }
 }
 
@@ -76,6 +77,16 @@ fn the_plan_grows_with_what_needs_memory() {
     lora.lora = Some(LoraConfig::new(4));
     let lora_plan = plan(&lora);
     assert!(lora_plan.optimizer < plan(&full).optimizer / 10.0);
+    // Sharded over 4 replicas, each keeps a quarter of AdamW's two f32 moments; nothing
+    // else changes.
+    let mut sharded = full.clone();
+    sharded.optimizer_shards = 4;
+    let trained = parameter_counts(&full).1 as f64;
+    assert_eq!(plan(&sharded).optimizer, 2.0 * 4.0 * trained / 4.0);
+    assert_eq!(
+        plan(&sharded).total(),
+        base - plan(&full).optimizer + plan(&sharded).optimizer
+    );
     let mut checkpointed = lora.clone();
     checkpointed.checkpointing = true;
     assert!(plan(&checkpointed).activations < lora_plan.activations);
@@ -151,6 +162,7 @@ fn llama_8b_with_lora_and_checkpointing_fits_one_80_gb_gpu() {
         language_model: true,
         frozen_bytes: 2.0,
         devices: 1,
+        optimizer_shards: 1,
     };
     let (total, trained) = parameter_counts(&input);
     assert!((8.0e9..8.1e9).contains(&(total as f64)), "{total}");

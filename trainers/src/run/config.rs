@@ -347,6 +347,7 @@ impl CommonConfig {
             // Adapter dropout draws inside the step: seeded per step, resume stays exact.
             reseed_every_step: lora.is_some_and(|l| l.dropout > 0.0),
             replica: replica.clone(),
+            shard_optimizer: self.parallel.shard_optimizer,
         }
     }
 

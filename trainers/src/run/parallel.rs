@@ -38,6 +38,13 @@ pub struct ParallelArgs {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(default)]
     pub node_address: Option<String>,
+    /// Shard AdamW's state across the replicas (ZeRO stage 1): each keeps and updates about
+    /// 1/N of it, then sends its parameters' new values to the others; the same numbers as
+    /// without, less memory per replica, one more all-reduce of the trained parameters per
+    /// step. Checkpoints hold the whole state either way.
+    #[arg(long)]
+    #[serde(default)]
+    pub shard_optimizer: bool,
 }
 
 fn one_device() -> String {
@@ -56,6 +63,7 @@ impl Default for ParallelArgs {
             node_rank: 0,
             orchestrator: None,
             node_address: None,
+            shard_optimizer: false,
         }
     }
 }

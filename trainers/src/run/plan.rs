@@ -42,5 +42,9 @@ pub fn plan_input(
             4.0
         },
         devices: 1,
+        optimizer_shards: match common.parallel.shard_optimizer {
+            true => common.parallel.replicas().first().map_or(1, |r| r.world()),
+            false => 1,
+        },
     })
 }

@@ -41,6 +41,7 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "node_rank",
     "orchestrator",
     "node_address",
+    "shard_optimizer",
 ];
 
 /// Settings of [`MAY_CHANGE_ON_RESUME`] that also shape the answers a run samples for its own

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -80,19 +80,19 @@ impl Checkpoints {
             .max_by_key(|(step, _)| *step)
     }
 
-    /// Saves `model`, `optimizer` and `state` as the checkpoint of `step`, then removes all but
-    /// the newest `keep` checkpoints.
-    pub fn save<B, M, O, S>(
+    /// Saves `model`, the optimizer's state (`optimizer_record`) and `state` as the checkpoint
+    /// of `step`, then removes all but the newest `keep` checkpoints.
+    pub fn save<B, M, R, S>(
         &self,
         step: usize,
         model: &M,
-        optimizer: &O,
+        optimizer_record: R,
         state: &S,
     ) -> Result<PathBuf>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
-        O: Optimizer<M, B>,
+        R: Record<B>,
         S: Serialize,
     {
         let name = format!("{PREFIX}{step:08}");
@@ -105,7 +105,7 @@ impl Checkpoints {
         save_module(model, &partial.join("model"))?;
         let optimizer_path = partial.join("optimizer");
         recorder()
-            .record(optimizer.to_record(), optimizer_path.clone())
+            .record(optimizer_record, optimizer_path.clone())
             .map_err(|e| Error::invalid(&optimizer_path, format!("could not be written: {e}")))?;
         write_json(&partial.join("state.json"), state)?;
         if let Some(settings) = &self.settings {

@@ -209,6 +209,24 @@ impl Replica {
         }
     }
 
+    /// The values of `tensor` on the one replica that passes `mine` (the others pass a tensor
+    /// of the same shape), on every replica: a sum in which only that one contributes, so
+    /// the values arrive unchanged (burn 0.21 has no broadcast between machines).
+    pub fn from_one<B: Backend, const D: usize>(
+        &self,
+        tensor: Tensor<B, D>,
+        mine: bool,
+    ) -> Result<Tensor<B, D>> {
+        if self.world() == 1 {
+            return Ok(tensor);
+        }
+        let contribution = match mine {
+            true => tensor,
+            false => tensor.zeros_like(),
+        };
+        self.all_reduce(contribution, ReduceOperation::Sum)
+    }
+
     fn all_reduce<B: Backend, const D: usize>(
         &self,
         tensor: Tensor<B, D>,
@@ -286,12 +304,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for FromMain<'_> {
         let mut failed = None;
         let param = param.map(|tensor| {
             let trains = tensor.is_require_grad();
-            let inner = tensor.clone().inner();
-            let contribution = match replica.is_main() {
-                true => inner,
-                false => inner.zeros_like(),
-            };
-            match replica.all_reduce(contribution, ReduceOperation::Sum) {
+            match replica.from_one(tensor.clone().inner(), replica.is_main()) {
                 Ok(main) => Tensor::from_inner(main).set_require_grad(trains),
                 Err(e) => {
                     failed = Some(e);

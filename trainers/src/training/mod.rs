@@ -13,6 +13,7 @@ mod parameters;
 pub mod plan;
 mod progress;
 mod schedule;
+mod sharded;
 mod trainer;
 
 pub use adamw::HostAdamW;
@@ -28,4 +29,5 @@ pub use order::BatchOrder;
 pub use parameters::ParameterCounts;
 pub use progress::{format_duration, Progress};
 pub use schedule::WarmupCosine;
+pub use sharded::{OptimizerRecord, OptimizerShards, TrainerOptimizer};
 pub use trainer::{Fitted, LoopConfig, Method, MicroStep, Phase, Trainer};

@@ -50,6 +50,8 @@ pub struct PlanInput {
     pub frozen_bytes: f64,
     /// Devices the batch is split over (1 today).
     pub devices: usize,
+    /// Replicas the optimizer's state is sharded over (`--shard-optimizer`; 1: not sharded).
+    pub optimizer_shards: usize,
 }
 
 /// The predicted peak, by part, in bytes per device.
@@ -156,7 +158,7 @@ pub fn plan(input: &PlanInput) -> MemoryPlan {
     MemoryPlan {
         parameters: trained as f64 * f32 + frozen * input.frozen_bytes,
         gradients: trained as f64 * f32,
-        optimizer: 2.0 * trained as f64 * f32,
+        optimizer: 2.0 * trained as f64 * f32 / input.optimizer_shards.max(1) as f64,
         reference: if input.reference_copy {
             total as f64 * input.frozen_bytes
         } else {

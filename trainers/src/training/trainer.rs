@@ -25,6 +25,7 @@ use super::metrics::{add_means, check_finite, MetricsLog};
 use super::order::BatchOrder;
 use super::progress::Progress;
 use super::schedule::WarmupCosine;
+use super::sharded::{OptimizerShards, TrainerOptimizer};
 use crate::error::Result;
 
 /// The loss of one micro-batch, as a method computes it.
@@ -115,6 +116,8 @@ pub struct LoopConfig {
     /// This process's place in a data-parallel run ([`Replica::single`] on one device):
     /// `batch_size` is per replica, a micro-batch of the run is `batch_size × world` pairs.
     pub replica: Replica,
+    /// Shard the optimizer's state across the replicas (ZeRO-1, [`OptimizerShards`]).
+    pub shard_optimizer: bool,
 }
 
 /// One phase of a run: steps `origin..end` of the run, with its schedule counted from
@@ -128,6 +131,9 @@ pub struct Phase {
     /// The learning rate at each step of the phase.
     pub schedule: WarmupCosine,
 }
+
+/// What [`Trainer::fit`] returns: the model and the trainers' optimizer.
+type FittedWith<M, B> = Fitted<M, TrainerOptimizer<M, B>>;
 
 /// A model and optimizer after a fit, and the signal that stopped it before the run's end.
 pub struct Fitted<M, O> {
@@ -208,33 +214,39 @@ impl Trainer {
     }
 
     /// Trains `model` with `method` over the steps of `phase` that are still to run.
-    pub fn fit<B, M, O>(
+    pub fn fit<B, M>(
         &mut self,
         method: &mut M,
         mut model: M::Model,
-        mut optimizer: O,
+        optimizer: TrainerOptimizer<M::Model, B>,
         phase: &Phase,
         device: &B::Device,
-    ) -> Result<Fitted<M::Model, O>>
+    ) -> Result<FittedWith<M::Model, B>>
     where
         B: AutodiffBackend,
         M: Method<B>,
-        O: Optimizer<M::Model, B>,
     {
+        let shards =
+            OptimizerShards::new(&model, &self.config.replica, self.config.shard_optimizer);
+        let mut optimizer = shards.keep_owned(optimizer);
+        if let Some(line) = shards.summary() {
+            self.progress.println(&line);
+        }
         let mut step_time = Duration::ZERO;
         for step in self.state.step.max(phase.origin)..phase.end {
             let started = Instant::now();
             let lr = phase.schedule.at(step - phase.origin);
             let (grads, record) = self.gradients(method, &model, step, device)?;
             let (grads, grad_norm) = clip_global_norm(&model, grads, self.config.max_grad_norm);
-            model = optimizer.step(lr, model, grads);
+            let grads = shards.owned_gradients(&model, grads);
+            model = shards.share_updates(optimizer.step(lr, model, grads))?;
             step_time += started.elapsed();
             self.state.step = step + 1;
             self.report(method, step, phase, record, grad_norm, lr, step_time);
             if let Some(line) = self.evaluation(method, &model, step, phase)? {
                 self.progress.println(&line);
             }
-            if let Some(signal) = self.checkpoint(&model, &optimizer, step, device)? {
+            if let Some(signal) = self.checkpoint(&model, &optimizer, &shards, step, device)? {
                 return Ok(Fitted {
                     model,
                     optimizer,
@@ -384,17 +396,17 @@ impl Trainer {
     /// Saves a checkpoint every `save_every` steps, once `save_every_time` has passed since
     /// the last one, at the run's last step, and on a stop request; returns the request's
     /// signal when the run must stop here (before its last step).
-    fn checkpoint<B, M, O>(
+    fn checkpoint<B, M>(
         &mut self,
         model: &M,
-        optimizer: &O,
+        optimizer: &TrainerOptimizer<M, B>,
+        shards: &OptimizerShards,
         step: usize,
         device: &B::Device,
     ) -> Result<Option<StopSignal>>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
-        O: Optimizer<M, B>,
     {
         let stop = self.agreed_stop::<B::InnerBackend>(device)?;
         let last = step + 1 == self.total;
@@ -407,11 +419,12 @@ impl Trainer {
         if !(periodic || timed || stop.is_some() || last) {
             return Ok(None);
         }
-        // Replicas hold the same model: the main one saves it for all.
-        if self.config.replica.is_main() {
+        // Replicas hold the same model: the main one saves it for all, with the optimizer's
+        // state gathered from its shards.
+        if let Some(optimizer_record) = shards.whole_record(model, optimizer)? {
             let saved = self
                 .checkpoints
-                .save(step + 1, model, optimizer, &self.state)?;
+                .save(step + 1, model, optimizer_record, &self.state)?;
             self.last_save = Instant::now();
             if let (Some(signal), false) = (stop, last) {
                 self.progress.println(&format!(
