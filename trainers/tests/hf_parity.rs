@@ -197,7 +197,13 @@ fn gradients_through_left_padding_are_finite() {
 fn stored_dtype_can_be_kept() {
     let folder = ModelFolder::open(fixture("qwen2")).unwrap();
     let model = folder
-        .load_causal_lm::<B>(&LoadOptions { dtype: None }, &Default::default())
+        .load_causal_lm::<B>(
+            &LoadOptions {
+                dtype: None,
+                ..LoadOptions::default()
+            },
+            &Default::default(),
+        )
         .unwrap();
     assert_eq!(
         model.model.embed_tokens.weight.val().dtype(),

@@ -284,3 +284,84 @@ fn a_bf16_base_computes_what_f32_computes_on_its_rounded_weights() {
     let base = &merged.model.layers[0].self_attn.q_proj.base.weight;
     assert_eq!(base.val().dtype(), DType::BF16);
 }
+
+/// Every float parameter's dtype and values (in f32), in the module's order.
+fn parameters<M: Module<Autodiff<B>>>(model: &M) -> Vec<(burn::tensor::DType, Vec<f32>)> {
+    struct Collect(Vec<(burn::tensor::DType, Vec<f32>)>);
+    impl ModuleVisitor<Autodiff<B>> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Autodiff<B>, D>>) {
+            let value = param.val();
+            let data = value.clone().into_data().convert::<f32>();
+            self.0.push((value.dtype(), data.to_vec().unwrap()));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even, as torch's `.to(torch.bfloat16)`), in f32.
+fn bf16_rounded(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits(((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16)
+}
+
+/// Asserts that `read` holds `f32`'s parameters, those it holds in bf16 rounded as torch
+/// rounds them; names the first parameter that differs.
+fn assert_rounded_where_bf16<M: Module<Autodiff<B>>>(read: &M, f32: &M) -> usize {
+    let (read, f32) = (parameters(read), parameters(f32));
+    assert_eq!(read.len(), f32.len());
+    let mut in_bf16 = 0;
+    for (i, ((dtype, got), (_, full))) in read.iter().zip(&f32).enumerate() {
+        let bf16 = *dtype == burn::tensor::DType::BF16;
+        in_bf16 += usize::from(bf16);
+        let expected: Vec<f32> = match bf16 {
+            true => full.iter().map(|&x| bf16_rounded(x)).collect(),
+            false => full.clone(),
+        };
+        assert!(got == &expected, "parameter {i} ({dtype:?}) differs");
+    }
+    in_bf16
+}
+
+/// `--base-dtype bf16` reads each matrix of the base in bf16 as it loads (the model never
+/// exists in f32 as a whole): the f32 model's values rounded as torch rounds them, the norms
+/// and adapters in f32; a reward model's trained score head stays f32.
+#[test]
+fn a_bf16_base_read_as_bf16_is_the_f32_base_rounded_as_torch_rounds() {
+    use burn::tensor::DType;
+    type A = Autodiff<B>;
+    let device = Default::default();
+    let bf16 = LoadOptions {
+        matrices_dtype: Some(DType::BF16),
+        ..LoadOptions::default()
+    };
+    let f32 = LoadOptions::default();
+    let policy = AdapterFolder::open(fixture("llama-lora")).unwrap();
+    let (_, read) = load_adapted_causal_lm::<A>(&policy, &bf16, &device).unwrap();
+    let (_, full) = load_adapted_causal_lm::<A>(&policy, &f32, &device).unwrap();
+    // 2 layers × 7 projections, the embedding and the untied head.
+    assert_eq!(assert_rounded_where_bf16(&read, &full), 16);
+    let adapter = &read.model.layers[0]
+        .self_attn
+        .q_proj
+        .lora
+        .as_ref()
+        .unwrap()
+        .lora_a;
+    assert_eq!(
+        adapter.weight.val().dtype(),
+        DType::F32,
+        "adapters stay f32"
+    );
+
+    let reward = AdapterFolder::open(fixture("llama-reward-lora")).unwrap();
+    let (_, read) = load_adapted_reward_model::<A>(&reward, &bf16, &device).unwrap();
+    let (_, full) = load_adapted_reward_model::<A>(&reward, &f32, &device).unwrap();
+    assert_eq!(
+        read.score.weight.val().dtype(),
+        DType::F32,
+        "the score head trains"
+    );
+    assert!(assert_rounded_where_bf16(&read, &full) > 0);
+}

@@ -54,12 +54,18 @@ pub struct LoadOptions {
     /// The parameters' dtype: f32 by default (training on CPU, or in full precision on a GPU);
     /// `None` keeps the checkpoint's dtype (bf16 or f16 on a GPU).
     pub dtype: Option<DType>,
+    /// The dtype of the checkpoint's matrices (its 2-D tensors: embeddings, projections and
+    /// the LM head) where it differs from `dtype`: a LoRA base held in bf16. Each is cast as
+    /// it is read, so the model never exists in `dtype` as a whole. A reward model's `score`
+    /// head, which LoRA trains, stays in `dtype`. `None`: as `dtype`.
+    pub matrices_dtype: Option<DType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dtype: Some(DType::F32),
+            matrices_dtype: None,
         }
     }
 }
@@ -166,7 +172,7 @@ impl ModelFolder {
             &self.weights,
             &self.path,
             &unused,
-            options.dtype,
+            (options.dtype, options.matrices_dtype),
         )?;
         Ok(model)
     }
@@ -189,8 +195,12 @@ impl ModelFolder {
             &self.weights,
             &self.path,
             &Unused::default(),
-            options.dtype,
+            (options.dtype, options.matrices_dtype),
         )?;
+        // The score head is trained, not a frozen matrix: back to the parameters' dtype.
+        if let (Some(_), Some(dtype)) = (options.matrices_dtype, options.dtype) {
+            model.score = cast_module(model.score, dtype);
+        }
         Ok(model)
     }
 
@@ -215,7 +225,7 @@ impl ModelFolder {
             &self.weights,
             &self.path,
             &unused,
-            options.dtype,
+            (options.dtype, options.matrices_dtype),
         )?;
         let score = new_score_head::<B>(&self.config, device);
         let score = match options.dtype {

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use burn::tensor::{backend::Backend, DType};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use burn_store::{
     BurnToPyTorchAdapter, ChainAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore,
     PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
@@ -120,24 +121,17 @@ pub(crate) struct Unused {
 }
 
 /// Loads `files` into `module`, after checking that the checkpoint holds exactly the module's
-/// tensors (save those in `unused`) with the module's shapes. `dtype`: the parameters' dtype
-/// (`None` keeps the stored one).
+/// tensors (save those in `unused`) with the module's shapes. `dtypes`: the parameters'
+/// dtype (`None` keeps the stored one), and the matrices' where it differs (see
+/// `LoadOptions::matrices_dtype`).
 pub(crate) fn load_into<B: Backend, M: ModuleSnapshot<B>>(
     module: &mut M,
     files: &WeightFiles,
     folder: &Path,
     unused: &Unused,
-    dtype: Option<DType>,
+    dtypes: (Option<DType>, Option<DType>),
 ) -> Result<()> {
-    // The module's tensors as a Hugging Face checkpoint names and shapes them.
-    let expected: BTreeMap<String, (String, Vec<usize>)> = module
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
-        .into_iter()
-        .map(|s| {
-            let burn_path = s.full_path();
-            (hf_name(&burn_path), (burn_path, s.shape.to_vec()))
-        })
-        .collect();
+    let expected = expected_tensors(module);
     let mut found = files.snapshots()?;
     found.retain(|name, _| {
         !(unused.names.contains(&name.as_str()) || name.ends_with("rotary_emb.inv_freq"))
@@ -204,7 +198,8 @@ pub(crate) fn load_into<B: Backend, M: ModuleSnapshot<B>>(
             )
         })
         .collect();
-    let adapter = ChainAdapter::new(PyTorchToBurnAdapter, CastFloats(dtype));
+    let (dtype, matrices) = dtypes;
+    let adapter = ChainAdapter::new(PyTorchToBurnAdapter, CastFloats { dtype, matrices });
     let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
     if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
         return Err(Error::Weights {
@@ -233,7 +228,13 @@ pub(crate) fn save_from<B: Backend, M: ModuleSnapshot<B>>(
         // transformers refuses safetensors files without `format: pt` metadata.
         .clear_metadata()
         .metadata("format", "pt")
-        .with_to_adapter(ChainAdapter::new(BurnToPyTorchAdapter, CastFloats(dtype)));
+        .with_to_adapter(ChainAdapter::new(
+            BurnToPyTorchAdapter,
+            CastFloats {
+                dtype,
+                matrices: None,
+            },
+        ));
     module
         .save_into(&mut store)
         .map_err(|e| Error::invalid(path, format!("could not be written: {e}")))
@@ -242,11 +243,20 @@ pub(crate) fn save_from<B: Backend, M: ModuleSnapshot<B>>(
 /// Casts float tensors to one dtype (bf16/f16 checkpoints into f32 parameters, or back).
 /// `None` leaves them as they are. burn-store 0.21's `HalfPrecisionAdapter` only knows f16.
 #[derive(Debug, Clone, Copy)]
-struct CastFloats(Option<DType>);
+struct CastFloats {
+    /// Every float tensor's dtype (`None`: as stored).
+    dtype: Option<DType>,
+    /// The 2-D tensors' dtype, where it differs (`None`: `dtype`).
+    matrices: Option<DType>,
+}
 
 impl ModuleAdapter for CastFloats {
     fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
-        let Some(target) = self.0 else {
+        let target = match snapshot.shape.len() {
+            2 => self.matrices.or(self.dtype),
+            _ => self.dtype,
+        };
+        let Some(target) = target else {
             return snapshot.clone();
         };
         if snapshot.dtype == target || !snapshot.dtype.is_float() {
@@ -254,7 +264,7 @@ impl ModuleAdapter for CastFloats {
         }
         let data = snapshot.clone_data_fn();
         TensorSnapshot::from_closure(
-            Rc::new(move || Ok(data()?.convert_dtype(target))),
+            Rc::new(move || Ok(narrowed(data()?.convert_dtype(target)))),
             target,
             snapshot.shape.clone(),
             snapshot.path_stack.clone().unwrap_or_default(),
@@ -266,6 +276,58 @@ impl ModuleAdapter for CastFloats {
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {
         Box::new(*self)
     }
+}
+
+/// The module's tensors as a Hugging Face checkpoint names and shapes them (linear weights
+/// transposed, as burn-store's PyTorch adapter does), by name: the burn path and the shape.
+/// Read without initialising a parameter: burn-store's `collect` would draw every one (the
+/// whole model in f32) just before the load replaces them.
+fn expected_tensors<B: Backend, M: Module<B>>(
+    module: &M,
+) -> BTreeMap<String, (String, Vec<usize>)> {
+    #[derive(Default)]
+    struct Shapes {
+        path: Vec<String>,
+        containers: Vec<String>,
+        found: BTreeMap<String, (String, Vec<usize>)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.push(name.to_string());
+            self.containers.push(container_type.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+            self.containers.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let burn_path = self.path.join(".");
+            let mut shape = param.lazy_shape().to_vec();
+            // The innermost user-defined module holding the parameter, as burn-store finds it.
+            let module = self
+                .containers
+                .iter()
+                .rev()
+                .find(|c| c.starts_with("Struct:") || c.starts_with("Enum:"));
+            if module.is_some_and(|m| m == "Struct:Linear")
+                && self.path.last().is_some_and(|p| p == "weight")
+                && shape.len() == 2
+            {
+                shape.reverse();
+            }
+            self.found.insert(hf_name(&burn_path), (burn_path, shape));
+        }
+    }
+    let mut shapes = Shapes::default();
+    module.visit(&mut shapes);
+    shapes.found
+}
+
+/// `data` in a buffer of its own size: converted in place to a narrower dtype (f32 to bf16),
+/// it would keep the wider buffer, and the model would hold its matrices at f32's size.
+fn narrowed(data: TensorData) -> TensorData {
+    let (shape, dtype) = (data.shape.clone(), data.dtype);
+    TensorData::from_bytes_vec(data.as_bytes().to_vec(), shape, dtype)
 }
 
 /// The Hugging Face name of a burn parameter path: RMSNorm's `gamma` is `weight` there, and

@@ -100,9 +100,11 @@ where
     // Seeded and drawn by one replica at a time, so each draws what one device would.
     let mut loaded = one_at_a_time(|| {
         B::seed(device, common.seed);
-        let mut loaded = data
-            .source
-            .load_policy::<B>(common.lora.config().as_ref(), device)?;
+        let mut loaded = data.source.load_policy::<B>(
+            common.lora.config().as_ref(),
+            common.lora.frozen_dtype(),
+            device,
+        )?;
         loaded.model = drawn(loaded.model);
         Result::Ok(loaded)
     })?;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
+use burn::tensor::DType;
 
 use super::config::CommonConfig;
 use crate::error::Result;
@@ -57,6 +58,15 @@ impl<M> Loaded<M> {
     }
 }
 
+/// Loading in f32, with the matrices of a frozen base in `frozen_dtype` as they are read
+/// (the trainers cast them after any resume as well: a checkpoint reads back in f32).
+fn load_options(frozen_dtype: Option<DType>) -> LoadOptions {
+    LoadOptions {
+        matrices_dtype: frozen_dtype,
+        ..LoadOptions::default()
+    }
+}
+
 impl ModelSource {
     /// The architecture.
     pub fn config(&self) -> &DecoderConfig {
@@ -76,13 +86,15 @@ impl ModelSource {
     }
 
     /// The policy: loaded (with its adapter, for an adapter folder), or freshly initialised
-    /// for the built-in model; with fresh adapters when `lora` is given.
+    /// for the built-in model; with fresh adapters when `lora` is given. `frozen_dtype`: the
+    /// base's matrices read in that dtype (`--base-dtype bf16`, with adapters).
     pub fn load_policy<B: Backend>(
         &self,
         lora: Option<&LoraConfig>,
+        frozen_dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<Loaded<CausalLm<B>>> {
-        let options = LoadOptions::default();
+        let options = load_options(frozen_dtype);
         let model = match self {
             ModelSource::Folder(folder) => folder.load_causal_lm(&options, device)?,
             ModelSource::BuiltIn(config) => CausalLm::new(config, device),
@@ -97,12 +109,14 @@ impl ModelSource {
 
     /// The reward model: a reward checkpoint, a language model with a fresh `score` head, an
     /// adapter folder, or the built-in model; with fresh adapters when `lora` is given.
+    /// `frozen_dtype` as for [`ModelSource::load_policy`].
     pub fn load_reward_model<B: Backend>(
         &self,
         lora: Option<&LoraConfig>,
+        frozen_dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<Loaded<RewardModel<B>>> {
-        let options = LoadOptions::default();
+        let options = load_options(frozen_dtype);
         let model = match self {
             ModelSource::Folder(folder) if folder.is_reward_model() => {
                 folder.load_reward_model(&options, device)?

@@ -126,7 +126,8 @@ where
     // Seeded and drawn by one replica at a time, so each draws what one device would.
     let mut loaded = one_at_a_time(|| {
         B::seed(device, common.seed);
-        let mut loaded = source.load_reward_model::<B>(common.lora.config().as_ref(), device)?;
+        let (lora, frozen) = (common.lora.config(), common.lora.frozen_dtype());
+        let mut loaded = source.load_reward_model::<B>(lora.as_ref(), frozen, device)?;
         loaded.model = drawn(loaded.model);
         Result::Ok(loaded)
     })?;
