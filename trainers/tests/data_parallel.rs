@@ -282,6 +282,33 @@ fn a_sharded_optimizer_trains_what_an_unsharded_one_does_and_saves_the_whole_sta
             "{name}: resumed sharded differs by {difference}"
         );
     }
+    // Timed checkpoints, due on each replica's own clock: all agree on when to gather and
+    // save (a replica left out of the gather would wait forever), and nothing changes.
+    let args = [
+        CASES[3].1,
+        &["--devices", "2", "--steps", "4", "--shard-optimizer"],
+    ]
+    .concat();
+    let plain = ScratchFolder::empty("zero-untimed");
+    run_ok(&mut tiny(REWARD, &plain.0, 2, &args));
+    let timed = ScratchFolder::empty("zero-timed");
+    let child = tiny(REWARD, &timed.0, 2, &args)
+        .args([
+            "--save-every-minutes",
+            "0.00001",
+            "--keep-checkpoints",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finished_within(child, Duration::from_secs(120));
+    let saved = std::fs::read_dir(timed.0.join("checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(saved, 4, "a checkpoint at every step");
+    assert!(largest_difference(&plain.0, &timed.0) == 0.0);
 }
 
 /// A port of the loopback address that nothing listens on now.

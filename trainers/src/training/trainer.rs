@@ -408,24 +408,24 @@ impl Trainer {
         B: AutodiffBackend,
         M: AutodiffModule<B>,
     {
-        let stop = self.agreed_stop::<B::InnerBackend>(device)?;
-        let last = step + 1 == self.total;
-        let every = self.config.save_every;
-        let periodic = every > 0 && (step + 1).is_multiple_of(every);
-        let timed = self
+        let due = self
             .config
             .save_every_time
             .is_some_and(|t| self.last_save.elapsed() >= t);
+        let (stop, timed) = self.agreed::<B::InnerBackend>(due, device)?;
+        let last = step + 1 == self.total;
+        let every = self.config.save_every;
+        let periodic = every > 0 && (step + 1).is_multiple_of(every);
         if !(periodic || timed || stop.is_some() || last) {
             return Ok(None);
         }
-        // Replicas hold the same model: the main one saves it for all, with the optimizer's
-        // state gathered from its shards.
+        // Every replica takes part (a sharded optimizer's state is gathered from them all);
+        // the main one saves the model and the state for all.
+        self.last_save = Instant::now();
         if let Some(optimizer_record) = shards.whole_record(model, optimizer)? {
             let saved = self
                 .checkpoints
                 .save(step + 1, model, optimizer_record, &self.state)?;
-            self.last_save = Instant::now();
             if let (Some(signal), false) = (stop, last) {
                 self.progress.println(&format!(
                     "{}: checkpoint saved to {}; resume with --resume",
@@ -437,22 +437,32 @@ impl Trainer {
         Ok(stop.filter(|_| !last))
     }
 
-    /// The stop request every replica acts on at this step's end: one received by any of
-    /// them (SIGTERM before SIGINT), so that all stop at the same step and none waits for
-    /// the others in the next all-reduce.
-    fn agreed_stop<B: Backend>(&self, device: &B::Device) -> Result<Option<StopSignal>> {
+    /// What every replica acts on at this step's end: a stop request received by any of them
+    /// (SIGTERM before SIGINT), so that all stop at the same step and none waits for the
+    /// others in the next all-reduce; and whether a timed checkpoint is `due` on any of them
+    /// (their clocks differ, and a sharded optimizer's state is gathered by all to save).
+    fn agreed<B: Backend>(
+        &self,
+        due: bool,
+        device: &B::Device,
+    ) -> Result<(Option<StopSignal>, bool)> {
         let own = self.stops.received();
         if self.config.replica.world() == 1 {
-            return Ok(own);
+            return Ok((own, due));
         }
-        let flags = [StopSignal::Interrupt, StopSignal::Terminate]
-            .map(|signal| f64::from(u8::from(own == Some(signal))));
+        let flag = |on: bool| f64::from(u8::from(on));
+        let flags = [
+            flag(own == Some(StopSignal::Interrupt)),
+            flag(own == Some(StopSignal::Terminate)),
+            flag(due),
+        ];
         let seen = self.config.replica.sum::<B>(&flags, device)?;
-        Ok(match (seen[0] > 0.0, seen[1] > 0.0) {
+        let stop = match (seen[0] > 0.0, seen[1] > 0.0) {
             (_, true) => Some(StopSignal::Terminate),
             (true, false) => Some(StopSignal::Interrupt),
             (false, false) => None,
-        })
+        };
+        Ok((stop, seen[2] > 0.0))
     }
 }
 
