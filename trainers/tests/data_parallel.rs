@@ -421,6 +421,25 @@ fn data_parallel_flags_are_checked_before_training() {
         ),
         (&["--node-rank", "1"], "go with --nodes 2 or more"),
     ];
+    // A --node-address whose port is taken is named before anything starts.
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = format!("127.0.0.1:{}", busy.local_addr().unwrap().port());
+    let orchestrator = format!("127.0.0.1:{}", free_port());
+    let in_use: &[&str] = &[
+        "--nodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--orchestrator",
+        &orchestrator,
+        "--node-address",
+        &taken,
+    ];
+    let cases = [
+        &cases[..],
+        &[(in_use, "--node-address: cannot listen on port")],
+    ]
+    .concat();
     for (flags, expected) in cases {
         let out = ScratchFolder::empty("dp-flags");
         let output = tiny(REWARD, &out.0, 2, flags).output().unwrap();

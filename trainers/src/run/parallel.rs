@@ -41,7 +41,8 @@ pub struct ParallelArgs {
     /// Shard AdamW's state across the replicas (ZeRO stage 1): each keeps and updates about
     /// 1/N of it, then sends its parameters' new values to the others; the same numbers as
     /// without, less memory per replica, one more all-reduce of the trained parameters per
-    /// step. Checkpoints hold the whole state either way.
+    /// step. Checkpoints hold the whole state either way. Nothing to shard (and no effect)
+    /// with one replica.
     #[arg(long)]
     #[serde(default)]
     pub shard_optimizer: bool,
@@ -201,6 +202,7 @@ where
 {
     replica.enter();
     replica.join::<B::InnerBackend>(device)?;
+    replica.check_ranks::<B::InnerBackend>(device)?;
     let stopped = train(replica, device)?;
     replica.leave::<B::InnerBackend>()?;
     Ok(stopped)

@@ -127,6 +127,26 @@ impl Replica {
         finish_collective::<B>(self.peer_id()).map_err(collective_error)
     }
 
+    /// Checks that the run's replicas hold the ranks `0..world` once each (every node gave its
+    /// own `--node-rank` and the same `--devices`): two nodes of one rank would both count as
+    /// the main replica and add their parameters, silently.
+    pub fn check_ranks<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let mut mine = vec![0.0; self.world()];
+        mine[self.rank()] = 1.0;
+        let counts = self.sum::<B>(&mine, device)?;
+        match counts.iter().all(|&count| count == 1.0) {
+            true => Ok(()),
+            false => Err(Error::Training(format!(
+                "data-parallel training: replicas by rank {counts:?}, where each rank must \
+                 appear once; give every node its own --node-rank (0 to --nodes - 1) and the \
+                 same --devices"
+            ))),
+        }
+    }
+
     /// This replica's rows of a global micro-batch: the `rank`-th of `world` equal blocks.
     pub fn shard(&self, global: &[usize]) -> Vec<usize> {
         let size = global.len() / self.world();

@@ -83,9 +83,12 @@ impl NodeLink {
     /// connection at INFO on standard output; a subscriber that drops them is installed first.
     pub fn start(&self) -> Result<()> {
         let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new());
+        // burn's servers report a port they cannot take only in a log: check first.
+        free_port(self.node.port, "--node-address")?;
         if self.rank != 0 {
             return Ok(());
         }
+        free_port(self.orchestrator.port, "--orchestrator")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -101,6 +104,13 @@ impl NodeLink {
         });
         Ok(())
     }
+}
+
+/// Whether `port` can be listened on (as burn's servers do, on every interface).
+fn free_port(port: u16, flag: &str) -> Result<()> {
+    std::net::TcpListener::bind(("0.0.0.0", port))
+        .map(drop)
+        .map_err(|e| Error::Training(format!("{flag}: cannot listen on port {port} ({e})")))
 }
 
 #[cfg(test)]

@@ -97,18 +97,18 @@ impl OptimizerShards {
         let Some(owned) = &self.owned else {
             return grads;
         };
-        struct Drop<'a> {
+        struct DropOthers<'a> {
             owned: &'a HashSet<ParamId>,
             grads: &'a mut GradientsParams,
         }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Drop<'_> {
+        impl<B: AutodiffBackend> ModuleVisitor<B> for DropOthers<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 if !self.owned.contains(&param.id) {
                     self.grads.remove::<B::InnerBackend, D>(param.id);
                 }
             }
         }
-        model.visit(&mut Drop {
+        model.visit(&mut DropOthers {
             owned,
             grads: &mut grads,
         });
@@ -234,11 +234,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GatherState<'_, B> {
             return;
         }
         match self.gather::<D>(param) {
-            Ok(Some(state)) => {
+            // Only the main replica keeps the gathered state (it saves it): the others drop
+            // each parameter's as soon as it is gathered.
+            Ok(Some(state)) if self.replica.is_main() => {
                 self.whole
                     .insert(param.id, AdaptorRecord::from_state(state));
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => self.error = Some(e),
         }
     }

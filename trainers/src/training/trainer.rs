@@ -226,6 +226,7 @@ impl Trainer {
         B: AutodiffBackend,
         M: Method<B>,
     {
+        self.check_same_step::<B::InnerBackend>(device)?;
         let shards =
             OptimizerShards::new(&model, &self.config.replica, self.config.shard_optimizer);
         let mut optimizer = shards.keep_owned(optimizer);
@@ -435,6 +436,27 @@ impl Trainer {
             }
         }
         Ok(stop.filter(|_| !last))
+    }
+
+    /// Checks that every replica starts a fit at the same step: nodes that resumed from
+    /// different checkpoints (each reads its own `--output`) would train apart and wait for
+    /// each other forever.
+    fn check_same_step<B: Backend>(&self, device: &B::Device) -> Result<()> {
+        let replica = &self.config.replica;
+        if replica.world() == 1 {
+            return Ok(());
+        }
+        let step = self.state.step as f64;
+        let total = replica.sum::<B>(&[step], device)?[0];
+        match total == step * replica.world() as f64 {
+            true => Ok(()),
+            false => Err(crate::Error::Training(format!(
+                "--resume: the replicas start from different steps (this one from step {}); \
+                 every node must read the same checkpoints: give them one --output on a \
+                 shared file system",
+                self.state.step
+            ))),
+        }
     }
 
     /// What every replica acts on at this step's end: a stop request received by any of them
