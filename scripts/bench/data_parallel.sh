@@ -15,16 +15,8 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 work=$(mktemp -d)
 common=(--steps "$steps" --eval-every 0 --save-every 0 --log-every 1 --output "$work/run")
 
-measure() { # LABEL COMMAND...: runs COMMAND under /usr/bin/time, prints LABEL tok/s peak wall
-    local label=$1; shift
-    rm -rf "$work/run"
-    /usr/bin/time -v "$@" > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-    local rate peak wall
-    rate=$(grep -oE '[0-9.]+ tok/s' "$work/log" | tail -1 | cut -d' ' -f1)
-    peak=$(awk '/Maximum resident/ {printf "%.2f GiB", $6 / 1048576}' "$work/log")
-    wall=$(awk '/Elapsed/ {print $8}' "$work/log")
-    printf '%-44s %8.0f tok/s  %s  %s\n' "$label" "$rate" "$peak" "$wall"
-}
+# shellcheck source=measure.sh
+source "$root/scripts/bench/measure.sh"
 
 for n in 1 "$replicas"; do
     batch=$((global / n))

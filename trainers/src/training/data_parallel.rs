@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use burn::collective::{
     all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation,
 };
-use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
@@ -218,15 +218,25 @@ impl Replica {
         if self.world() == 1 {
             return Ok(model);
         }
-        let mut mapper = FromMain {
+        self.parameters_from(model, false, |_| self.is_main())
+    }
+
+    /// `model` with every float parameter (every trained one, with `trained_only`) replaced
+    /// by its values on the replica for which `mine(id)` holds.
+    pub fn parameters_from<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        model: M,
+        trained_only: bool,
+        mine: impl Fn(ParamId) -> bool,
+    ) -> Result<M> {
+        let mut mapper = FromOne {
             replica: self,
+            trained_only,
+            mine,
             error: None,
         };
         let model = model.map(&mut mapper);
-        match mapper.error {
-            Some(e) => Err(e),
-            None => Ok(model),
-        }
+        mapper.error.map_or(Ok(model), Err)
     }
 
     /// The values of `tensor` on the one replica that passes `mine` (the others pass a tensor
@@ -309,23 +319,25 @@ pub fn drawn<B: Backend, M: Module<B>>(model: M) -> M {
     model
 }
 
-/// Replaces every float parameter with the main replica's.
-struct FromMain<'a> {
+/// Replaces float parameters with their values on the replica `mine` picks for each.
+struct FromOne<'a, F> {
     replica: &'a Replica,
+    trained_only: bool,
+    mine: F,
     error: Option<Error>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for FromMain<'_> {
+impl<B: AutodiffBackend, F: Fn(ParamId) -> bool> ModuleMapper<B> for FromOne<'_, F> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if self.error.is_some() {
+        if self.error.is_some() || (self.trained_only && !param.is_require_grad()) {
             return param;
         }
-        let replica = self.replica;
+        let (replica, mine) = (self.replica, (self.mine)(param.id));
         let mut failed = None;
         let param = param.map(|tensor| {
             let trains = tensor.is_require_grad();
-            match replica.from_one(tensor.clone().inner(), replica.is_main()) {
-                Ok(main) => Tensor::from_inner(main).set_require_grad(trains),
+            match replica.from_one(tensor.clone().inner(), mine) {
+                Ok(values) => Tensor::from_inner(values).set_require_grad(trains),
                 Err(e) => {
                     failed = Some(e);
                     tensor

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::record::AdaptorRecord;
 use burn::optim::{AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer};
@@ -120,13 +120,8 @@ impl OptimizerShards {
         let Some(owned) = &self.owned else {
             return Ok(model);
         };
-        let mut share = FromOwner {
-            replica: &self.replica,
-            owned,
-            error: None,
-        };
-        let model = model.map(&mut share);
-        share.error.map_or(Ok(model), Err)
+        self.replica
+            .parameters_from(model, true, |id| owned.contains(&id))
     }
 
     /// `optimizer` keeping only the state of the parameters this replica owns (after a
@@ -187,35 +182,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Deal {
         if owner == self.rank {
             self.owned.insert(param.id);
         }
-    }
-}
-
-/// Replaces every trained parameter with its owner's values.
-struct FromOwner<'a> {
-    replica: &'a Replica,
-    owned: &'a HashSet<ParamId>,
-    error: Option<Error>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for FromOwner<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if self.error.is_some() || !param.is_require_grad() {
-            return param;
-        }
-        let mine = self.owned.contains(&param.id);
-        let (replica, mut failed) = (self.replica, None);
-        let param = param.map(|tensor| {
-            let inner = tensor.clone().inner();
-            match replica.from_one(inner, mine) {
-                Ok(values) => Tensor::from_inner(values).require_grad(),
-                Err(e) => {
-                    failed = Some(e);
-                    tensor
-                }
-            }
-        });
-        self.error = failed;
-        param
     }
 }
 
