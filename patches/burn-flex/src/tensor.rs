@@ -252,7 +252,15 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        let len = num_elements * elem_size;
+        // otpref patch: a u128 allocation is aligned for every element type from the start
+        // (and zeroed by calloc), so `from_bytes_vec`'s copy into an aligned buffer, with its
+        // fresh pages, is not needed.
+        let bytes = if len % 16 == 0 {
+            Bytes::from_elems(alloc::vec![0u128; len / 16])
+        } else {
+            Bytes::from_bytes_vec(alloc::vec![0u8; len])
+        };
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),

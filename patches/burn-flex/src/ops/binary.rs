@@ -6,6 +6,7 @@ use burn_std::{Bytes, Shape, bf16, f16};
 
 use crate::FlexTensor;
 use crate::layout::Layout;
+use crate::ops::parallel;
 use crate::strided_index::StridedIter;
 
 #[cfg(feature = "simd")]
@@ -35,8 +36,8 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
 
@@ -67,7 +68,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     // Permuted lhs + broadcast rhs (e.g. `x.permute(...) - mean`):
     // the generic path would walk the permuted lhs with a scalar
@@ -96,12 +97,13 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
-        }
+        let kernel = match simd_op {
+            BinaryOp::Add => simd::add_inplace_f32,
+            BinaryOp::Sub => simd::sub_inplace_f32,
+            BinaryOp::Mul => simd::mul_inplace_f32,
+            BinaryOp::Div => simd::div_inplace_f32,
+        };
+        parallel::zip_inplace(l_slice, r_slice, kernel);
         return lhs;
     }
 
@@ -337,7 +339,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     binary_op_typed(lhs, rhs, op)
 }
@@ -346,7 +348,7 @@ where
 pub(crate) fn binary_op_typed<E, Op>(mut lhs: FlexTensor, rhs: &FlexTensor, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync,
 {
     let rhs_storage: &[E] = rhs.storage();
 
@@ -359,9 +361,11 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
-        }
+        parallel::zip_inplace(&mut lhs_storage[..l_end], r_slice, |l, r| {
+            for (l, &r) in l.iter_mut().zip(r) {
+                *l = op(*l, r);
+            }
+        });
         return lhs;
     }
 
@@ -378,11 +382,7 @@ where
         (Some((l_start, l_end)), Some((r_start, r_end))) => {
             let l_slice = &lhs_storage[l_start..l_end];
             let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
+            parallel::collect_zip(l_slice, r_slice, &op)
         }
         // Fast path for 2D non-contiguous (common for transpose)
         _ if lhs.layout().num_dims() == 2 => {
@@ -402,7 +402,8 @@ where
     make_tensor(result, shape, dtype)
 }
 
-/// Fast 2D strided binary operation using row-based iteration.
+/// Fast 2D strided binary operation, in cache tiles (otpref patch: row by row, a transposed
+/// operand such as a tied head's weight gradient read one cache line per element).
 #[inline]
 pub(crate) fn apply_2d_strided<E, R, Op>(
     lhs: &[E],
@@ -412,27 +413,21 @@ pub(crate) fn apply_2d_strided<E, R, Op>(
     op: Op,
 ) -> Vec<R>
 where
-    E: Copy,
-    Op: Fn(E, E) -> R,
+    E: Copy + Sync,
+    R: Send,
+    Op: Fn(E, E) -> R + Sync,
 {
     let (rows, cols, l_row_stride, l_col_stride) = lhs_layout.as_2d_strides().unwrap();
     let (_, _, r_row_stride, r_col_stride) = rhs_layout.as_2d_strides().unwrap();
     let l_offset = lhs_layout.start_offset() as isize;
     let r_offset = rhs_layout.start_offset() as isize;
 
-    let mut result = Vec::with_capacity(rows * cols);
-
-    for row in 0..rows {
-        let l_row_start = l_offset + row as isize * l_row_stride;
-        let r_row_start = r_offset + row as isize * r_row_stride;
-        for col in 0..cols {
-            let l_idx = (l_row_start + col as isize * l_col_stride) as usize;
-            let r_idx = (r_row_start + col as isize * r_col_stride) as usize;
-            result.push(op(lhs[l_idx], rhs[r_idx]));
-        }
-    }
-
-    result
+    parallel::collect_2d_tiled(rows, cols, |row, col| {
+        let (row, col) = (row as isize, col as isize);
+        let l_idx = (l_offset + row * l_row_stride + col * l_col_stride) as usize;
+        let r_idx = (r_offset + row * r_row_stride + col * r_col_stride) as usize;
+        op(lhs[l_idx], rhs[r_idx])
+    })
 }
 
 /// Apply a scalar operation to each element of a tensor.
@@ -445,8 +440,8 @@ pub fn scalar_op<F32Op, F64Op>(
     f64_op: F64Op,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync,
 {
     let dtype = tensor.dtype();
 
@@ -474,16 +469,14 @@ where
 pub(crate) fn scalar_op_typed<E, Op>(mut tensor: FlexTensor, scalar: E, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync,
 {
     // In-place fast path: unique, contiguous at offset 0
     if tensor.is_unique()
         && let Some((0, end)) = tensor.layout().contiguous_offsets()
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..end].iter_mut() {
-            *x = op(*x, scalar);
-        }
+        parallel::map_inplace(&mut storage[..end], |x| op(x, scalar));
         return tensor;
     }
 
@@ -493,7 +486,7 @@ where
     let storage: &[E] = tensor.storage();
 
     let result: Vec<E> = match tensor.layout().contiguous_offsets() {
-        Some((start, end)) => storage[start..end].iter().map(|&x| op(x, scalar)).collect(),
+        Some((start, end)) => parallel::collect_map(&storage[start..end], |x| op(x, scalar)),
         None => StridedIter::new(tensor.layout())
             .map(|i| op(storage[i], scalar))
             .collect(),
@@ -518,7 +511,7 @@ fn make_tensor<E: bytemuck::Pod + Send + Sync>(
 /// Supports all integer dtypes: I64, I32, I16, I8, U64, U32, U16, U8.
 pub fn int_binary_op<Op>(lhs: FlexTensor, rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "int_binary_op: dtype mismatch");
 
@@ -546,7 +539,7 @@ where
 /// Note: scalar is truncated to target dtype (matches PyTorch).
 pub fn int_scalar_op<Op>(tensor: FlexTensor, scalar: i64, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync,
 {
     let dtype = tensor.dtype();
 

@@ -110,6 +110,7 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
+mod parallel;
 mod module;
 pub mod pool;
 mod qtensor;

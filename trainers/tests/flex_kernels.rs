@@ -1,0 +1,120 @@
+//! The element-wise kernels of the patched burn-flex (`patches/burn-flex`: loops split over
+//! rayon's pool, transposed operands read in cache tiles, aligned fresh buffers), at sizes that
+//! take the parallel paths and at ragged sizes, against plain Rust loops over the same values.
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+
+type B = Flex;
+
+/// `rows × cols` values in [-2, 2) from a fixed linear congruential stream.
+fn values(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..rows * cols)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn tensor(data: &[f32], rows: usize, cols: usize) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(data.to_vec(), [rows, cols]),
+        &Default::default(),
+    )
+}
+
+fn read(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// `a[r][c]` of a row-major `rows × cols` matrix, transposed: `cols × rows`.
+fn transposed(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| a[r * cols + c]))
+        .collect()
+}
+
+// Large enough for the parallel paths (32 Ki elements), ragged against the 64-element chunks
+// and 32-wide tiles.
+const SHAPES: [(usize, usize); 3] = [(333, 517), (7, 9), (1024, 96)];
+
+#[test]
+fn binary_ops_match_plain_loops_in_place_and_allocating() {
+    type Op = (
+        fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+        fn(f32, f32) -> f32,
+    );
+    let ops: [Op; 4] = [
+        (|a, b| a + b, |a, b| a + b),
+        (|a, b| a - b, |a, b| a - b),
+        (|a, b| a * b, |a, b| a * b),
+        (|a, b| a / b, |a, b| a / b),
+    ];
+    for (rows, cols) in SHAPES {
+        let (a, b) = (values(rows, cols, 1), values(rows, cols, 2));
+        for (op, plain) in ops {
+            let expected: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| plain(x, y)).collect();
+            // A unique left operand is updated in place; a shared one makes a new buffer.
+            let in_place = op(tensor(&a, rows, cols), tensor(&b, rows, cols));
+            let shared = tensor(&a, rows, cols);
+            let allocating = op(shared.clone(), tensor(&b, rows, cols));
+            assert_eq!(read(in_place), expected, "{rows}x{cols} in place");
+            assert_eq!(read(allocating), expected, "{rows}x{cols} allocating");
+            assert_eq!(read(shared), a, "the shared operand is unchanged");
+        }
+    }
+}
+
+#[test]
+fn a_transposed_operand_matches_plain_loops() {
+    for (rows, cols) in SHAPES {
+        // `lhs` is the transpose of a `cols × rows` matrix: strided, read in tiles.
+        let stored = values(cols, rows, 3);
+        let lhs = transposed(&stored, cols, rows);
+        let rhs = values(rows, cols, 4);
+        let sum = tensor(&stored, cols, rows).transpose() + tensor(&rhs, rows, cols);
+        let expected: Vec<f32> = lhs.iter().zip(&rhs).map(|(&x, &y)| x + y).collect();
+        assert_eq!(read(sum), expected, "{rows}x{cols}");
+        let greater = tensor(&stored, cols, rows)
+            .transpose()
+            .greater(tensor(&rhs, rows, cols));
+        let expected: Vec<bool> = lhs.iter().zip(&rhs).map(|(&x, &y)| x > y).collect();
+        let got = greater.into_data().to_vec::<bool>().unwrap();
+        assert_eq!(got, expected, "{rows}x{cols} comparison");
+    }
+}
+
+#[test]
+fn scalar_and_unary_ops_match_plain_loops() {
+    for (rows, cols) in SHAPES {
+        let a = values(rows, cols, 5);
+        let scaled: Vec<f32> = a.iter().map(|&x| x * 0.37).collect();
+        let shifted: Vec<f32> = a.iter().map(|&x| x + 1.5).collect();
+        let exp: Vec<f32> = a.iter().map(|&x| x.exp()).collect();
+        let shared = tensor(&a, rows, cols);
+        assert_eq!(read(tensor(&a, rows, cols).mul_scalar(0.37)), scaled);
+        assert_eq!(read(shared.clone().mul_scalar(0.37)), scaled);
+        assert_eq!(read(shared.clone().add_scalar(1.5)), shifted);
+        assert_eq!(read(tensor(&a, rows, cols).exp()), exp);
+        assert_eq!(read(shared.clone().exp()), exp);
+        // A view at an offset (one contiguous block) takes the allocating unary path.
+        let tail = shared.clone().slice([1..rows, 0..cols]).exp();
+        assert_eq!(read(tail), exp[cols..].to_vec());
+        assert_eq!(read(shared), a);
+    }
+}
+
+#[test]
+fn fresh_buffers_are_zero_for_every_dtype_size() {
+    for len in [1, 3, 4, 5, 16, 17, 4096 + 3] {
+        let zeros = Tensor::<B, 1>::zeros([len], &Default::default());
+        assert!(read(zeros.reshape([1, len])).iter().all(|&x| x == 0.0));
+        let ints = Tensor::<B, 1, burn::tensor::Int>::zeros([len], &Default::default());
+        let ints = ints.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        assert!(ints.iter().all(|&x| x == 0));
+    }
+}
