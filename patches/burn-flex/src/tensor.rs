@@ -385,6 +385,13 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if all_positive && strides.last() == Some(&1) && shape.last() >= Some(&8) {
+            // otpref patch: an N-d view whose innermost dimension is contiguous (a permute
+            // that keeps the last axis, an expand) is copied run by run, in parallel, instead
+            // of element by element through the strided iterator.
+            // SAFETY: capacity is n; `copy_runs` writes every run, so every position.
+            unsafe { dst.set_len(n) };
+            copy_runs(&mut dst, src, offset, shape, strides);
         } else {
             // General fallback: covers negative strides (flipped
             // tensors) and ND layouts that can't collapse to ≤2D.
@@ -462,6 +469,29 @@ impl TensorMetadata for FlexTensor {
     fn rank(&self) -> usize {
         self.layout.num_dims()
     }
+}
+
+/// Copies the view (`shape`, `strides`, `offset` into `src`; innermost stride 1) into the
+/// contiguous `dst`, one innermost run at a time. (otpref patch.)
+fn copy_runs<E: Copy + Send + Sync>(
+    dst: &mut [E],
+    src: &[E],
+    offset: isize,
+    shape: &[usize],
+    strides: &[isize],
+) {
+    let (run, outer) = shape.split_last().expect("a run-wise copy has dimensions");
+    crate::ops::parallel::for_rows(dst, *run, |index, out| {
+        // The run's source offset: `index` decomposed over the outer dimensions.
+        let mut rest = index;
+        let mut start = offset;
+        for (&size, &stride) in outer.iter().zip(strides).rev() {
+            start += (rest % size) as isize * stride;
+            rest /= size;
+        }
+        let start = start as usize;
+        out.copy_from_slice(&src[start..start + out.len()]);
+    });
 }
 
 /// Max rank we're willing to handle without falling back to the

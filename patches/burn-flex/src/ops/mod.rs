@@ -110,7 +110,7 @@ mod int;
 pub mod interpolate;
 pub mod mask;
 pub mod matmul;
-mod parallel;
+pub(crate) mod parallel;
 mod module;
 pub mod pool;
 mod qtensor;

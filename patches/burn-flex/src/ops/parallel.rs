@@ -130,3 +130,23 @@ pub(crate) fn collect_2d_tiled<R: Send>(
     unsafe { out.set_len(len) };
     out
 }
+
+/// `f(row, chunk)` over `out` cut into rows of `row_len` elements, in parallel (a few
+/// thousand elements per task) when `out` is large.
+pub(crate) fn for_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if row_len == 0 {
+        return;
+    }
+    #[cfg(feature = "rayon")]
+    if out.len() >= SERIAL_BELOW {
+        use rayon::prelude::*;
+        out.par_chunks_mut(row_len)
+            .with_min_len(4096usize.div_ceil(row_len))
+            .enumerate()
+            .for_each(|(row, part)| f(row, part));
+        return;
+    }
+    for (row, part) in out.chunks_mut(row_len).enumerate() {
+        f(row, part);
+    }
+}
