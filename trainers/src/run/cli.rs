@@ -74,7 +74,9 @@ pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> Exit
         .args_override_self(true)
         .allow_negative_numbers(true);
     let matches = RunOptions::augment_args(S::augment_args(command)).get_matches();
-    match run::<S>(&matches) {
+    // On one of rayon's threads, so that the backend's parallel loops start from inside the
+    // pool instead of waking it from outside and sleeping until it is done.
+    match rayon::scope(|_| run::<S>(&matches)) {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(signal)) => ExitCode::from(signal.exit_code()),
         Err(message) => {
