@@ -118,3 +118,54 @@ fn fresh_buffers_are_zero_for_every_dtype_size() {
         assert!(ints.iter().all(|&x| x == 0));
     }
 }
+
+#[test]
+fn permuted_views_are_made_contiguous_as_plain_loops_read_them() {
+    // `[a, b, c, d]` permuted to `[a, c, b, d]` (the innermost axis stays: copied run by run).
+    let (a, b, c, d) = (3, 5, 7, 40);
+    let data = values(a * b * c, d, 6);
+    let t = Tensor::<B, 4>::from_data(
+        TensorData::new(data.clone(), [a, b, c, d]),
+        &Default::default(),
+    );
+    let got = t.permute([0, 2, 1, 3]).reshape([a * c * b, d]);
+    let mut expected = Vec::new();
+    for i in 0..a {
+        for k in 0..c {
+            for j in 0..b {
+                let start = ((i * b + j) * c + k) * d;
+                expected.extend_from_slice(&data[start..start + d]);
+            }
+        }
+    }
+    assert_eq!(read(got), expected);
+}
+
+#[test]
+fn matrix_products_match_plain_loops() {
+    for (m, k, n) in [(33, 17, 65), (64, 128, 96), (5, 0, 3)] {
+        let (lhs, rhs) = (values(m, k, 7), values(k, n, 8));
+        let mut expected = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                expected[i * n + j] = (0..k)
+                    .map(|l| lhs[i * k + l] as f64 * rhs[l * n + j] as f64)
+                    .sum();
+            }
+        }
+        // Also with the right-hand side read through a transposed view.
+        let stored_rhs = transposed(&rhs, k, n);
+        let products = [
+            tensor(&lhs, m, k).matmul(tensor(&rhs, k, n)),
+            tensor(&lhs, m, k).matmul(tensor(&stored_rhs, n, k).transpose()),
+        ];
+        for product in products {
+            for (got, want) in read(product).iter().zip(&expected) {
+                assert!(
+                    (*got as f64 - want).abs() < 1e-4,
+                    "{m}x{k}x{n}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

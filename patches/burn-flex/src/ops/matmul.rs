@@ -261,30 +261,40 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
-
-    let parallelism = get_parallelism(m, n, k);
-
-    unsafe {
-        gemm_call(
-            m,
-            n,
-            k,
-            out_data.as_mut_ptr(),
-            1,
-            n as isize,
-            lhs_ptr,
-            lhs_col_stride,
-            lhs_row_stride,
-            rhs_ptr,
-            rhs_col_stride,
-            rhs_row_stride,
-            parallelism,
-        );
+    // otpref patch: gemm overwrites its output without reading it, so the output is written
+    // into fresh capacity instead of a buffer zeroed first (a memset of every product).
+    let len = checked_size(m, n);
+    let mut out_data: Vec<T> = Vec::with_capacity(len);
+    if k == 0 || len == 0 {
+        out_data.resize(len, T::zero());
+    } else {
+        let parallelism = get_parallelism(m, n, k);
+        unsafe {
+            gemm_call(
+                m,
+                n,
+                k,
+                out_data.as_mut_ptr(),
+                1,
+                n as isize,
+                lhs_ptr,
+                lhs_col_stride,
+                lhs_row_stride,
+                rhs_ptr,
+                rhs_col_stride,
+                rhs_row_stride,
+                parallelism,
+            );
+            // SAFETY: with k > 0 and `read_dst` false, gemm wrote every one of the m × n
+            // elements.
+            out_data.set_len(len);
+        }
     }
-
-    output
+    FlexTensor::new(
+        Bytes::from_elems(out_data),
+        Layout::contiguous(out_shape),
+        T::dtype(),
+    )
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
