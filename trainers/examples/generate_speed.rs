@@ -38,7 +38,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    // As the trainers run (`run::cli::main`): glibc keeping freed memory, the work on one of
+    // rayon's threads.
+    otpref_trainers::run::allocator::keep_freed_memory();
+    match rayon::scope(|_| run(args).map_err(|e| e.to_string())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -38,9 +38,9 @@ fn transposed(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .collect()
 }
 
-// Large enough for the parallel paths (32 Ki elements), ragged against the 64-element chunks
-// and 32-wide tiles.
-const SHAPES: [(usize, usize); 3] = [(333, 517), (7, 9), (1024, 96)];
+// Large enough for the parallel paths (256 Ki elements), ragged against the 64-element chunks
+// and 32-wide tiles; and small.
+const SHAPES: [(usize, usize); 3] = [(700, 517), (7, 9), (1024, 300)];
 
 #[test]
 fn binary_ops_match_plain_loops_in_place_and_allocating() {
@@ -122,7 +122,7 @@ fn fresh_buffers_are_zero_for_every_dtype_size() {
 #[test]
 fn permuted_views_are_made_contiguous_as_plain_loops_read_them() {
     // `[a, b, c, d]` permuted to `[a, c, b, d]` (the innermost axis stays: copied run by run).
-    let (a, b, c, d) = (3, 5, 7, 40);
+    let (a, b, c, d) = (6, 50, 7, 160);
     let data = values(a * b * c, d, 6);
     let t = Tensor::<B, 4>::from_data(
         TensorData::new(data.clone(), [a, b, c, d]),
