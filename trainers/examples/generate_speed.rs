@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The first `--batch` prompts of a TRL preference file that tokenize (as plain text) to as
-//! many tokens as the first one, as one batch; every row generates exactly `--new-tokens` tokens (no end of
-//! sequence stops a row, so both programs do the same work). Prints one JSON line: generated
+//! many tokens as the first one, as one batch; every row generates exactly `--new-tokens`
+//! tokens (no end of sequence stops a row, so both programs do the same work). Prints one JSON line: generated
 //! tokens per second over the generation alone (the model's loading not counted).
 
 use std::path::PathBuf;
@@ -39,10 +39,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // As the trainers run (`run::cli::main`): glibc keeping freed memory, the work on one of
-    // rayon's threads.
-    otpref_trainers::run::allocator::keep_freed_memory();
-    match rayon::scope(|_| run(args).map_err(|e| e.to_string())) {
+    match otpref_trainers::run::cli::run_as_trainers_do(|| run(args).map_err(|e| e.to_string())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

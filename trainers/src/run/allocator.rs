@@ -7,7 +7,8 @@
 //! the user set wins.
 
 /// Serves every allocation from glibc's main heap (no per-allocation mappings, one arena for
-/// every thread) and raises its trim threshold, unless the user set those. Does nothing on other C libraries.
+/// every thread) and raises its trim threshold, unless the user set those. Does nothing on
+/// other C libraries.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -67,16 +67,13 @@ pub trait TrainerSettings:
 
 /// The whole program: parse, check, train; `name` and `about` head `--help`.
 pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> ExitCode {
-    super::allocator::keep_freed_memory();
     let command = Command::new(name)
         .about(about)
         .version(env!("CARGO_PKG_VERSION"))
         .args_override_self(true)
         .allow_negative_numbers(true);
     let matches = RunOptions::augment_args(S::augment_args(command)).get_matches();
-    // On one of rayon's threads, so that the backend's parallel loops start from inside the
-    // pool instead of waking it from outside and sleeping until it is done.
-    match rayon::scope(|_| run::<S>(&matches)) {
+    match run_as_trainers_do(|| run::<S>(&matches)) {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(signal)) => ExitCode::from(signal.exit_code()),
         Err(message) => {
@@ -84,6 +81,15 @@ pub fn main<S: TrainerSettings>(name: &'static str, about: &'static str) -> Exit
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs `work` as the trainers run their steps: with glibc keeping freed memory
+/// ([`keep_freed_memory`](super::allocator::keep_freed_memory)) and on one of rayon's threads,
+/// so that the backend's parallel loops start from inside the pool instead of waking it from
+/// outside and sleeping until it is done. For programs that time the trainers' models.
+pub fn run_as_trainers_do<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    super::allocator::keep_freed_memory();
+    rayon::scope(|_| work())
 }
 
 /// Runs the program; returns the signal that stopped the run early, if one did.

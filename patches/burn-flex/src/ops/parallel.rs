@@ -112,22 +112,12 @@ pub(crate) fn collect_2d_tiled<R: Send>(
             }
         }
     };
-    let slots = &mut out.spare_capacity_mut()[..len];
-    #[cfg(feature = "rayon")]
-    if len >= SERIAL_BELOW {
-        use rayon::prelude::*;
-        slots
-            .par_chunks_mut(TILE * cols)
-            .enumerate()
-            .for_each(|(band, part)| fill_band(band * TILE, part));
-        // SAFETY: every band of the first `len` slots was written by `fill_band`.
-        unsafe { out.set_len(len) };
-        return out;
-    }
-    for (band, part) in slots.chunks_mut(TILE * cols).enumerate() {
-        fill_band(band * TILE, part);
-    }
-    // SAFETY: as above, every band was written.
+    for_rows(
+        &mut out.spare_capacity_mut()[..len],
+        TILE * cols,
+        |band, part| fill_band(band * TILE, part),
+    );
+    // SAFETY: every band of the first `len` slots was written by `fill_band`.
     unsafe { out.set_len(len) };
     out
 }
