@@ -43,12 +43,17 @@ pub(crate) fn decode<B: Backend>(
     let batch = prompts.len();
     let mut finished = vec![false; batch];
     let mut cache = model.model.empty_cache();
+    let head = contiguous(model.head_weight());
     let (mut ids, mut mask) = left_padded(prompts, eos_id, device);
     for _ in 0..max_new_tokens {
-        let logits = model.forward_cached(ids, mask.clone(), &mut cache).logits;
-        let [_, len, vocab] = logits.dims();
-        let last = logits
-            .slice([0..batch, len - 1..len, 0..vocab])
+        let hidden = model.model.forward_cached(ids, mask.clone(), &mut cache);
+        let [_, len, width] = hidden.dims();
+        // Logits of the last position only: the prompt's other positions choose nothing.
+        let last_hidden = hidden.slice([0..batch, len - 1..len, 0..width]);
+        let vocab = head.dims()[1];
+        let last = last_hidden
+            .reshape([batch, width])
+            .matmul(head.clone())
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
@@ -78,6 +83,14 @@ pub(crate) fn decode<B: Backend>(
         mask = Tensor::cat(vec![mask, real], 1);
     }
     outputs
+}
+
+/// `weight` with its own row-major storage. A tied head is the transpose of the embedding
+/// matrix: read through that view, every decoding step's product first repacks the whole
+/// matrix (14% of decoding at batch 16); one copy before the loop costs one such repacking.
+fn contiguous<B: Backend>(weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    let device = weight.device();
+    Tensor::from_data(weight.into_data(), &device)
 }
 
 /// The index of the largest value, the first one on ties (as `torch.argmax`).

@@ -268,23 +268,22 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     if k == 0 || len == 0 {
         out_data.resize(len, T::zero());
     } else {
-        let parallelism = get_parallelism(m, n, k);
+        let operands = Operands2d {
+            m,
+            n,
+            k,
+            out: out_data.as_mut_ptr(),
+            out_row_stride: n as isize,
+            lhs: lhs_ptr,
+            lhs_strides: (lhs_col_stride, lhs_row_stride),
+            rhs: rhs_ptr,
+            rhs_strides: (rhs_col_stride, rhs_row_stride),
+        };
         unsafe {
-            gemm_call(
-                m,
-                n,
-                k,
-                out_data.as_mut_ptr(),
-                1,
-                n as isize,
-                lhs_ptr,
-                lhs_col_stride,
-                lhs_row_stride,
-                rhs_ptr,
-                rhs_col_stride,
-                rhs_row_stride,
-                parallelism,
-            );
+            // otpref patch: split by hand where gemm would not use the threads well.
+            if !split_over_threads(&operands) {
+                operands.run(get_parallelism(m, n, k));
+            }
             // SAFETY: with k > 0 and `read_dst` false, gemm wrote every one of the m × n
             // elements.
             out_data.set_len(len);
@@ -295,6 +294,120 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
         Layout::contiguous(out_shape),
         T::dtype(),
     )
+}
+
+/// One 2-D product `out[m × n] = lhs[m × k] · rhs[k × n]` with `out`'s rows `out_row_stride`
+/// apart (its columns adjacent) and each operand's (column, row) strides in elements.
+/// (otpref patch.)
+struct Operands2d<T> {
+    m: usize,
+    n: usize,
+    k: usize,
+    out: *mut T,
+    out_row_stride: isize,
+    lhs: *const T,
+    lhs_strides: (isize, isize),
+    rhs: *const T,
+    rhs_strides: (isize, isize),
+}
+
+impl<T> Clone for Operands2d<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Operands2d<T> {}
+
+// SAFETY: the pointers are only used to run gemm on disjoint parts of `out` (see
+// `split_over_threads`) while the buffers they point into outlive the call.
+unsafe impl<T> Send for Operands2d<T> {}
+unsafe impl<T> Sync for Operands2d<T> {}
+
+impl<T: GemmScalar> Operands2d<T> {
+    /// Runs gemm over the whole product.
+    unsafe fn run(&self, parallelism: gemm::Parallelism) {
+        let Self { m, n, k, .. } = *self;
+        unsafe {
+            gemm_call(
+                m,
+                n,
+                k,
+                self.out,
+                1,
+                self.out_row_stride,
+                self.lhs,
+                self.lhs_strides.0,
+                self.lhs_strides.1,
+                self.rhs,
+                self.rhs_strides.0,
+                self.rhs_strides.1,
+                parallelism,
+            );
+        }
+    }
+
+    /// The product restricted to the output's columns in `range` when `cols`, else to its rows
+    /// in `range`.
+    fn part(&self, range: core::ops::Range<usize>, cols: bool) -> Self {
+        let start = range.start as isize;
+        // `wrapping_offset`: `range` lies inside the product's rows or columns, so the results
+        // point into the same buffers.
+        if cols {
+            Self {
+                n: range.len(),
+                out: self.out.wrapping_offset(start),
+                rhs: self.rhs.wrapping_offset(start * self.rhs_strides.0),
+                ..*self
+            }
+        } else {
+            Self {
+                m: range.len(),
+                out: self.out.wrapping_offset(start * self.out_row_stride),
+                lhs: self.lhs.wrapping_offset(start * self.lhs_strides.1),
+                ..*self
+            }
+        }
+    }
+}
+
+/// Multiply-adds from which a product is split over rayon's threads by hand (burn-flex's
+/// threshold for element-wise loops).
+#[cfg(feature = "rayon")]
+const SPLIT_PARALLEL_OPS: usize = 256 * 1024;
+
+/// Runs the product as one single-threaded gemm per thread, each over a band of the output's
+/// rows or columns (whichever it has more of), where gemm would not use the threads well: a
+/// single-row product (gemm's matrix-vector path ignores its parallelism), one with few rows
+/// or columns, or one below `PARALLEL_THRESHOLD` (run on one thread). Decoding is made of such
+/// products (one row per sequence): otherwise each streams its whole weight matrix through one
+/// core. Returns whether it ran. (otpref patch.)
+unsafe fn split_over_threads<T: GemmScalar>(product: &Operands2d<T>) -> bool {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        let Operands2d { m, n, k, .. } = *product;
+        let ops = m.saturating_mul(n).saturating_mul(k);
+        let threads = rayon::current_num_threads();
+        let gemm_threads_poorly = m <= 64 || n <= 64 || ops < PARALLEL_THRESHOLD;
+        let (long_side, cols) = (m.max(n), n >= m);
+        if threads < 2 || !gemm_threads_poorly || ops < SPLIT_PARALLEL_OPS || long_side < 128 {
+            return false;
+        }
+        // Bands of whole SIMD panels (64 elements), one per thread.
+        let band = long_side.div_ceil(threads).next_multiple_of(64);
+        (0..long_side.div_ceil(band)).into_par_iter().for_each(|index| {
+            let start = index * band;
+            let part = product.part(start..(start + band).min(long_side), cols);
+            // SAFETY: the bands are disjoint parts of the output.
+            unsafe { part.run(gemm::Parallelism::None) };
+        });
+        true
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let _ = product;
+        false
+    }
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
