@@ -49,8 +49,12 @@ struct SumOfSquares<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SumOfSquares<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            // Accumulated in f32 whatever the parameters' dtype.
-            let square = grad.cast(burn::tensor::DType::F32).powi_scalar(2).sum();
+            // Accumulated in f32 whatever the parameters' dtype, as one dot product of the
+            // flattened gradient with itself: squaring first would write a parameter-sized
+            // tensor only to sum it (half the cost of measuring the norm).
+            let elements = grad.shape().num_elements();
+            let flat = grad.cast(burn::tensor::DType::F32).reshape([1, elements]);
+            let square = flat.clone().matmul(flat.transpose()).reshape([1]);
             self.total = Some(match self.total.take() {
                 Some(total) => total + square,
                 None => square,

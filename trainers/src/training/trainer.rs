@@ -238,7 +238,14 @@ impl Trainer {
             let started = Instant::now();
             let lr = phase.schedule.at(step - phase.origin);
             let (grads, record) = self.gradients(method, &model, step, device)?;
-            let (grads, grad_norm) = clip_global_norm(&model, grads, self.config.max_grad_norm);
+            // As TRL: the global norm is measured (and logged) only when it clips.
+            let (grads, grad_norm) = match self.config.max_grad_norm {
+                Some(max_norm) => {
+                    let (grads, norm) = clip_global_norm(&model, grads, Some(max_norm));
+                    (grads, Some(norm))
+                }
+                None => (grads, None),
+            };
             let grads = shards.owned_gradients(&model, grads);
             model = shards.share_updates(optimizer.step(lr, model, grads))?;
             step_time += started.elapsed();
@@ -344,7 +351,7 @@ impl Trainer {
         step: usize,
         phase: &Phase,
         mut record: Map<String, serde_json::Value>,
-        grad_norm: f64,
+        grad_norm: Option<f64>,
         lr: f64,
         step_time: Duration,
     ) {
@@ -365,7 +372,9 @@ impl Trainer {
         }
         record.insert("step".into(), json!(step + 1));
         record.insert("phase".into(), json!(label));
-        record.insert("grad_norm".into(), json!(grad_norm));
+        if let Some(norm) = grad_norm {
+            record.insert("grad_norm".into(), json!(norm));
+        }
         record.insert("learning_rate".into(), json!(lr));
         record.insert("num_tokens".into(), json!(self.state.num_tokens));
         for (name, value) in method.timing_metrics(step_time) {
