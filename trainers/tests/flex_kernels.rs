@@ -143,9 +143,9 @@ fn permuted_views_are_made_contiguous_as_plain_loops_read_them() {
 
 #[test]
 fn matrix_products_match_plain_loops() {
-    // Small; large enough to be split over threads by hand: single-row (gemm's matrix-vector
-    // path) and few-row products split by columns, a thin one split by rows, ragged against the
-    // 64-wide bands; and `k = 0`.
+    // Small; large enough to be split over threads by hand: single-row products (burn-flex's
+    // own row kernel: 16-row passes, 64-wide blocks, a ragged tail) and few-row ones split by
+    // columns, a thin one split by rows, ragged against the 64-wide bands; and `k = 0`.
     let shapes = [
         (33, 17, 65),
         (64, 128, 96),
@@ -164,11 +164,21 @@ fn matrix_products_match_plain_loops() {
                     .sum();
             }
         }
-        // Also with the right-hand side read through a transposed view.
+        // Also with the right-hand side read through a transposed view, and with the
+        // left-hand side's rows read with a stride (column 1 of pairs, transposed).
         let stored_rhs = transposed(&rhs, k, n);
+        let pairs: Vec<f32> = transposed(&lhs, m, k)
+            .iter()
+            .flat_map(|&x| [9.0, x])
+            .collect();
+        let strided_lhs = tensor(&pairs, k * m, 2)
+            .slice([0..k * m, 1..2])
+            .reshape([k, m])
+            .transpose();
         let products = [
             tensor(&lhs, m, k).matmul(tensor(&rhs, k, n)),
             tensor(&lhs, m, k).matmul(tensor(&stored_rhs, n, k).transpose()),
+            strided_lhs.matmul(tensor(&rhs, k, n)),
         ];
         for product in products {
             for (got, want) in read(product).iter().zip(&expected) {
