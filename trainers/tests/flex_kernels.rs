@@ -143,50 +143,64 @@ fn permuted_views_are_made_contiguous_as_plain_loops_read_them() {
 
 #[test]
 fn matrix_products_match_plain_loops() {
-    // Small; large enough to be split over threads by hand: single-row products (burn-flex's
-    // own row kernel: 16-row passes, 64-wide blocks, a ragged tail) and few-row ones split by
-    // columns, a thin one split by rows, ragged against the 64-wide bands; and `k = 0`.
+    // On 2 and 3 threads (the split's bands depend on the pool): small products; large enough
+    // to be split over threads by hand: one-row products (burn-flex's own row loop: 16-row
+    // passes, 64-wide blocks, a ragged tail; a single partial pass; bands narrower than one
+    // block), few-row ones split by columns, a thin one split by rows, ragged against the
+    // bands; and `k = 0`.
     let shapes = [
         (33, 17, 65),
         (64, 128, 96),
         (1, 600, 1000),
+        (1, 5, 60000),
+        (1, 2048, 130),
         (4, 300, 703),
         (1000, 300, 3),
         (5, 0, 3),
     ];
-    for (m, k, n) in shapes {
-        let (lhs, rhs) = (values(m, k, 7), values(k, n, 8));
-        let mut expected = vec![0.0f64; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                expected[i * n + j] = (0..k)
-                    .map(|l| lhs[i * k + l] as f64 * rhs[l * n + j] as f64)
-                    .sum();
-            }
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for (m, k, n) in shapes {
+            pool.install(|| products_match_plain_loops(m, k, n));
         }
-        // Also with the right-hand side read through a transposed view, and with the
-        // left-hand side's rows read with a stride (column 1 of pairs, transposed).
-        let stored_rhs = transposed(&rhs, k, n);
-        let pairs: Vec<f32> = transposed(&lhs, m, k)
-            .iter()
-            .flat_map(|&x| [9.0, x])
-            .collect();
-        let strided_lhs = tensor(&pairs, k * m, 2)
-            .slice([0..k * m, 1..2])
-            .reshape([k, m])
-            .transpose();
-        let products = [
-            tensor(&lhs, m, k).matmul(tensor(&rhs, k, n)),
-            tensor(&lhs, m, k).matmul(tensor(&stored_rhs, n, k).transpose()),
-            strided_lhs.matmul(tensor(&rhs, k, n)),
-        ];
-        for product in products {
-            for (got, want) in read(product).iter().zip(&expected) {
-                assert!(
-                    (*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-                    "{m}x{k}x{n}: {got} vs {want}"
-                );
-            }
+    }
+}
+
+/// `m × k` times `k × n` against an f64 loop: plain operands, a transposed right-hand side, and
+/// a left-hand side whose rows are read with a stride (beside a decoy column).
+fn products_match_plain_loops(m: usize, k: usize, n: usize) {
+    let (lhs, rhs) = (values(m, k, 7), values(k, n, 8));
+    // Each element and the sum of its terms' magnitudes (f32 rounding grows with it).
+    let mut expected = vec![(0.0f64, 0.0f64); m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let terms = (0..k).map(|l| lhs[i * k + l] as f64 * rhs[l * n + j] as f64);
+            expected[i * n + j] =
+                terms.fold((0.0, 0.0), |(sum, size), t| (sum + t, size + t.abs()));
+        }
+    }
+    let stored_rhs = transposed(&rhs, k, n);
+    // `k × (m + 1)`: the left-hand side's transpose, then a decoy column; read back as the
+    // first `m` rows of its transpose, a row's elements are `m + 1` apart.
+    let lhs_values = &lhs;
+    let wide: Vec<f32> = (0..k)
+        .flat_map(|l| (0..=m).map(move |i| if i < m { lhs_values[i * k + l] } else { 9.0 }))
+        .collect();
+    let strided_lhs = tensor(&wide, k, m + 1).transpose().slice([0..m, 0..k]);
+    let products = [
+        tensor(&lhs, m, k).matmul(tensor(&rhs, k, n)),
+        tensor(&lhs, m, k).matmul(tensor(&stored_rhs, n, k).transpose()),
+        strided_lhs.matmul(tensor(&rhs, k, n)),
+    ];
+    for product in products {
+        for (got, (want, size)) in read(product).iter().zip(&expected) {
+            assert!(
+                (*got as f64 - want).abs() < 1e-5 + 1e-6 * size,
+                "{m}x{k}x{n}: {got} vs {want}"
+            );
         }
     }
 }

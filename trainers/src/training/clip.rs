@@ -51,7 +51,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumOfSquares<'_, B> {
         if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
             // Accumulated in f32 whatever the parameters' dtype, as one dot product of the
             // flattened gradient with itself: squaring first would write a parameter-sized
-            // tensor only to sum it (half the cost of measuring the norm).
+            // tensor only to sum it (half the cost of measuring the norm). gemm runs it on one
+            // thread: 0.07 s of a 2 s DPO step at 135M parameters.
             let elements = grad.shape().num_elements();
             let flat = grad.cast(burn::tensor::DType::F32).reshape([1, elements]);
             let square = flat.clone().matmul(flat.transpose()).reshape([1]);

@@ -11,6 +11,8 @@ use burn_backend::{DType, Element};
 use burn_std::{Bytes, Shape, bf16, f16};
 
 use crate::{FlexTensor, Layout};
+// otpref patch: one-row products.
+use super::row_kernel::row_times_rows;
 
 /// Types that can be used with gemm-based matmul.
 /// Only implement for types that `gemm::gemm` dispatches on via TypeId (f32, f64, f16).
@@ -284,8 +286,8 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             if !split_over_threads(&operands) {
                 operands.run(get_parallelism(m, n, k));
             }
-            // SAFETY: with k > 0 and `read_dst` false, gemm wrote every one of the m × n
-            // elements.
+            // SAFETY: with k > 0, the bands (or the one run) wrote every one of the m × n
+            // elements (gemm with `read_dst` false, or `row_times_rows`).
             out_data.set_len(len);
         }
     }
@@ -318,15 +320,32 @@ impl<T> Clone for Operands2d<T> {
 }
 impl<T> Copy for Operands2d<T> {}
 
-// SAFETY: the pointers are only used to run gemm on disjoint parts of `out` (see
-// `split_over_threads`) while the buffers they point into outlive the call.
-unsafe impl<T> Send for Operands2d<T> {}
-unsafe impl<T> Sync for Operands2d<T> {}
+// SAFETY: the pointers are only used to compute disjoint parts of `out` (see
+// `split_over_threads`) while the buffers they point into outlive the call; the elements are
+// plain numbers, read from every thread.
+unsafe impl<T: Sync> Send for Operands2d<T> {}
+unsafe impl<T: Sync> Sync for Operands2d<T> {}
 
 impl<T: GemmScalar> Operands2d<T> {
-    /// Runs gemm over the whole product.
+    /// Computes every element of `out`: a one-row f32 product whose right-hand side has
+    /// contiguous rows with burn-flex's own loop ([`row_times_rows`], on this thread), any
+    /// other with gemm and `parallelism`.
+    ///
+    /// # Safety
+    /// The pointers and strides describe valid `m × k`, `k × n` and `m × n` views, with `k > 0`.
     unsafe fn run(&self, parallelism: gemm::Parallelism) {
         let Self { m, n, k, .. } = *self;
+        let f32_row = m == 1 && self.rhs_strides.0 == 1;
+        if f32_row && core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
+            // SAFETY: `T` is f32; the row holds `k` elements `lhs_strides.0` apart, the
+            // right-hand side `k` rows of `n` contiguous elements, the output `n` of its own.
+            let row: Vec<f32> = (0..k as isize)
+                .map(|i| unsafe { *(self.lhs as *const f32).offset(i * self.lhs_strides.0) })
+                .collect();
+            let (rhs, out) = (self.rhs as *const f32, self.out as *mut f32);
+            unsafe { row_times_rows(&row, rhs, self.rhs_strides.1, out, n) };
+            return;
+        }
         unsafe {
             gemm_call(
                 m,
@@ -346,42 +365,28 @@ impl<T: GemmScalar> Operands2d<T> {
         }
     }
 
-    /// Runs the product on the calling thread: a one-row f32 product whose right-hand side has
-    /// contiguous rows with [`row_times_rows`], any other with gemm.
-    unsafe fn run_on_this_thread(&self) {
-        let f32_row = self.m == 1 && self.rhs_strides.0 == 1;
-        if f32_row && core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
-            // SAFETY: `T` is f32; the row holds `k` elements `lhs_strides.0` apart.
-            let row: Vec<f32> = (0..self.k as isize)
-                .map(|i| unsafe { *(self.lhs as *const f32).offset(i * self.lhs_strides.0) })
-                .collect();
-            let (rhs, out) = (self.rhs as *const f32, self.out as *mut f32);
-            unsafe { row_times_rows(&row, rhs, self.rhs_strides.1, out, self.n) };
-        } else {
-            unsafe { self.run(gemm::Parallelism::None) };
+    /// The product restricted to the output's rows in `range`.
+    fn rows(&self, range: core::ops::Range<usize>) -> Self {
+        let start = range.start as isize;
+        // `wrapping_offset`: `range` lies inside the product's rows, so the results point
+        // into the same buffers.
+        Self {
+            m: range.len(),
+            out: self.out.wrapping_offset(start * self.out_row_stride),
+            lhs: self.lhs.wrapping_offset(start * self.lhs_strides.1),
+            ..*self
         }
     }
 
-    /// The product restricted to the output's columns in `range` when `cols`, else to its rows
-    /// in `range`.
-    fn part(&self, range: core::ops::Range<usize>, cols: bool) -> Self {
+    /// The product restricted to the output's columns in `range`.
+    fn columns(&self, range: core::ops::Range<usize>) -> Self {
         let start = range.start as isize;
-        // `wrapping_offset`: `range` lies inside the product's rows or columns, so the results
-        // point into the same buffers.
-        if cols {
-            Self {
-                n: range.len(),
-                out: self.out.wrapping_offset(start),
-                rhs: self.rhs.wrapping_offset(start * self.rhs_strides.0),
-                ..*self
-            }
-        } else {
-            Self {
-                m: range.len(),
-                out: self.out.wrapping_offset(start * self.out_row_stride),
-                lhs: self.lhs.wrapping_offset(start * self.lhs_strides.1),
-                ..*self
-            }
+        // As in `rows`.
+        Self {
+            n: range.len(),
+            out: self.out.wrapping_offset(start),
+            rhs: self.rhs.wrapping_offset(start * self.rhs_strides.0),
+            ..*self
         }
     }
 }
@@ -391,12 +396,22 @@ impl<T: GemmScalar> Operands2d<T> {
 #[cfg(feature = "rayon")]
 const SPLIT_PARALLEL_OPS: usize = 256 * 1024;
 
-/// Runs the product as one single-threaded gemm per thread, each over a band of the output's
+/// Bands are whole multiples of this many rows or columns (gemm's widest f32 panel, four
+/// AVX-512 vectors: narrower multiples measured up to 7% slower decoding at batch 16).
+#[cfg(feature = "rayon")]
+const BAND_GRANULE: usize = 64;
+
+/// Runs the product as one single-threaded part per thread, each over a band of the output's
 /// rows or columns (whichever it has more of), where gemm would not use the threads well: a
-/// single-row product (gemm's matrix-vector path ignores its parallelism), one with few rows
-/// or columns, or one below `PARALLEL_THRESHOLD` (run on one thread). Decoding is made of such
-/// products (one row per sequence): otherwise each streams its whole weight matrix through one
-/// core. Returns whether it ran. (otpref patch.)
+/// one-row or one-column product (gemm's matrix-vector path ignores its parallelism), one
+/// below `PARALLEL_THRESHOLD` (gemm is given one thread), or one with at most 64 rows or
+/// columns that still gives every thread a band of 64. Only with two threads or more, from
+/// `SPLIT_PARALLEL_OPS` multiply-adds and a long side of 128. Decoding is made of such products
+/// (one row per sequence): otherwise each streams its whole weight matrix through one core.
+/// Returns whether it ran. (otpref patch.)
+///
+/// # Safety
+/// As [`Operands2d::run`].
 unsafe fn split_over_threads<T: GemmScalar>(product: &Operands2d<T>) -> bool {
     #[cfg(feature = "rayon")]
     {
@@ -404,20 +419,24 @@ unsafe fn split_over_threads<T: GemmScalar>(product: &Operands2d<T>) -> bool {
         let Operands2d { m, n, k, .. } = *product;
         let ops = m.saturating_mul(n).saturating_mul(k);
         let threads = rayon::current_num_threads();
-        let gemm_threads_poorly = m <= 64 || n <= 64 || ops < PARALLEL_THRESHOLD;
-        let (long_side, cols) = (m.max(n), n >= m);
+        let long_side = m.max(n);
+        let thin = (m <= 64 || n <= 64) && long_side.div_ceil(64) >= threads;
+        let gemm_threads_poorly = m <= 1 || n <= 1 || ops < PARALLEL_THRESHOLD || thin;
         if threads < 2 || !gemm_threads_poorly || ops < SPLIT_PARALLEL_OPS || long_side < 128 {
             return false;
         }
-        // Bands of whole SIMD panels (64 elements), one per thread.
-        let band = long_side.div_ceil(threads).next_multiple_of(64);
+        let band = long_side.div_ceil(threads).next_multiple_of(BAND_GRANULE);
         (0..long_side.div_ceil(band))
             .into_par_iter()
             .for_each(|index| {
-                let start = index * band;
-                let part = product.part(start..(start + band).min(long_side), cols);
+                let range = index * band..((index + 1) * band).min(long_side);
+                let part = if n >= m {
+                    product.columns(range)
+                } else {
+                    product.rows(range)
+                };
                 // SAFETY: the bands are disjoint parts of the output.
-                unsafe { part.run_on_this_thread() };
+                unsafe { part.run(gemm::Parallelism::None) };
             });
         true
     }
@@ -425,87 +444,6 @@ unsafe fn split_over_threads<T: GemmScalar>(product: &Operands2d<T>) -> bool {
     {
         let _ = product;
         false
-    }
-}
-
-/// A one-row product's columns per block (held in registers) and matrix rows per pass (read
-/// side by side, each as a contiguous stream).
-const ROW_BLOCK: usize = 64;
-const ROWS_PER_PASS: usize = 16;
-
-/// `out[j] = Σ_i row[i] · w[i · w_row_stride + j]` for `j < n`: one row times a matrix with
-/// contiguous rows, each read once and in order into accumulators that stay in L1. (otpref
-/// patch: gemm's one-row path ran 4× slower than torch's on the decoder's matrices, the
-/// products of every decoding step at batch 1.)
-unsafe fn row_times_rows(row: &[f32], w: *const f32, w_row_stride: isize, out: *mut f32, n: usize) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return unsafe { row_times_rows_avx512(row, w, w_row_stride, out, n) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            return unsafe { row_times_rows_avx2(row, w, w_row_stride, out, n) };
-        }
-    }
-    unsafe { row_times_rows_portable(row, w, w_row_stride, out, n) }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_times_rows_avx512(row: &[f32], w: *const f32, rs: isize, out: *mut f32, n: usize) {
-    unsafe { row_times_rows_portable(row, w, rs, out, n) }
-}
-
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn row_times_rows_avx2(row: &[f32], w: *const f32, rs: isize, out: *mut f32, n: usize) {
-    unsafe { row_times_rows_portable(row, w, rs, out, n) }
-}
-
-/// [`row_times_rows`]'s loop, compiled for whichever instructions its caller enables: the
-/// output is zeroed, then each pass over `ROWS_PER_PASS` matrix rows adds their share to each
-/// block of `ROW_BLOCK` columns, loaded once per pass (the output stays in cache; every
-/// element's terms are still added in row order).
-#[inline(always)]
-unsafe fn row_times_rows_portable(
-    row: &[f32],
-    w: *const f32,
-    w_row_stride: isize,
-    out: *mut f32,
-    n: usize,
-) {
-    // SAFETY: `out` holds `n` elements.
-    let out = unsafe {
-        core::ptr::write_bytes(out, 0, n);
-        core::slice::from_raw_parts_mut(out, n)
-    };
-    for (pass, coefficients) in row.chunks(ROWS_PER_PASS).enumerate() {
-        let first_row = (pass * ROWS_PER_PASS) as isize;
-        // SAFETY: each of these matrix rows holds `n` columns.
-        let rows: [&[f32]; ROWS_PER_PASS] = core::array::from_fn(|i| unsafe {
-            let i = i.min(coefficients.len() - 1) as isize;
-            core::slice::from_raw_parts(w.offset((first_row + i) * w_row_stride), n)
-        });
-        let rows = &rows[..coefficients.len()];
-        let mut blocks = out.chunks_exact_mut(ROW_BLOCK);
-        for (block, sums) in (&mut blocks).enumerate() {
-            let sums: &mut [f32; ROW_BLOCK] = sums.try_into().unwrap();
-            let col0 = block * ROW_BLOCK;
-            for (&a, weights) in coefficients.iter().zip(rows) {
-                let weights: &[f32; ROW_BLOCK] =
-                    weights[col0..col0 + ROW_BLOCK].try_into().unwrap();
-                for (sum, &v) in sums.iter_mut().zip(weights) {
-                    *sum += a * v;
-                }
-            }
-        }
-        let tail = blocks.into_remainder();
-        let col0 = n - tail.len();
-        for (&a, weights) in coefficients.iter().zip(rows) {
-            for (sum, &v) in tail.iter_mut().zip(&weights[col0..]) {
-                *sum += a * v;
-            }
-        }
     }
 }
 

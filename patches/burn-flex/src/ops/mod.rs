@@ -111,6 +111,7 @@ pub mod interpolate;
 pub mod mask;
 pub mod matmul;
 pub(crate) mod parallel;
+pub(crate) mod row_kernel; // otpref patch
 mod module;
 pub mod pool;
 mod qtensor;
